@@ -1,0 +1,82 @@
+"""Shared fixtures: real configs composed with Hydra's compose API, then shrunk for a CPU.
+
+As in lightning-hydra-template: every test gets the real config tree, 1 epoch, tiny batches,
+cpu, ``num_workers=0``, no logger unless asked, and outputs in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+# Two cores: keep torch from oversubscribing them when tests run subprocesses.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture()
+def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
+    """Compose ``configs/<name>.yaml`` with overrides, resolving ``hydra:`` interpolations.
+
+    Paths point into ``tmp_path`` so nothing is written into the checkout.
+    """
+
+    def _compose(name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_module(config_module="vesselfm.configs", version_base="1.3"):
+            cfg = compose(config_name=name, return_hydra_config=True, overrides=list(overrides or []))
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+            cfg.hydra.runtime.cwd = str(tmp_path)
+            cfg.hydra.job.num = 0
+            if "paths" in cfg:
+                cfg.paths.root_dir = str(tmp_path)
+                cfg.paths.data_dir = str(tmp_path / "data")
+        HydraConfig().set_config(cfg)
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture()
+def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache directory, used offline (``HF_HUB_OFFLINE=1``)."""
+    cache = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads these at import time; keep its constants in line with the env.
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache / "hub"))
+    return cache / "hub"
+
+
+def _fill_hf_cache(cache: Path, repo_id: str, filename: str, state_dict: dict, revision: str = "main") -> Path:
+    """Lay out a Hugging Face hub cache by hand, as ``hf_hub_download`` would have left it.
+
+    ``<cache>/models--owner--repo/{refs/<revision>, snapshots/<commit>/<filename>}``.
+    """
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / revision).write_text(commit)
+    target = repo_dir / "snapshots" / commit / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state_dict, target)
+    return target
+
+
+@pytest.fixture()
+def fill_hf_cache() -> Callable[..., Path]:
+    """The function that lays out a Hugging Face cache by hand (see ``_fill_hf_cache``)."""
+    return _fill_hf_cache

@@ -1,0 +1,138 @@
+"""Weights: the real hf_hub_download path (offline, hand-filled cache), .pt, Lightning .ckpt, strict loading."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vesselfm.models import (
+    CheckpointError,
+    build_network,
+    count_parameters,
+    load_model,
+    read_state_dict,
+    resolve_checkpoint,
+)
+
+
+def test_base_architecture_has_vesselfm_parameter_count(compose_cfg):
+    cfg = compose_cfg("train", ["model=vesselfm_base"])
+    net = build_network(cfg.model.net)
+    assert round(count_parameters(net) / 1e6, 1) == 31.4
+    out = net.eval()(torch.zeros(1, 1, 64, 64, 64))
+    assert out.shape == (1, 1, 64, 64, 64)
+
+
+def test_hf_cache_offline_loads_into_base(compose_cfg, hf_cache, fill_hf_cache):
+    cfg = compose_cfg("train", ["model=vesselfm_base"])
+    reference = build_network(cfg.model.net)
+    fill_hf_cache(hf_cache, "bwittmann/vesselFM", "vesselFM_base.pt", reference.state_dict())
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+    net = load_model(cfg.model)
+
+    for key, value in reference.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+
+
+def test_revision_is_honoured(hf_cache, fill_hf_cache, tmp_path):
+    fill_hf_cache(hf_cache, "owner/repo", "w.pt", {"a": torch.ones(1)}, revision="v1")
+    path = resolve_checkpoint("hf://owner/repo/w.pt", revision="v1")
+    assert torch.equal(read_state_dict(path)["a"], torch.ones(1))
+    with pytest.raises(CheckpointError, match="not cached"):
+        resolve_checkpoint("hf://owner/repo/w.pt", revision="main")
+
+
+def test_offline_not_cached_message(hf_cache):
+    with pytest.raises(CheckpointError) as info:
+        resolve_checkpoint("hf://bwittmann/vesselFM/vesselFM_base.pt")
+    message = str(info.value)
+    assert "\n" not in message
+    for needle in ("bwittmann/vesselFM", "vesselFM_base.pt", "huggingface-cli download", "model.checkpoint="):
+        assert needle in message
+
+
+def test_lightning_ckpt_loads(compose_cfg, tmp_path):
+    cfg = compose_cfg("train", ["model=tiny"])
+    reference = build_network(cfg.model.net)
+    ckpt = {
+        "epoch": 3,
+        "global_step": 120,
+        "state_dict": {f"model.{k}": v for k, v in reference.state_dict().items()}
+        | {"loss_fn.weight": torch.ones(1)},
+    }
+    path = tmp_path / "finetuned.ckpt"
+    torch.save(ckpt, path)
+    cfg.model.checkpoint = str(path)
+
+    net = load_model(cfg.model)
+
+    for key, value in reference.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+
+
+def test_raw_state_dict_pt_loads(compose_cfg, tmp_path):
+    cfg = compose_cfg("train", ["model=tiny"])
+    reference = build_network(cfg.model.net)
+    torch.save(reference.state_dict(), tmp_path / "w.pt")
+    cfg.model.checkpoint = str(tmp_path / "w.pt")
+    net = load_model(cfg.model)
+    key = next(iter(reference.state_dict()))
+    assert torch.equal(net.state_dict()[key], reference.state_dict()[key])
+
+
+def test_wrong_architecture_fails_listing_keys(compose_cfg, tmp_path):
+    base = compose_cfg("train", ["model=vesselfm_base"])
+    torch.save(build_network(base.model.net).state_dict(), tmp_path / "base.pt")
+    cfg = compose_cfg("train", ["model=tiny"])
+    cfg.model.checkpoint = str(tmp_path / "base.pt")
+
+    with pytest.raises(CheckpointError) as info:
+        load_model(cfg.model)
+
+    message = str(info.value)
+    assert "model=tiny" in message
+    assert "unexpected" in message and "shape" in message
+    assert "model=vesselfm_base" in message
+    assert "\n" not in message
+
+
+def test_missing_local_file(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        resolve_checkpoint(tmp_path / "nope.pt")
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        read_state_dict(tmp_path / "junk.pt")
+
+
+@pytest.mark.parametrize("spec", ["hf://bwittmann/vesselFM", "hf://onlyowner"])
+def test_bad_hf_uri(spec):
+    with pytest.raises(CheckpointError, match="hf://<owner>/<repo>/<file>"):
+        resolve_checkpoint(spec)
+
+
+def test_cli_offline_not_cached_exits_with_one_line(tmp_path):
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", VESSELFM_ROOT=str(tmp_path))
+    env.pop("HF_HUB_CACHE", None)
+    env.pop("VESSELFM_DEBUG", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vesselfm.train", "model=vesselfm_base", "logger=csv"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert "vesselFM_base.pt" in errors[0] and "model.checkpoint=" in errors[0]
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,23 @@
+"""Model building blocks: the DynUNet builder and the checkpoint loader."""
+
+from __future__ import annotations
+
+from vesselfm.models.components.checkpoint import (
+    DEFAULT_CHECKPOINT,
+    CheckpointError,
+    load_weights,
+    read_state_dict,
+    resolve_checkpoint,
+)
+from vesselfm.models.components.network import build_network, count_parameters, load_model
+
+__all__ = [
+    "DEFAULT_CHECKPOINT",
+    "CheckpointError",
+    "build_network",
+    "count_parameters",
+    "load_model",
+    "load_weights",
+    "read_state_dict",
+    "resolve_checkpoint",
+]

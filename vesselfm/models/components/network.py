@@ -1,0 +1,52 @@
+"""Build the vesselFM network (a MONAI ``DynUNet``) from a model config and load its weights."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from hydra.utils import instantiate
+from torch import nn
+
+from vesselfm.models.components.checkpoint import load_weights, read_state_dict, resolve_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def build_network(net_cfg: Mapping[str, Any]) -> nn.Module:
+    """Instantiate the network described by ``model.net`` (a ``_target_`` config).
+
+    The network maps ``(B, 1, D, H, W)`` intensities to ``(B, 1, D, H, W)`` vessel logits.
+    """
+    return instantiate(net_cfg, _convert_="all")
+
+
+def load_model(model_cfg: Mapping[str, Any]) -> nn.Module:
+    """Build ``model.net`` and load ``model.checkpoint`` (if any) into it, strictly.
+
+    Args:
+        model_cfg: a ``model/*.yaml`` config: ``name``, ``net`` (``_target_``), ``checkpoint``
+            (``hf://owner/repo/file``, a ``.pt``/``.ckpt`` path or ``null``), ``revision`` and
+            optional ``cache_dir``.
+
+    Returns:
+        The network in eval mode on the CPU.
+
+    Raises:
+        CheckpointError: weights missing, unreadable, or not matching the network.
+    """
+    net = build_network(model_cfg["net"])
+    spec = model_cfg.get("checkpoint")
+    path = resolve_checkpoint(spec, model_cfg.get("revision"), model_cfg.get("cache_dir"))
+    if path is None:
+        log.info("model=%s starts from random weights (model.checkpoint is null)", model_cfg.get("name"))
+    else:
+        load_weights(net, read_state_dict(path), model_name=str(model_cfg.get("name")), source=str(spec))
+        log.info("model=%s loaded weights from %s", model_cfg.get("name"), spec)
+    return net.eval()
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)

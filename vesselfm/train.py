@@ -1,0 +1,118 @@
+"""Fine-tune vesselFM and test it: ``python -m vesselfm.train experiment=imagecas_finetune``.
+
+``train(cfg)`` does the work and can be called from Python; ``main()`` is the Hydra CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vesselfm.utils.cli import UserError, hydra_entrypoint
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a callbacks/logger group (a dict of configs)."""
+    from hydra.utils import instantiate
+
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
+    """``"last"`` → this task's newest ``checkpoints/last.ckpt`` under ``paths.log_dir``."""
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        root = Path(cfg.paths.log_dir) / cfg.task_name
+        candidates = sorted(root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise UserError(
+                f"ckpt_path=last: no last.ckpt under {root}; give ckpt_path=/path/to/last.ckpt"
+            )
+        return str(candidates[-1])
+    if not Path(ckpt_path).is_file():
+        raise UserError(f"ckpt_path={ckpt_path}: no such file")
+    return str(ckpt_path)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit (``cfg.train``) and test (``cfg.test``) a ``VesselSegLitModule``.
+
+    Args:
+        cfg: the composed ``train.yaml``.
+
+    Returns:
+        ``(metrics, objects)``: the logged metrics of fit and test, and the objects built
+        (``cfg``, ``datamodule``, ``model``, ``trainer``, ``callbacks``, ``loggers``).
+    """
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from vesselfm.models import load_model
+    from vesselfm.models.lit_module import VesselSegLitModule
+
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    # Weights first: a missing checkpoint should fail before any data is touched.
+    net = load_model(cfg.model)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data, _recursive_=False)
+    model = VesselSegLitModule(
+        net=net,
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        inference=OmegaConf.to_container(cfg.inference, resolve=True),
+        output_dir=cfg.paths.output_dir,
+    )
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    loggers = _instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    objects = {
+        "cfg": cfg,
+        "datamodule": datamodule,
+        "model": model,
+        "trainer": trainer,
+        "callbacks": callbacks,
+        "loggers": loggers,
+    }
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    metrics: dict[str, Any] = {}
+    if cfg.get("train"):
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    if cfg.get("test"):
+        best = None
+        if cfg.get("train"):
+            best = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
+            if best is None:
+                log.warning("no best checkpoint was saved; testing the current weights")
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=best, weights_only=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    return metrics, objects
+
+
+@hydra_entrypoint("train")
+def main(cfg: DictConfig) -> float | None:
+    """CLI: train and/or test, print where the results are, return the monitored metric."""
+    metrics, _ = train(cfg)
+    monitored = cfg.get("optimized_metric")
+    return metrics.get(monitored) if monitored else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The one way every ``python -m vesselfm.X`` entrypoint starts, logs and fails.
+
+User errors (bad input, missing weights, a wrong override) end the program with one line on
+stderr and a non-zero exit status; the traceback is shown only with ``hydra.verbose=true`` or
+``VESSELFM_DEBUG=1``. Programming errors keep their traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import hydra
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_PATH = "pkg://vesselfm.configs"
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+EXIT_USER_ERROR = 2
+
+T = TypeVar("T")
+
+
+class UserError(RuntimeError):
+    """An error caused by the user's input or environment, reported as one line.
+
+    The message must name what was wrong, where (file or config key), and the fix.
+    """
+
+
+# Exceptions that, raised out of an entrypoint, are the user's to fix: bad values, missing or
+# unreadable files, missing weights. Anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, TypeError, OSError)
+
+
+def _debug_requested(cfg: DictConfig | None) -> bool:
+    if os.environ.get("VESSELFM_DEBUG", "").lower() in {"1", "true", "yes"}:
+        return True
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return True
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return bool(HydraConfig.get().verbose)
+    except Exception:  # noqa: BLE001 - Hydra not initialised (plain function call)
+        return False
+
+
+def run_guarded(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
+    """Call ``fn(cfg)``; turn user errors into one line on stderr and exit status 2."""
+    try:
+        return fn(cfg)
+    except USER_ERRORS as err:
+        if _debug_requested(cfg):
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        log.debug("user error", exc_info=True)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def hydra_entrypoint(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[[], Any]]:
+    """Decorate a ``main(cfg)`` function as a Hydra entrypoint reading the packaged configs.
+
+    The configs ship inside the wheel as ``vesselfm.configs``, so the entrypoint works from any
+    working directory. ``--help`` prints the config's ``hydra.help`` text.
+
+    Args:
+        config_name: the top-level config file in ``configs/`` without ``.yaml``.
+
+    Returns:
+        A decorator producing a zero-argument ``main()`` that parses ``sys.argv``.
+    """
+
+    def decorator(fn: Callable[[DictConfig], T]) -> Callable[[], Any]:
+        @functools.wraps(fn)
+        def task(cfg: DictConfig) -> T:
+            return run_guarded(fn, cfg)
+
+        return hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(task)
+
+    return decorator
