@@ -1,0 +1,168 @@
+"""Preprocessing shared by ``prepare``, training and ``infer``: one resampling, one normalisation.
+
+A model trained on data made by ``python -m vesselfm.prepare`` must see the same voxels at
+inference time, so both call these functions with the same :class:`PreprocessConfig` (stored in
+the prepared set's manifest and in the checkpoints).
+
+Volumes are NumPy arrays in NIfTI voxel order ``(X, Y, Z)``; ``Z`` is the slice axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a scan is brought to the network's grid and intensity range.
+
+    Attributes:
+        in_plane_size: resample X and Y to this many voxels, keep Z (vesselFM's ImageCAS choice:
+            256). Ignored when ``target_spacing`` is set. ``None`` with no spacing: keep the grid.
+        target_spacing: resample to this voxel size in mm ``(sx, sy, sz)`` instead.
+        lower, upper: intensity percentiles mapped to ``b_min`` and ``b_max`` (vesselFM: 1, 99).
+        b_min, b_max: output intensity range.
+        clip: clip intensities to ``[b_min, b_max]``.
+    """
+
+    in_plane_size: int | None = 256
+    target_spacing: tuple[float, float, float] | None = None
+    lower: float = 1.0
+    upper: float = 99.0
+    b_min: float = 0.0
+    b_max: float = 1.0
+    clip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.in_plane_size is not None and int(self.in_plane_size) < 8:
+            raise ValueError(f"preprocess.in_plane_size must be >= 8 or null, got {self.in_plane_size}")
+        if self.target_spacing is not None:
+            spacing = tuple(float(s) for s in self.target_spacing)
+            if len(spacing) != 3 or min(spacing) <= 0:
+                raise ValueError(
+                    f"preprocess.target_spacing must be 3 positive mm values or null, got {self.target_spacing}"
+                )
+            object.__setattr__(self, "target_spacing", spacing)
+        if not 0 <= self.lower < self.upper <= 100:
+            raise ValueError(
+                f"preprocess.lower/upper must satisfy 0 <= lower < upper <= 100, got {self.lower}, {self.upper}"
+            )
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any] | None) -> PreprocessConfig:
+        """Build from a config mapping; unknown keys raise, listing the allowed ones."""
+        cfg = dict(cfg or {})
+        allowed = set(cls.__dataclass_fields__)
+        unknown = set(cfg) - allowed
+        if unknown:
+            raise ValueError(f"unknown preprocess keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        if cfg.get("target_spacing") is not None:
+            cfg["target_spacing"] = tuple(cfg["target_spacing"])
+        return cls(**cfg)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["target_spacing"] is not None:
+            d["target_spacing"] = list(d["target_spacing"])
+        return d
+
+
+def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along each array axis: the column norms of the affine's 3×3 part."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
+def target_shape(
+    shape: Sequence[int], spacing: Sequence[float], config: PreprocessConfig
+) -> tuple[int, int, int]:
+    """The prepared grid's shape for a scan of ``shape`` voxels of ``spacing`` mm."""
+    shape = tuple(int(s) for s in shape)
+    if config.target_spacing is not None:
+        return tuple(
+            max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, config.target_spacing, strict=True)
+        )
+    if config.in_plane_size is not None:
+        return (int(config.in_plane_size), int(config.in_plane_size), shape[2])
+    return shape
+
+
+def resampled_affine(affine: np.ndarray, shape: Sequence[int], new_shape: Sequence[int]) -> np.ndarray:
+    """Affine of the same field of view sampled on ``new_shape`` voxels (voxel centres, not corners)."""
+    scale = np.asarray(shape, dtype=np.float64) / np.asarray(new_shape, dtype=np.float64)
+    step = np.eye(4)
+    step[:3, :3] = np.diag(scale)
+    step[:3, 3] = (scale - 1.0) / 2.0
+    return np.asarray(affine, dtype=np.float64) @ step
+
+
+def _resample(volume: np.ndarray | torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Resample a float volume: area averaging on shrinking axes (anti-aliased), trilinear on growing ones."""
+    x = torch.as_tensor(volume)
+    x = x.to(torch.float32)[None, None]
+    src = tuple(x.shape[2:])
+    shape = tuple(int(s) for s in shape)
+    if src == shape:
+        return x[0, 0]
+    shrink = tuple(min(s, t) for s, t in zip(src, shape, strict=True))
+    if shrink != src:
+        # Adaptive average pooling: each output voxel is the mean of the input voxels it covers,
+        # the anti-aliasing skimage.transform.resize(anti_aliasing=True) approximates with a blur.
+        x = F.interpolate(x, size=shrink, mode="area")
+    if shrink != shape:
+        x = F.interpolate(x, size=shape, mode="trilinear", align_corners=False)
+    return x[0, 0]
+
+
+def resample_image(volume: np.ndarray | torch.Tensor, shape: Sequence[int]) -> np.ndarray:
+    """Resample an intensity volume to ``shape`` (float32)."""
+    return _resample(volume, shape).numpy()
+
+
+def resample_probabilities(prob: np.ndarray | torch.Tensor, shape: Sequence[int]) -> np.ndarray:
+    """Resample a probability map to ``shape`` (float32 in [0, 1]), e.g. back to the scan's grid."""
+    return _resample(prob, shape).clamp_(0.0, 1.0).numpy()
+
+
+def resample_label(label: np.ndarray | torch.Tensor, shape: Sequence[int], threshold: float = 0.5) -> np.ndarray:
+    """Resample a binary label to ``shape`` (uint8 0/1).
+
+    The label is resampled as a fraction (area / trilinear) and thresholded, which keeps vessel
+    boundaries where nearest-neighbour would alias them. A lower ``threshold`` keeps thin vessels
+    that cover less than half of a coarse voxel.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"label threshold must be in (0, 1), got {threshold}")
+    return (_resample(torch.as_tensor(np.asarray(label) > 0), shape) >= threshold).numpy().astype(np.uint8)
+
+
+def intensity_range(volume: np.ndarray, config: PreprocessConfig) -> tuple[float, float]:
+    """The ``(lower, upper)`` percentiles of ``volume``, the values mapped to ``b_min``/``b_max``."""
+    lo, hi = np.percentile(np.asarray(volume), [config.lower, config.upper])
+    return float(lo), float(hi)
+
+
+def normalize_intensity(
+    volume: np.ndarray | torch.Tensor,
+    value_range: tuple[float, float],
+    config: PreprocessConfig,
+) -> np.ndarray | torch.Tensor:
+    """Map ``value_range`` linearly onto ``[b_min, b_max]`` (and clip), as MONAI's
+    ``ScaleIntensityRangePercentiles`` does, with the percentiles given (computed once per scan).
+
+    Returns float32, NumPy or torch as given.
+    """
+    lo, hi = value_range
+    scale = (config.b_max - config.b_min) / (hi - lo) if hi > lo else 0.0
+    if isinstance(volume, torch.Tensor):
+        out = (volume.float() - lo) * scale + config.b_min
+        return out.clamp_(config.b_min, config.b_max) if config.clip else out
+    out = (np.asarray(volume, dtype=np.float32) - np.float32(lo)) * np.float32(scale) + np.float32(config.b_min)
+    if config.clip:
+        np.clip(out, config.b_min, config.b_max, out=out)
+    return out
