@@ -15,3 +15,40 @@ def test_every_subpackage_is_listed_in_pyproject():
         for p in (ROOT / "vesselfm").rglob("__init__.py")
     } | {"vesselfm.configs"}
     assert found == listed
+
+
+def test_wheel_ships_configs_and_runs_outside_the_checkout(tmp_path):
+    """Build the wheel, install it (without deps, beside the test venv's) and run --help from elsewhere."""
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(ROOT)],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = wheel_dir.glob("vesselfm-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for config in ("train.yaml", "model/vesselfm_base.yaml", "model/tiny.yaml", "hydra/default.yaml"):
+        assert f"vesselfm/configs/{config}" in names, config
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        timeout=300,
+    )
+    env = dict(os.environ, PYTHONPATH=str(target))
+    # -I would drop PYTHONPATH; -P keeps the cwd off sys.path, so only the installed wheel is found.
+    proc = subprocess.run(
+        [sys.executable, "-P", "-c", "import vesselfm.configs as c; print(c.__file__)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    )
+    assert proc.stdout.strip().startswith(str(target)), proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-P", "-m", "vesselfm.train", "--help"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "experiment" in proc.stdout and "vesselfm_base" in proc.stdout

@@ -73,6 +73,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
         inference=OmegaConf.to_container(cfg.inference, resolve=True),
         output_dir=cfg.paths.output_dir,
+        metadata={"model_name": cfg.model.name},
     )
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))

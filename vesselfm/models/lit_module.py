@@ -1,0 +1,191 @@
+"""``VesselSegLitModule``: vesselFM's DynUNet trained with patches, validated and tested on whole volumes.
+
+Validation and test use the same :class:`~vesselfm.inference.SlidingWindowPredictor` as
+``python -m vesselfm.infer`` and the same metric functions as ``python -m vesselfm.evaluate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+VAL_METRICS = ("dice", "cldice")
+SCHEDULER_INTERVALS = ("epoch", "step")
+
+
+def warmup_cosine_lambda(warmup: int, total: int, base_lr: float, eta_min: float) -> Callable[[int], float]:
+    """LR factor for linear warm-up over ``warmup`` units, then cosine decay to ``eta_min`` at ``total``."""
+
+    def factor(i: int) -> float:
+        if warmup > 0 and i < warmup:
+            return (i + 1) / warmup
+        progress = min(1.0, (i - warmup) / max(1, total - warmup))
+        floor = eta_min / base_lr if base_lr > 0 else 0.0
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class VesselSegLitModule(L.LightningModule):
+    """Binary vessel segmentation with a 3D network emitting one logit channel.
+
+    Args:
+        net: the network ``(B, 1, X, Y, Z) -> (B, 1, X, Y, Z)`` logits; kept as ``self.model``
+            so checkpoint keys carry the ``model.`` prefix vesselFM's checkpoints use.
+        loss: a loss on logits and binary targets.
+        optimizer: a partial optimizer (``torch.optim.AdamW`` with lr and weight decay bound).
+        scheduler: ``{"warmup": int, "eta_min": float, "interval": "epoch"|"step"}``; ``None``
+            keeps the learning rate constant.
+        inference: the ``inference`` config group (sliding window, threshold) for validation/test.
+        output_dir: where test writes ``metrics.csv``, ``summary.json`` and ``summary.md``.
+        metadata: extra facts stored in every checkpoint under ``"vesselfm"`` (e.g. the model
+            config's name), beside the preprocessing and threshold ``infer`` reads back.
+
+    Example:
+        >>> module = VesselSegLitModule(net, DiceCELoss(sigmoid=True), partial(AdamW, lr=1e-3))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Mapping[str, Any] | None = None,
+        inference: Mapping[str, Any] | None = None,
+        output_dir: str | Path | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer"], logger=False)
+        self.model = net
+        self.loss_fn = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_cfg = dict(scheduler or {})
+        interval = self.scheduler_cfg.get("interval", "epoch")
+        if interval not in SCHEDULER_INTERVALS:
+            raise ValueError(f"scheduler.interval must be one of {SCHEDULER_INTERVALS}, got {interval!r}")
+        self.inference_cfg = dict(inference or {})
+        self.threshold = float(self.inference_cfg.get("threshold", 0.5))
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self._predictor = None
+        self.metadata = dict(metadata or {})
+        self._test_rows: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ building blocks
+    @property
+    def predictor(self):  # noqa: ANN201 - imported lazily to keep Lightning out of inference
+        """The sliding-window predictor over ``self.model``, built once."""
+        if self._predictor is None:
+            from vesselfm.inference import SlidingWindowPredictor
+
+            cfg = {k: v for k, v in self.inference_cfg.items() if k not in {"device", "sw_device"}}
+            # Inside Lightning the network already sits on its device: predict there.
+            self._predictor = SlidingWindowPredictor.from_config(self.model, cfg)
+        return self._predictor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self.model(batch["image"])
+        loss = self.loss_fn(logits, batch["label"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def _predict(self, image: torch.Tensor) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.predictor.predict_volume(image)
+        finally:
+            self.model.train(was_training)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        from vesselfm.metrics import compute_metrics
+
+        prob = self._predict(batch["image"])
+        for i in range(prob.shape[0]):
+            values = compute_metrics(
+                prob[i, 0].float().cpu().numpy(),
+                batch["label"][i, 0].cpu().numpy() > 0.5,
+                spacing=tuple(float(s) for s in batch["spacing"][i]),
+                threshold=self.threshold,
+                metrics=VAL_METRICS,
+            )
+            for name in VAL_METRICS:
+                if values.get(name) is not None:
+                    self.log(f"val/{name}", float(values[name]), on_epoch=True, prog_bar=True, batch_size=1, sync_dist=True)
+
+    # ------------------------------------------------------------------ test (native resolution)
+    def on_test_epoch_start(self) -> None:
+        self._test_rows = []
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        import nibabel as nib
+
+        from vesselfm.data.preprocessing import resample_probabilities
+        from vesselfm.metrics import compute_metrics
+
+        prob = self._predict(batch["image"])
+        for i in range(prob.shape[0]):
+            shape = tuple(int(s) for s in batch["original_shape"][i])
+            spacing = tuple(float(s) for s in batch["original_spacing"][i])
+            native = resample_probabilities(prob[i, 0].float().cpu(), shape)
+            label = np.asarray(nib.load(batch["original_label"][i]).dataobj) > 0
+            values = compute_metrics(native, label, spacing=spacing, threshold=self.threshold)
+            self._test_rows.append({"case": str(batch["case"][i]), **values})
+            for name, value in values.items():
+                if value is not None:
+                    self.log(f"test/{name}", float(value), on_epoch=True, batch_size=1, sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        from vesselfm.metrics import write_reports
+
+        rows = self._test_rows
+        if self.trainer.world_size > 1:
+            gathered: list[list[dict[str, Any]]] = [None] * self.trainer.world_size  # type: ignore[list-item]
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        if self.trainer.is_global_zero and self.output_dir is not None and rows:
+            rows = sorted({r["case"]: r for r in rows}.values(), key=lambda r: r["case"])
+            paths = write_reports(rows, self.output_dir)
+            log.info("test metrics for %d cases: %s", len(rows), ", ".join(str(p) for p in paths.values()))
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(params=self.model.parameters())
+        if not self.scheduler_cfg:
+            return {"optimizer": optimizer}
+        interval = self.scheduler_cfg.get("interval", "epoch")
+        total = self.trainer.max_epochs if interval == "epoch" else self.trainer.estimated_stepping_batches
+        if total is None or total < 0:
+            raise ValueError(
+                f"scheduler.interval={interval} needs trainer.max_epochs (or max_steps) to be set, got {total}"
+            )
+        base_lr = optimizer.param_groups[0]["lr"]
+        factor = warmup_cosine_lambda(
+            int(self.scheduler_cfg.get("warmup", 0)), int(total), base_lr, float(self.scheduler_cfg.get("eta_min", 0.0))
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval, "frequency": 1}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record what ``infer`` needs to reproduce training's preprocessing and threshold."""
+        meta: dict[str, Any] = {**self.metadata, "threshold": self.threshold}
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        preprocess = getattr(datamodule, "preprocess", None)
+        if preprocess is not None:
+            meta["preprocess"] = preprocess.to_dict()
+        checkpoint["vesselfm"] = meta
