@@ -25,7 +25,9 @@ AFFINE = np.array(
 )
 
 
-def sphere(shape: tuple[int, int, int], centre: tuple[float, float, float], radius: float) -> np.ndarray:
+def sphere(
+    shape: tuple[int, int, int], centre: tuple[float, float, float], radius: float
+) -> np.ndarray:
     grid = np.indices(shape, dtype=np.float64)
     dist = np.sqrt(sum((grid[a] - centre[a]) ** 2 for a in range(3)))
     return dist <= radius
@@ -85,7 +87,9 @@ def case() -> Case:
     image = rng.normal(40, 20, SHAPE).astype(np.int16)  # soft tissue, HU
     image[:4] = -1000  # some air, so the image reads as HU
     image[label] = 400  # contrast-filled lumen
-    return Case(image=image, label=label.astype(np.uint8), pred=pred.astype(np.uint8), affine=AFFINE.copy())
+    return Case(
+        image=image, label=label.astype(np.uint8), pred=pred.astype(np.uint8), affine=AFFINE.copy()
+    )
 
 
 @pytest.fixture()
@@ -130,7 +134,9 @@ def chromium(tmp_path: Path):
         (b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
     )
     if binary is None:
-        pytest.fail("headless browser test needs Chromium: apt-get install -y chromium (or set VESSELFM_CHROMIUM)")
+        pytest.fail(
+            "headless browser test needs Chromium: apt-get install -y chromium (or set VESSELFM_CHROMIUM)"
+        )
 
     def run(url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         profile = tmp_path / "chromium-profile"

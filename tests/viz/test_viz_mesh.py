@@ -15,10 +15,16 @@ AFFINE = np.array([[-0.4, 0, 0, 30.0], [0, 0.5, 0, -12.0], [0, 0, 0.8, 100.0], [
 VOXEL_MM3 = abs(np.linalg.det(AFFINE[:3, :3]))
 # det > 0 (identity-like, anisotropic) and det < 0 (one flipped axis), with translations.
 AFFINES = {
-    "positive": np.diag([0.45, 0.45, 0.6, 1.0]) + np.array([[0, 0, 0, -50.0], [0, 0, 0, 80.0], [0, 0, 0, -200.0], [0, 0, 0, 0]]),
+    "positive": np.diag([0.45, 0.45, 0.6, 1.0])
+    + np.array([[0, 0, 0, -50.0], [0, 0, 0, 80.0], [0, 0, 0, -200.0], [0, 0, 0, 0]]),
     "flipped": AFFINE,
     "oblique": np.array(
-        [[0.0, -0.5, 0.0, 10.0], [0.4 * np.cos(0.3), 0.0, -0.8 * np.sin(0.3), 5.0], [0.4 * np.sin(0.3), 0.0, 0.8 * np.cos(0.3), 0.0], [0, 0, 0, 1.0]]
+        [
+            [0.0, -0.5, 0.0, 10.0],
+            [0.4 * np.cos(0.3), 0.0, -0.8 * np.sin(0.3), 5.0],
+            [0.4 * np.sin(0.3), 0.0, 0.8 * np.cos(0.3), 0.0],
+            [0, 0, 0, 1.0],
+        ]
     ),
 }
 
@@ -55,7 +61,9 @@ def test_blob_centroid_is_affine_of_voxel_centroid() -> None:
     vertices, faces = mask_to_mesh(mask, AFFINE)
     mesh_centroid = trimesh.Trimesh(vertices, faces).center_mass
     voxel_centroid = apply_affine(AFFINE, np.argwhere(mask).mean(axis=0)[None])[0]
-    np.testing.assert_allclose(mesh_centroid, voxel_centroid, atol=0.02)  # mm; voxels are 0.4-0.8 mm
+    np.testing.assert_allclose(
+        mesh_centroid, voxel_centroid, atol=0.02
+    )  # mm; voxels are 0.4-0.8 mm
     # and the mesh sits inside the mask's box in mm, not at the voxel indices
     lo, hi = vertices.min(0), vertices.max(0)
     corners = apply_affine(AFFINE, np.argwhere(mask)[[0, -1]])
@@ -92,7 +100,10 @@ def test_smoothing_keeps_volume_and_reduces_roughness(make_sphere) -> None:
     assert mesh_volume(smooth_v, faces) == pytest.approx(mask.sum(), rel=0.02)
     centre = np.array([28, 24, 20])
     # distance to the centre varies less on the smoothed sphere
-    assert np.linalg.norm(smooth_v - centre, axis=1).std() < 0.8 * np.linalg.norm(raw_v - centre, axis=1).std()
+    assert (
+        np.linalg.norm(smooth_v - centre, axis=1).std()
+        < 0.8 * np.linalg.norm(raw_v - centre, axis=1).std()
+    )
 
 
 def test_stl_reads_back_with_numpy_stl_and_trimesh(tmp_path: Path, tree: np.ndarray) -> None:

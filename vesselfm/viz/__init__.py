@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from vesselfm.viz.case import case_id_from_path, visualise_case
 from vesselfm.viz.figure3d import error_masks, make_figure, save_html
-from vesselfm.viz.mesh import apply_affine, load_stl, mask_to_mesh, mask_to_stl, mesh_volume, save_stl
+from vesselfm.viz.mesh import (
+    apply_affine,
+    load_stl,
+    mask_to_mesh,
+    mask_to_stl,
+    mesh_volume,
+    save_stl,
+)
 from vesselfm.viz.overlay import save_overlays
 
 __all__ = [

@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from vesselfm.viz.figure3d import DEFAULT_MAX_FACES, DEFAULT_SMOOTH_ITERATIONS, make_figure, save_html
+from vesselfm.viz.figure3d import (
+    DEFAULT_MAX_FACES,
+    DEFAULT_SMOOTH_ITERATIONS,
+    make_figure,
+    save_html,
+)
 from vesselfm.viz.mesh import mask_to_stl
 from vesselfm.viz.overlay import save_overlays
 
@@ -44,11 +49,15 @@ def _load(path: str | os.PathLike[str], role: str) -> Any:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{role}={path}: no such file; give the path of a .nii or .nii.gz file")
+        raise FileNotFoundError(
+            f"{role}={path}: no such file; give the path of a .nii or .nii.gz file"
+        )
     try:
         img = nib.load(str(path))
     except Exception as err:  # nibabel raises several types for unreadable files
-        raise ValueError(f"{role}={path}: not a readable NIfTI file ({type(err).__name__}: {err})") from err
+        raise ValueError(
+            f"{role}={path}: not a readable NIfTI file ({type(err).__name__}: {err})"
+        ) from err
     if len(img.shape) != 3:
         if len(img.shape) == 4 and img.shape[3] == 1:
             img = img.slicer[..., 0]
@@ -114,7 +123,9 @@ def visualise_case(
                 f"({pred_path}); give files on the same voxel grid"
             )
         if not np.allclose(other.affine, pred_img.affine, atol=1e-3):
-            log.warning("%s=%s: affine differs from the prediction's; using the prediction's", role, path)
+            log.warning(
+                "%s=%s: affine differs from the prediction's; using the prediction's", role, path
+            )
     case = case_id or case_id_from_path(pred_path)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -126,13 +137,19 @@ def visualise_case(
     pred = binary(pred_img)
     gt = None if gt_img is None else binary(gt_img)
     if not pred.any():
-        log.warning("pred=%s: no voxel above threshold %s; the meshes will be empty", pred_path, threshold)
+        log.warning(
+            "pred=%s: no voxel above threshold %s; the meshes will be empty", pred_path, threshold
+        )
     written: dict[str, Path] = {}
 
     if stl:
-        written["pred_stl"] = mask_to_stl(pred, affine, output_dir / f"{case}_pred.stl", step_size, smooth_iterations)
+        written["pred_stl"] = mask_to_stl(
+            pred, affine, output_dir / f"{case}_pred.stl", step_size, smooth_iterations
+        )
         if gt is not None:
-            written["gt_stl"] = mask_to_stl(gt, affine, output_dir / f"{case}_gt.stl", step_size, smooth_iterations)
+            written["gt_stl"] = mask_to_stl(
+                gt, affine, output_dir / f"{case}_gt.stl", step_size, smooth_iterations
+            )
     if html:
         fig = make_figure(
             pred,
@@ -141,7 +158,8 @@ def visualise_case(
             step_size=html_step_size,
             max_faces=html_max_faces,
             smooth_iterations=html_smooth_iterations,
-            title=f"case {case}" + (": prediction vs ground truth" if gt is not None else ": prediction"),
+            title=f"case {case}"
+            + (": prediction vs ground truth" if gt is not None else ": prediction"),
         )
         written["html"] = save_html(fig, output_dir / f"{case}_3d.html")
     if png:
@@ -153,6 +171,13 @@ def visualise_case(
 
         spacing = nib.affines.voxel_sizes(affine)[np.argsort(ornt[:, 0])]
         image = None if image_img is None else np.asanyarray(image_img.dataobj)
-        pngs = save_overlays(canonical(image), canonical(pred), output_dir, gt=canonical(gt), prefix=f"{case}_", spacing=tuple(spacing))
+        pngs = save_overlays(
+            canonical(image),
+            canonical(pred),
+            output_dir,
+            gt=canonical(gt),
+            prefix=f"{case}_",
+            spacing=tuple(spacing),
+        )
         written.update(zip(("axial", "coronal", "sagittal", "mip"), pngs, strict=True))
     return written

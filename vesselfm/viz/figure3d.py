@@ -90,7 +90,9 @@ def choose_step_size(masks: list[np.ndarray], max_faces: int) -> int:
     return max(1, math.ceil(math.sqrt(estimate / max_faces)))
 
 
-def _mesh_trace(vertices: np.ndarray, faces: np.ndarray, name: str, color: str, opacity: float) -> go.Mesh3d:
+def _mesh_trace(
+    vertices: np.ndarray, faces: np.ndarray, name: str, color: str, opacity: float
+) -> go.Mesh3d:
     import plotly.graph_objects as go
 
     # float32/int32 arrays are embedded base64-encoded: half the size of float64, and no loss
@@ -109,7 +111,13 @@ def _mesh_trace(vertices: np.ndarray, faces: np.ndarray, name: str, color: str, 
         opacity=opacity,
         showlegend=True,
         flatshading=False,
-        lighting={"ambient": 0.45, "diffuse": 0.8, "specular": 0.2, "roughness": 0.5, "fresnel": 0.1},
+        lighting={
+            "ambient": 0.45,
+            "diffuse": 0.8,
+            "specular": 0.2,
+            "roughness": 0.5,
+            "fresnel": 0.1,
+        },
         hoverinfo="name",
     )
 
@@ -161,7 +169,9 @@ def make_figure(
     auto_step = step_size is None
     step_size = choose_step_size(list(masks.values()), max_faces) if auto_step else int(step_size)
     while True:
-        meshes = {key: mask_to_mesh(m, affine, step_size, smooth_iterations) for key, m in masks.items()}
+        meshes = {
+            key: mask_to_mesh(m, affine, step_size, smooth_iterations) for key, m in masks.items()
+        }
         n_faces = sum(len(faces) for _, faces in meshes.values())
         if not auto_step or n_faces <= max_faces:
             break
@@ -171,7 +181,12 @@ def make_figure(
         for key, (vertices, faces) in meshes.items()
         if len(faces)
     ]
-    log.info("3D view: %d surfaces, %d triangles (marching-cubes step %d)", len(traces), n_faces, step_size)
+    log.info(
+        "3D view: %d surfaces, %d triangles (marching-cubes step %d)",
+        len(traces),
+        n_faces,
+        step_size,
+    )
     fig = go.Figure(traces)
     axis = {"showbackground": True, "backgroundcolor": "#f4f4f4", "gridcolor": "#dddddd"}
     fig.update_layout(
@@ -182,7 +197,11 @@ def make_figure(
             "yaxis": {"title": {"text": "y (mm)"}, **axis},
             "zaxis": {"title": {"text": "z (mm)"}, **axis},
             # From the front (+y is anterior in RAS), a little above: patient's right on the left.
-            "camera": {"eye": {"x": 0.4, "y": 2.0, "z": 0.6}, "up": {"x": 0, "y": 0, "z": 1}, "projection": {"type": "orthographic"}},
+            "camera": {
+                "eye": {"x": 0.4, "y": 2.0, "z": 0.6},
+                "up": {"x": 0, "y": 0, "z": 1},
+                "projection": {"type": "orthographic"},
+            },
         },
         legend={"itemclick": "toggle", "x": 0.01, "y": 0.99, "bgcolor": "rgba(255,255,255,0.7)"},
         margin={"l": 0, "r": 0, "t": 40 if title else 0, "b": 0},
@@ -210,7 +229,10 @@ def save_html(fig: go.Figure, path: str | os.PathLike[str]) -> Path:
             full_html=True,
             default_height="96vh",
             post_script=STATUS_SCRIPT,
-            config={"displaylogo": False, "toImageButtonOptions": {"format": "png", "filename": path.stem}},
+            config={
+                "displaylogo": False,
+                "toImageButtonOptions": {"format": "png", "filename": path.stem},
+            },
         )
     log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path

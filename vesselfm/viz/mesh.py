@@ -33,9 +33,13 @@ def _check_mask_affine(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray
     mask = np.asarray(mask)
     affine = np.asarray(affine, dtype=np.float64)
     if mask.ndim != 3:
-        raise ValueError(f"mask must be a 3D array (X, Y, Z), got shape {mask.shape}; squeeze channel axes first")
+        raise ValueError(
+            f"mask must be a 3D array (X, Y, Z), got shape {mask.shape}; squeeze channel axes first"
+        )
     if affine.shape != (4, 4):
-        raise ValueError(f"affine must be a 4x4 matrix (voxel index -> mm), got shape {affine.shape}")
+        raise ValueError(
+            f"affine must be a 4x4 matrix (voxel index -> mm), got shape {affine.shape}"
+        )
     if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise ValueError("affine is singular (zero voxel size); pass the NIfTI image's affine")
     return mask, affine
@@ -91,7 +95,9 @@ def _taubin_smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int) -> 
     n = len(vertices)
     edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
     edges = np.concatenate([edges, edges[:, ::-1]])
-    adjacency = sparse.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()
+    adjacency = sparse.coo_matrix(
+        (np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)
+    ).tocsr()
     adjacency.data[:] = 1.0  # duplicate edges (shared by two faces) count once
     degree = np.asarray(adjacency.sum(axis=1)).ravel()
     degree[degree == 0] = 1.0
@@ -147,7 +153,9 @@ def mask_to_mesh(
     # One background voxel before the box and step_size after it, so the strided marching-cubes
     # grid always samples background beyond the last foreground voxel: a closed surface.
     crop = np.pad(np.asarray(mask[box] != 0, dtype=np.float32), [(1, step_size)] * 3)
-    verts, faces, _, _ = measure.marching_cubes(crop, level=0.5, step_size=step_size, allow_degenerate=False)
+    verts, faces, _, _ = measure.marching_cubes(
+        crop, level=0.5, step_size=step_size, allow_degenerate=False
+    )
     verts = verts.astype(np.float64) + np.array([s.start - 1 for s in box], dtype=np.float64)
     faces = faces.astype(np.int64)
     if smooth_iterations:
@@ -180,7 +188,9 @@ def save_stl(vertices: np.ndarray, faces: np.ndarray, path: str | os.PathLike[st
     vertices = np.asarray(vertices, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
     if len(faces) and (faces.min() < 0 or faces.max() >= len(vertices)):
-        raise ValueError(f"faces index vertices 0..{len(vertices) - 1}, got indices {faces.min()}..{faces.max()}")
+        raise ValueError(
+            f"faces index vertices 0..{len(vertices) - 1}, got indices {faces.min()}..{faces.max()}"
+        )
     data = np.zeros(len(faces), dtype=stl_mesh.Mesh.dtype)
     data["vectors"] = vertices[faces]
     surface = stl_mesh.Mesh(data, calculate_normals=True, remove_empty_areas=False)
@@ -232,5 +242,7 @@ def mask_to_stl(
     Returns:
         The path written.
     """
-    vertices, faces = mask_to_mesh(mask, affine, step_size=step_size, smooth_iterations=smooth_iterations)
+    vertices, faces = mask_to_mesh(
+        mask, affine, step_size=step_size, smooth_iterations=smooth_iterations
+    )
     return save_stl(vertices, faces, path)

@@ -79,15 +79,38 @@ def _draw(
     width = background.shape[0] * float(spacing[h_axis])
     height = background.shape[1] * float(spacing[v_axis])
     extent = (0.0, width, 0.0, height)
-    ax.imshow(background.T, cmap="gray", vmin=window[0], vmax=window[1], origin="lower", extent=extent, interpolation="nearest")
+    ax.imshow(
+        background.T,
+        cmap="gray",
+        vmin=window[0],
+        vmax=window[1],
+        origin="lower",
+        extent=extent,
+        interpolation="nearest",
+    )
     # Contour coordinates: pixel centres in mm along each drawn axis.
     xs = (np.arange(background.shape[0]) + 0.5) * float(spacing[h_axis])
     ys = (np.arange(background.shape[1]) + 0.5) * float(spacing[v_axis])
     if fill and np.any(pred):
-        ax.imshow(np.ma.masked_equal(pred.T.astype(np.uint8), 0), cmap="autumn", alpha=0.3, origin="lower", extent=extent, interpolation="nearest")
+        ax.imshow(
+            np.ma.masked_equal(pred.T.astype(np.uint8), 0),
+            cmap="autumn",
+            alpha=0.3,
+            origin="lower",
+            extent=extent,
+            interpolation="nearest",
+        )
     for mask, color, style in ((pred, PRED_COLOR, "solid"), (gt, GT_COLOR, "dashed")):
         if mask is not None and np.any(mask) and not np.all(mask):
-            ax.contour(xs, ys, mask.T.astype(np.float32), levels=[0.5], colors=[color], linewidths=0.9, linestyles=style)
+            ax.contour(
+                xs,
+                ys,
+                mask.T.astype(np.float32),
+                levels=[0.5],
+                colors=[color],
+                linewidths=0.9,
+                linestyles=style,
+            )
     # Flip horizontally: +axis 0 (patient's right) / +axis 1 (anterior) on the image's left.
     ax.set_xlim(width, 0.0)
     ax.set_ylim(0.0, height)
@@ -107,7 +130,9 @@ def _legend(fig: Any, with_gt: bool) -> None:
     handles = [Line2D([], [], color=PRED_COLOR, label="prediction")]
     if with_gt:
         handles.append(Line2D([], [], color=GT_COLOR, linestyle="dashed", label="ground truth"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, fontsize=9)
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, fontsize=9
+    )
 
 
 def _save(fig: Any, path: Path, dpi: int) -> Path:
@@ -165,7 +190,9 @@ def save_overlays(
         raise ValueError(f"mask must be a 3D array (X, Y, Z), got shape {mask.shape}")
     for name, other in (("image", image), ("gt", gt)):
         if other is not None and np.shape(other) != mask.shape:
-            raise ValueError(f"{name} must have the mask's shape {mask.shape}, got {np.shape(other)}")
+            raise ValueError(
+                f"{name} must have the mask's shape {mask.shape}, got {np.shape(other)}"
+            )
     if len(spacing) != 3 or min(float(s) for s in spacing) <= 0:
         raise ValueError(f"spacing must be 3 positive voxel sizes in mm, got {tuple(spacing)}")
     gt_mask = None if gt is None else np.asarray(gt) != 0
@@ -178,9 +205,19 @@ def save_overlays(
 
     for view, (axis, axes, letters) in VIEWS.items():
         index = _best_slice(masks, axis)
-        take = lambda a: np.take(a, index, axis=axis)  # noqa: E731
         fig, ax = plt.subplots(figsize=(6, 6), layout="constrained")
-        _draw(ax, take(background), window, take(mask), None if gt_mask is None else take(gt_mask), spacing, axes, letters, fill=True)
+        gt_slice = None if gt_mask is None else np.take(gt_mask, index, axis=axis)
+        _draw(
+            ax,
+            np.take(background, index, axis=axis),
+            window,
+            np.take(mask, index, axis=axis),
+            gt_slice,
+            spacing,
+            axes,
+            letters,
+            fill=True,
+        )
         ax.set_title(f"{view}, slice {index} of {mask.shape[axis]}", fontsize=10)
         _legend(fig, gt_mask is not None)
         written.append(_save(fig, output_dir / f"{prefix}{view}.png", dpi))
@@ -188,11 +225,20 @@ def save_overlays(
     box = bounding_box(mask if gt_mask is None else mask | gt_mask)
     fig, axs = plt.subplots(1, 3, figsize=(15, 5.5), layout="constrained")
     for ax, (view, (axis, axes, letters)) in zip(axs, VIEWS.items(), strict=True):
-        slab = slice(None) if box is None else box[axis]
-        sl = lambda a: a[(slice(None),) * axis + (slab,)]  # noqa: E731
-        mip = np.max(sl(background), axis=axis)
-        mip_gt = None if gt_mask is None else np.max(sl(gt_mask), axis=axis)
-        _draw(ax, mip, window, np.max(sl(mask), axis=axis), mip_gt, spacing, axes, letters, fill=False)
+        slab = (slice(None),) * axis + ((slice(None) if box is None else box[axis]),)
+        mip = np.max(background[slab], axis=axis)
+        mip_gt = None if gt_mask is None else np.max(gt_mask[slab], axis=axis)
+        _draw(
+            ax,
+            mip,
+            window,
+            np.max(mask[slab], axis=axis),
+            mip_gt,
+            spacing,
+            axes,
+            letters,
+            fill=False,
+        )
         ax.set_title(f"{view} MIP over the mask's slab", fontsize=10)
     _legend(fig, gt_mask is not None)
     written.append(_save(fig, output_dir / f"{prefix}mip.png", dpi))
