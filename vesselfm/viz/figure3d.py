@@ -141,6 +141,7 @@ def make_figure(
     smooth_iterations: int = DEFAULT_SMOOTH_ITERATIONS,
     title: str | None = None,
     opacity: float = 1.0,
+    error_opacity: float = 0.5,
 ) -> go.Figure:
     """A plotly 3D figure of a prediction's surface, with TP / FP / FN coloured when ``gt`` is given.
 
@@ -153,7 +154,10 @@ def make_figure(
         max_faces: triangle budget used when ``step_size`` is ``None``.
         smooth_iterations: Taubin smoothing passes for each surface (0: the raw voxel staircase).
         title: figure title.
-        opacity: surface opacity in (0, 1].
+        opacity: opacity of the prediction / true-positive surface, in (0, 1].
+        error_opacity: opacity of the false-positive and false-negative surfaces. Translucent by
+            default: boundary disagreements form thin shells around the true positives, which
+            opaque error surfaces would hide.
 
     Returns:
         A ``plotly.graph_objects.Figure`` with one ``mesh3d`` trace per non-empty surface
@@ -177,7 +181,9 @@ def make_figure(
             break
         step_size += 1  # the estimate was low: coarsen until the page fits its budget
     traces = [
-        _mesh_trace(vertices, faces, *SURFACES[key], opacity)
+        _mesh_trace(
+            vertices, faces, *SURFACES[key], error_opacity if key in ("fp", "fn") else opacity
+        )
         for key, (vertices, faces) in meshes.items()
         if len(faces)
     ]

@@ -205,19 +205,11 @@ def save_overlays(
 
     for view, (axis, axes, letters) in VIEWS.items():
         index = _best_slice(masks, axis)
+        # basic indexing: a view (np.take would copy the whole, often non-contiguous, volume)
+        at = (slice(None),) * axis + (index,)
         fig, ax = plt.subplots(figsize=(6, 6), layout="constrained")
-        gt_slice = None if gt_mask is None else np.take(gt_mask, index, axis=axis)
-        _draw(
-            ax,
-            np.take(background, index, axis=axis),
-            window,
-            np.take(mask, index, axis=axis),
-            gt_slice,
-            spacing,
-            axes,
-            letters,
-            fill=True,
-        )
+        gt_slice = None if gt_mask is None else gt_mask[at]
+        _draw(ax, background[at], window, mask[at], gt_slice, spacing, axes, letters, fill=True)
         ax.set_title(f"{view}, slice {index} of {mask.shape[axis]}", fontsize=10)
         _legend(fig, gt_mask is not None)
         written.append(_save(fig, output_dir / f"{prefix}{view}.png", dpi))
