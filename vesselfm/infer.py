@@ -1,0 +1,233 @@
+"""Segment vessels in NIfTI scans: ``python -m vesselfm.infer input=scan.nii.gz``.
+
+``infer(cfg)`` does the work and can be called from Python; ``main()`` is the Hydra CLI.
+A file that fails is reported and skipped while the others go on; the run exits non-zero if
+any failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from vesselfm.utils.cli import UserError, hydra_entrypoint
+
+log = logging.getLogger(__name__)
+
+LABEL_PATTERNS = ("{case}.label.nii.gz", "{case}.label.nii", "{case}.nii.gz", "{case}.nii", "{case}_label.nii.gz")
+
+
+def default_output_dir(spec: str) -> Path:
+    """``vesselfm_pred/`` in the input's folder (the folder itself when ``input=`` is one)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path / "vesselfm_pred"
+    if path.is_file():
+        return path.parent / "vesselfm_pred"
+    # a glob: the deepest folder without wildcards
+    parts = []
+    for part in path.parts:
+        if any(c in part for c in "*?["):
+            break
+        parts.append(part)
+    return (Path(*parts) if parts else Path(".")) / "vesselfm_pred"
+
+
+def find_label(label_dir: Path, case: str) -> Path | None:
+    """The label file of ``case`` in ``label_dir`` (``<case>.label.nii.gz``, ``<case>.nii.gz``, ...)."""
+    for pattern in LABEL_PATTERNS:
+        candidate = label_dir / pattern.format(case=case)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _resolve_preprocess_and_threshold(cfg: DictConfig) -> tuple[Any, float]:
+    """Preprocessing and threshold: explicit keys first, then the checkpoint's record, then defaults."""
+    from vesselfm.data.preprocessing import PreprocessConfig
+    from vesselfm.inference import read_checkpoint_metadata
+
+    meta = read_checkpoint_metadata(
+        cfg.model.get("checkpoint"), cfg.model.get("revision"), cfg.model.get("cache_dir")
+    )
+    if cfg.get("preprocess") is not None:
+        preprocess = PreprocessConfig.from_mapping(OmegaConf.to_container(cfg.preprocess, resolve=True))
+    else:
+        preprocess = meta.get("preprocess") or PreprocessConfig()
+        if meta.get("preprocess") is not None:
+            log.info("preprocessing from the checkpoint: %s", preprocess.to_dict())
+    if cfg.get("threshold") is not None:
+        threshold = float(cfg.threshold)
+    elif meta.get("threshold") is not None:
+        threshold = float(meta["threshold"])
+        log.info("threshold %.3f from the checkpoint", threshold)
+    else:
+        threshold = float(cfg.inference.threshold)
+    return preprocess, threshold
+
+
+def _score(
+    case: str,
+    mask: np.ndarray,
+    prob: np.ndarray | None,
+    spacing: tuple[float, float, float],
+    label_path: Path,
+    threshold: float,
+) -> dict[str, Any]:
+    """``{"case": case, **compute_metrics(...)}`` of a mask (and its probabilities) against a label file."""
+    from vesselfm.inference import load_scan
+
+    try:
+        from vesselfm.metrics import compute_metrics
+    except ImportError as err:
+        raise UserError("label= needs vesselfm.metrics.compute_metrics, which this installation lacks") from err
+    label = load_scan(label_path)
+    if label.data.shape != mask.shape:
+        raise UserError(f"{label_path}: label shape {label.data.shape} differs from the scan's {mask.shape}")
+    values = compute_metrics(
+        (np.asarray(mask) > 0).astype(np.uint8), label.data > 0.5, spacing=spacing, threshold=threshold, prob=prob
+    )
+    return {"case": case, **values}
+
+
+def _score_existing(case: str, output_dir: Path, label_path: Path, threshold: float) -> dict[str, Any]:
+    """Score a skipped case from the files it left (with its probabilities when they were saved)."""
+    from vesselfm.inference import load_scan, output_paths
+
+    paths = output_paths(output_dir, case)
+    pred = load_scan(paths["pred"])
+    prob = load_scan(paths["prob"]).data if paths["prob"].exists() else None
+    return _score(case, pred.data, prob, pred.spacing, label_path, threshold)
+
+
+def infer(cfg: DictConfig) -> dict[str, Any]:
+    """Segment every scan named by ``cfg.input`` and write the outputs into ``cfg.output``.
+
+    Args:
+        cfg: the composed ``infer.yaml``.
+
+    Returns:
+        ``{"output": dir, "results": [per-case dicts], "failed": [(file, reason)],
+        "metrics": [rows] | None, "reports": {...} | None}``.
+
+    Raises:
+        UserError: bad input or output, weights missing, or any scan failed (after all the
+            others were processed).
+    """
+    from tqdm.auto import tqdm
+
+    from vesselfm.inference import SlidingWindowPredictor, find_inputs
+    from vesselfm.inference.io import ensure_writable_dir
+    from vesselfm.models import load_model
+
+    inputs = find_inputs(cfg.input)
+    output_dir = ensure_writable_dir(cfg.output if cfg.get("output") else default_output_dir(str(cfg.input)))
+    label_dir = None
+    if cfg.get("label"):
+        label_dir = Path(cfg.label).expanduser()
+        if not label_dir.is_dir():
+            raise UserError(f"label={cfg.label}: no such folder; give the folder holding the label NIfTIs")
+
+    preprocess, threshold = _resolve_preprocess_and_threshold(cfg)
+    network = load_model(cfg.model)
+    inference_cfg = OmegaConf.to_container(cfg.inference, resolve=True)
+    inference_cfg["threshold"] = threshold
+    progress = bool(cfg.get("progress", True))
+    predictor = SlidingWindowPredictor.from_config(network, inference_cfg, preprocess=preprocess, progress=progress)
+    device = predictor.compute_device()
+    log.info(
+        "%d scan(s) -> %s | model=%s on %s | threshold %.3f | TTA %s | post-processing %s",
+        len(inputs), output_dir, cfg.model.get("name"), device, threshold,
+        f"{len(predictor.tta)} passes" if predictor.tta.enabled else "off",
+        "on" if predictor.postprocess.enabled else "off",
+    )
+
+    results: list[dict[str, Any]] = []
+    failed: list[tuple[str, str]] = []
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(inputs, desc="scans", unit="scan", disable=not progress or len(inputs) < 2)
+    for path in bar:
+        bar.set_postfix_str(path.name)
+        try:
+            result = predictor.predict_file(
+                path,
+                output_dir,
+                save_prob=bool(cfg.save_prob),
+                overwrite=bool(cfg.overwrite),
+                save_mesh=bool(cfg.save_mesh),
+                return_arrays=label_dir is not None,
+            )
+            if label_dir is not None:
+                label_path = find_label(label_dir, result["case"])
+                if label_path is None:
+                    log.warning("%s: no label for case %s in %s, not scored", path.name, result["case"], label_dir)
+                elif result["skipped"]:
+                    rows.append(_score_existing(result["case"], output_dir, label_path, threshold))
+                else:
+                    arrays = result["arrays"]
+                    rows.append(
+                        _score(result["case"], arrays["mask"], arrays["prob"], arrays["spacing"], label_path, threshold)
+                    )
+            result.pop("arrays", None)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # noqa: BLE001 - one bad scan must not stop the others
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if not isinstance(err, UserError | ValueError | OSError):
+                reason = f"{type(err).__name__}: {reason}"
+            log.error("failed: %s: %s", path, reason)
+            log.debug("traceback of %s", path, exc_info=True)
+            if os.environ.get("VESSELFM_DEBUG", "").lower() in {"1", "true", "yes"}:
+                raise
+            failed.append((str(path), reason))
+            continue
+        results.append(result)
+        if not result["skipped"]:
+            t = result["timings"]
+            log.info(
+                "%s: %s in %.1f s (read %.1f, predict %.1f, write %.1f)",
+                result["case"], result["pred"], t["total"], t["read"], t["predict"], t["write"],
+            )
+
+    reports = None
+    if rows:
+        from vesselfm.metrics import write_reports
+
+        reports = write_reports(rows, output_dir)
+        log.info("metrics of %d case(s): %s", len(rows), ", ".join(str(p) for p in reports.values()))
+
+    done = sum(not r["skipped"] for r in results)
+    skipped = sum(r["skipped"] for r in results)
+    log.info("summary: %d segmented, %d skipped (outputs exist), %d failed; outputs in %s", done, skipped, len(failed), output_dir)
+    for file, reason in failed:
+        log.info("  failed: %s: %s", file, reason)
+    if failed:
+        if len(inputs) == 1:
+            raise UserError(failed[0][1] if failed[0][0] in failed[0][1] else f"{failed[0][0]}: {failed[0][1]}")
+        raise UserError(
+            f"{len(failed)} of {len(inputs)} scans failed (first: {failed[0][0]}: {failed[0][1]}); see the log above"
+        )
+    return {
+        "output": output_dir,
+        "results": results,
+        "failed": failed,
+        "metrics": rows or None,
+        "reports": reports,
+        "threshold": threshold,
+        "preprocess": preprocess,
+    }
+
+
+@hydra_entrypoint("infer")
+def main(cfg: DictConfig) -> None:
+    """CLI: segment the scans, log a summary, exit non-zero if any scan failed."""
+    infer(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""What our training checkpoints record for inference: preprocessing, threshold, model name.
+
+``VesselSegLitModule.on_save_checkpoint`` stores
+``checkpoint["vesselfm"] = {"preprocess": PreprocessConfig.to_dict(), "threshold": float,
+"model_name": str}``; :func:`read_checkpoint_metadata` reads it back so that ``infer`` resamples,
+normalises and thresholds exactly as training did.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vesselfm.data.preprocessing import PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "vesselfm"
+
+
+def read_checkpoint_metadata(
+    path: str | os.PathLike[str] | None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """The ``"vesselfm"`` metadata of a Lightning ``.ckpt``, or ``{}`` for other weights.
+
+    Args:
+        path: a ``model.checkpoint`` spec (local path or ``hf://owner/repo/file``); ``None``,
+            a raw ``state_dict`` ``.pt`` or a checkpoint without metadata give ``{}``.
+        revision, cache_dir: as for :func:`vesselfm.models.resolve_checkpoint`.
+
+    Returns:
+        ``{"preprocess": PreprocessConfig, "threshold": float, "model_name": str, ...}`` with
+        only the keys the checkpoint holds; ``preprocess`` is validated and returned as a
+        :class:`~vesselfm.data.preprocessing.PreprocessConfig`.
+
+    Raises:
+        CheckpointError: the file cannot be read, or its metadata is malformed.
+    """
+    # Imported here: vesselfm.models builds networks with Hydra, which inference does not need.
+    from vesselfm.models import CheckpointError, resolve_checkpoint
+
+    local = resolve_checkpoint(path, revision, cache_dir)
+    if local is None or Path(local).suffix != ".ckpt":
+        return {}
+    local = Path(local)
+    try:
+        # mmap: the tensors are not read, only the small metadata dict is.
+        ckpt = torch.load(local, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        if "weights_only" not in str(err):
+            raise CheckpointError(f"cannot read checkpoint {local}: {str(err).splitlines()[0]}") from err
+        log.warning("%s holds non-tensor objects; loading with weights_only=False (trust it?)", local)
+        ckpt = torch.load(local, map_location="cpu", weights_only=False, mmap=True)
+    raw = ckpt.get(METADATA_KEY) if isinstance(ckpt, dict) else None
+    if not raw:
+        return {}
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{local}: checkpoint['{METADATA_KEY}'] must be a dict, got {type(raw).__name__}")
+    meta: dict[str, Any] = dict(raw)
+    try:
+        if meta.get("preprocess") is not None:
+            meta["preprocess"] = PreprocessConfig.from_mapping(meta["preprocess"])
+        if meta.get("threshold") is not None:
+            meta["threshold"] = float(meta["threshold"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{local}: malformed checkpoint['{METADATA_KEY}'] ({err})") from err
+    return meta

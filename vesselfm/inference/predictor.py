@@ -1,0 +1,519 @@
+"""``SlidingWindowPredictor``: one predictor for validation, test and ``python -m vesselfm.infer``.
+
+Read, preprocess, predict and export are separate steps (as in nnU-Net's predictor):
+
+- :meth:`SlidingWindowPredictor.predict_volume`: a prepared, normalised ``(B, 1, X, Y, Z)``
+  tensor → sigmoid probabilities, with MONAI's sliding window, autocast and TTA. Training's
+  validation and test call this.
+- :meth:`SlidingWindowPredictor.predict_array`: a raw scan on its own grid → probabilities on
+  the same grid: resample to the prepared grid and percentile-normalise exactly as
+  ``prepare`` does (:mod:`vesselfm.data.preprocessing`), predict, resample the probabilities
+  back.
+- :meth:`SlidingWindowPredictor.predict_file`: a NIfTI file → ``<case>_pred.nii.gz`` (and the
+  probability map / STL), thresholded and post-processed, written atomically.
+
+Devices. ``device`` is where the network runs; ``sw_device`` is where the full-volume output
+is stitched (``"cpu"`` for volumes too large for the GPU). MONAI's
+``sliding_window_inference`` names these the other way round (its ``sw_device`` runs the
+windows, its ``device`` holds the output); the mapping is done here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vesselfm.data.preprocessing import (
+    PreprocessConfig,
+    intensity_range,
+    normalize_intensity,
+    resample_image,
+    resample_probabilities,
+    spacing_from_affine,
+    target_shape,
+)
+from vesselfm.inference.postprocess import PostprocessConfig, postprocess_mask
+from vesselfm.inference.tta import LogitMerger, TTAConfig, augmentations, intensity_transform
+from vesselfm.utils.cli import UserError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS: dict[str, torch.dtype | None] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+CPU_PRECISIONS = ("bf16", "fp32")
+BLEND_MODES = ("constant", "gaussian")
+PADDING_MODES = ("constant", "reflect", "replicate", "circular")
+_OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
+    {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
+)
+
+
+@dataclass(frozen=True)
+class CPUConfig:
+    """Settings used instead of ``precision``/``sw_batch_size`` when the network runs on a CPU.
+
+    Attributes:
+        precision: ``"fp32"`` or ``"bf16"`` autocast. bf16 is 2-4× faster on CPUs with
+            AVX512-BF16/AMX, but moves logits by ~0.1, flipping voxels whose logit is near 0.
+        sw_batch_size: windows per forward pass. Batching gains nothing on a CPU and each 128³
+            window of ``vesselfm_base`` needs about 2 GB of activations.
+        threads: ``torch.set_num_threads`` for the run (``None``: torch's default).
+        channels_last: feed windows in ``channels_last_3d`` memory format.
+    """
+
+    precision: str = "fp32"
+    sw_batch_size: int = 1
+    threads: int | None = None
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in CPU_PRECISIONS:
+            raise ValueError(f"inference.cpu.precision must be one of {CPU_PRECISIONS}, got {self.precision!r}")
+        if int(self.sw_batch_size) < 1:
+            raise ValueError(f"inference.cpu.sw_batch_size must be >= 1, got {self.sw_batch_size}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"inference.cpu.threads must be >= 1 or null, got {self.threads}")
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any] | CPUConfig | None) -> CPUConfig:
+        if isinstance(cfg, CPUConfig):
+            return cfg
+        cfg = dict(cfg or {})
+        unknown = set(cfg) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown inference.cpu keys {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
+        return cls(**cfg)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """``"auto"`` → CUDA when available, else CPU; ``None`` stays ``None``; anything else as given."""
+    if device is None:
+        return None
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"inference.device must be auto, cpu, cuda or cuda:N, got {device!r}") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"inference.device={device} but CUDA is not available here; use inference.device=auto or cpu")
+    return resolved
+
+
+def network_device(network: nn.Module) -> torch.device:
+    """The device of the network's first parameter (or buffer); CPU for a parameter-free module."""
+    for tensor in network.parameters():
+        return tensor.device
+    for tensor in network.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _triple(value: int | Sequence[int], key: str) -> tuple[int, int, int]:
+    values = (int(value),) * 3 if isinstance(value, int | np.integer) else tuple(int(v) for v in value)
+    if len(values) != 3 or min(values) < 1:
+        raise ValueError(f"inference.{key} must be one positive int or three, got {value!r}")
+    return values  # type: ignore[return-value]
+
+
+class SlidingWindowPredictor:
+    """Whole-volume vessel probabilities from a 3D network, by MONAI's sliding window.
+
+    Args:
+        network: ``(B, 1, X, Y, Z)`` normalised intensities → ``(B, 1, X, Y, Z)`` logits.
+        roi_size: window size in voxels of the prepared grid.
+        sw_batch_size: windows per forward pass (on a GPU; see ``cpu``).
+        overlap: fraction of a window shared with its neighbour, in [0, 1).
+        mode: window blending, ``"constant"`` or ``"gaussian"``.
+        sigma_scale: Gaussian blending width relative to ``roi_size``.
+        padding_mode: how windows reaching past the volume are padded (MONAI).
+        device: where the network runs. ``None``: where its parameters are, never moving it
+            (inside Lightning). ``"auto"``: the network's device when that is a GPU, else CUDA
+            when available, else CPU. Anything else (``"cpu"``, ``"cuda:1"``): there; the network
+            is moved on first use.
+        sw_device: where the full-volume output is stitched: ``None``/``"auto"`` = ``device``,
+            ``"cpu"`` for volumes too large for the GPU.
+        precision: autocast on CUDA, ``"bf16"``, ``"fp16"`` or ``"fp32"`` (off).
+        threshold: probability at or above which a voxel is vessel.
+        tta: a :class:`~vesselfm.inference.tta.TTAConfig` or its mapping (default: off).
+        postprocess: a :class:`~vesselfm.inference.postprocess.PostprocessConfig` or its
+            mapping (default: off).
+        preprocess: the resampling and normalisation the network was trained with (default:
+            ``PreprocessConfig()``, vesselFM's 256×256×N and percentiles 1-99).
+        cpu: a :class:`CPUConfig` or its mapping, used when the network runs on a CPU.
+        progress: show a progress bar per sliding window pass.
+        oom_retry: on CUDA out-of-memory, retry with half the window batch, then with the
+            output stitched on the CPU, before giving up with a message naming the keys.
+
+    Example:
+        >>> predictor = SlidingWindowPredictor(load_model(cfg.model), device="auto")  # doctest: +SKIP
+        >>> predictor.predict_file("scan.nii.gz", "out/")  # doctest: +SKIP
+        {'case': 'scan', 'pred': PosixPath('out/scan_pred.nii.gz'), ...}
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        roi_size: int | Sequence[int] = (128, 128, 128),
+        sw_batch_size: int = 4,
+        overlap: float = 0.5,
+        mode: str = "gaussian",
+        sigma_scale: float = 0.125,
+        padding_mode: str = "constant",
+        device: str | torch.device | None = None,
+        sw_device: str | torch.device | None = None,
+        precision: str = "bf16",
+        threshold: float = 0.5,
+        tta: TTAConfig | Mapping[str, Any] | None = None,
+        postprocess: PostprocessConfig | Mapping[str, Any] | None = None,
+        preprocess: PreprocessConfig | None = None,
+        cpu: CPUConfig | Mapping[str, Any] | None = None,
+        progress: bool = False,
+        oom_retry: bool = True,
+    ) -> None:
+        self.network = network
+        self.roi_size = _triple(roi_size, "roi_size")
+        if int(sw_batch_size) < 1:
+            raise ValueError(f"inference.sw_batch_size must be >= 1, got {sw_batch_size}")
+        self.sw_batch_size = int(sw_batch_size)
+        if not 0.0 <= float(overlap) < 1.0:
+            raise ValueError(f"inference.overlap must be in [0, 1), got {overlap}")
+        self.overlap = float(overlap)
+        if mode not in BLEND_MODES:
+            raise ValueError(f"inference.mode must be one of {BLEND_MODES}, got {mode!r}")
+        self.mode = mode
+        self.sigma_scale = float(sigma_scale)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"inference.padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        if precision not in PRECISIONS:
+            raise ValueError(f"inference.precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"inference.threshold must be in [0, 1], got {threshold}")
+        self.threshold = float(threshold)
+        self.tta = TTAConfig.from_mapping(tta)
+        self.postprocess = PostprocessConfig.from_mapping(postprocess)
+        if preprocess is not None and not isinstance(preprocess, PreprocessConfig):
+            preprocess = PreprocessConfig.from_mapping(preprocess)
+        self.preprocess = preprocess or PreprocessConfig()
+        self.cpu = CPUConfig.from_mapping(cpu)
+        self.progress = bool(progress)
+        self.oom_retry = bool(oom_retry)
+        self._device_request = self._check_device(device, "device")
+        self._sw_device_request = self._check_device(sw_device, "sw_device")
+        self._cpu_stitch_fallback = False
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _check_device(device: str | torch.device | None, key: str) -> str | torch.device | None:
+        if device is None or (isinstance(device, str) and device.strip().lower() in {"auto", ""}):
+            return None if device is None or key == "sw_device" else "auto"
+        try:
+            resolved = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"inference.{key} must be auto, cpu, cuda or cuda:N, got {device!r}") from err
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"inference.{key}={device} but CUDA is not available here; use auto or cpu")
+        return resolved
+
+    @classmethod
+    def from_config(
+        cls,
+        network: nn.Module,
+        cfg: Mapping[str, Any],
+        preprocess: PreprocessConfig | None = None,
+        **overrides: Any,
+    ) -> SlidingWindowPredictor:
+        """Build from the ``inference`` config group (a plain mapping).
+
+        Args:
+            network: the network (see the class).
+            cfg: ``configs/inference/*.yaml`` as a dict; missing keys take the defaults, unknown
+                keys raise, listing the allowed ones. Keys without ``device``/``sw_device`` run
+                where the network is.
+            preprocess: the training preprocessing (e.g. from the checkpoint).
+            **overrides: keyword arguments that replace config values (e.g. ``progress=True``).
+        """
+        import inspect
+
+        cfg = dict(cfg or {})
+        cfg.update(overrides)
+        allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in {"self", "network", "preprocess"}]
+        unknown = sorted(set(cfg) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown inference keys {unknown}; allowed: {allowed}")
+        return cls(network, preprocess=preprocess, **cfg)
+
+    # ------------------------------------------------------------------ devices
+    def compute_device(self) -> torch.device:
+        """Where the network runs for the next prediction (see ``device``)."""
+        current = network_device(self.network)
+        request = self._device_request
+        if request is None:
+            return current
+        if request == "auto":
+            if current.type != "cpu":
+                return current
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(request)
+
+    def stitch_device(self, compute: torch.device) -> torch.device:
+        """Where the full-volume output accumulates."""
+        if self._cpu_stitch_fallback:
+            return torch.device("cpu")
+        return compute if self._sw_device_request is None else torch.device(self._sw_device_request)
+
+    def _place_network(self, device: torch.device) -> None:
+        if network_device(self.network) != device:
+            if self._device_request is None:  # never move a network we were told to leave alone
+                return
+            log.info("moving the network to %s", device)
+            self.network.to(device)
+
+    def _effective_batch(self, device: torch.device) -> int:
+        return int(self.cpu.sw_batch_size) if device.type == "cpu" else self.sw_batch_size
+
+    def _autocast(self, device: torch.device) -> Any:
+        if device.type == "cpu":
+            if self.cpu.precision == "bf16":
+                return torch.autocast("cpu", dtype=torch.bfloat16)
+            return nullcontext()
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    # ------------------------------------------------------------------ prediction
+    def _window_fn(self, device: torch.device) -> Any:
+        channels_last = device.type == "cpu" and self.cpu.channels_last
+        autocast = self._autocast
+
+        def forward(window: torch.Tensor) -> torch.Tensor:
+            if channels_last:
+                window = window.contiguous(memory_format=torch.channels_last_3d)
+            with autocast(device):
+                out = self.network(window)
+            if isinstance(out, list | tuple):  # deep supervision: the full-resolution head
+                out = out[0]
+            return out.float().contiguous()
+
+        return forward
+
+    def _sliding_window(self, image: torch.Tensor, device: torch.device, stitch: torch.device, batch: int) -> torch.Tensor:
+        from monai.inferers import sliding_window_inference
+
+        # MONAI: its sw_device runs the windows, its device holds the stitched output.
+        return sliding_window_inference(
+            inputs=image,
+            roi_size=self.roi_size,
+            sw_batch_size=batch,
+            predictor=self._window_fn(device),
+            overlap=self.overlap,
+            mode=self.mode,
+            sigma_scale=self.sigma_scale,
+            padding_mode=self.padding_mode,
+            cval=0.0,
+            sw_device=device,
+            device=stitch,
+            progress=self.progress,
+        )
+
+    def _predict_logits(self, image: torch.Tensor, device: torch.device, stitch: torch.device, batch: int) -> torch.Tensor:
+        # The whole volume goes to the GPU once when it is stitched there; otherwise MONAI
+        # moves one window batch at a time.
+        x = image.to(stitch, dtype=torch.float32)
+        x = intensity_transform(x, self.tta)
+        if not self.tta.enabled:
+            return self._sliding_window(x, device, stitch, batch)
+        merger = LogitMerger(self.tta.merge)
+        for aug in augmentations(x.shape[2:], self.tta):
+            merger.add(aug.inverse(self._sliding_window(aug.forward(x), device, stitch, batch)))
+        return merger.result()
+
+    def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
+        """Sigmoid probabilities of a prepared, normalised volume.
+
+        Args:
+            image: ``(B, 1, X, Y, Z)`` float intensities already on the prepared grid and
+                normalised (e.g. to [0, 1]), on any device.
+
+        Returns:
+            ``(B, 1, X, Y, Z)`` float32 probabilities in [0, 1] (TTA merged if configured), on
+            the stitching device (``sw_device``).
+
+        Raises:
+            ValueError: ``image`` is not ``(B, 1, X, Y, Z)``.
+            UserError: CUDA ran out of memory even after the automatic retries.
+        """
+        if image.ndim != 5 or image.shape[1] != 1:
+            raise ValueError(f"predict_volume expects a (B, 1, X, Y, Z) tensor, got shape {tuple(image.shape)}")
+        device = self.compute_device()
+        self._place_network(device)
+        previous_threads = torch.get_num_threads()
+        if device.type == "cpu" and self.cpu.threads:
+            torch.set_num_threads(int(self.cpu.threads))
+        try:
+            while True:
+                stitch = self.stitch_device(device)
+                batch = self._effective_batch(device)
+                try:
+                    with torch.inference_mode():
+                        return torch.sigmoid(self._predict_logits(image, device, stitch, batch)).float()
+                except _OOM_ERRORS as err:
+                    if not self._recover_from_oom(device, stitch, batch, err):
+                        raise
+        finally:
+            torch.set_num_threads(previous_threads)
+
+    def _recover_from_oom(self, device: torch.device, stitch: torch.device, batch: int, err: BaseException) -> bool:
+        """Lower the window batch, then stitch on the CPU; ``False`` when nothing is left to try."""
+        if device.type != "cuda":
+            return False
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.oom_retry and batch > 1:
+            self.sw_batch_size = max(1, batch // 2)
+            log.warning("CUDA out of memory with inference.sw_batch_size=%d; retrying with %d", batch, self.sw_batch_size)
+            return True
+        if self.oom_retry and stitch.type == "cuda":
+            self._cpu_stitch_fallback = True
+            log.warning("CUDA out of memory stitching the volume on the GPU; retrying with inference.sw_device=cpu")
+            return True
+        raise UserError(
+            f"CUDA out of memory with inference.roi_size={list(self.roi_size)}, "
+            f"inference.sw_batch_size={batch}, inference.sw_device={stitch.type}: lower inference.sw_batch_size, "
+            f"set inference.sw_device=cpu, or use a smaller inference.roi_size ({str(err).splitlines()[0][:120]})"
+        ) from err
+
+    def preprocess_array(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """A raw scan ``(X, Y, Z)`` (HU) → the prepared grid, normalised (float32), as ``prepare`` does."""
+        spacing = spacing_from_affine(affine)
+        shape = target_shape(image.shape, spacing, self.preprocess)
+        resampled = resample_image(image, shape)
+        # Percentiles of the resampled image, as prepare computes them.
+        value_range = intensity_range(resampled, self.preprocess)
+        return np.asarray(normalize_intensity(resampled, value_range, self.preprocess), dtype=np.float32)
+
+    def predict_array(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """Probabilities for a raw scan on its own grid.
+
+        Args:
+            image: ``(X, Y, Z)`` intensities (HU for CT) on the scan's native grid.
+            affine: its 4×4 voxel-to-world matrix (mm), for the voxel spacing.
+
+        Returns:
+            ``(X, Y, Z)`` float32 probabilities in [0, 1] on the same grid: the network's output
+            on the prepared grid, resampled back before any thresholding.
+        """
+        image = np.asarray(image)
+        if image.ndim != 3:
+            raise ValueError(f"predict_array expects an (X, Y, Z) volume, got shape {image.shape}")
+        prepared = self.preprocess_array(image, affine)
+        prob = self.predict_volume(torch.from_numpy(prepared)[None, None])[0, 0]
+        del prepared
+        return resample_probabilities(prob.float().cpu(), image.shape)
+
+    def binarize(self, prob: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+        """``prob >= threshold``, then post-processing (at the scan's ``spacing``), as uint8 0/1."""
+        return postprocess_mask(np.asarray(prob) >= self.threshold, self.postprocess, spacing)
+
+    def predict_file(
+        self,
+        path: str | os.PathLike[str],
+        output_dir: str | os.PathLike[str],
+        save_prob: bool = False,
+        overwrite: bool = False,
+        save_mesh: bool = False,
+        case: str | None = None,
+        return_arrays: bool = False,
+    ) -> dict[str, Any]:
+        """Segment one NIfTI scan and write its outputs into ``output_dir``.
+
+        Writes ``<case>_pred.nii.gz`` (uint8 0/1, the input's shape, affine and header), and with
+        ``save_prob`` ``<case>_prob.nii.gz`` (float32), with ``save_mesh`` ``<case>_pred.stl``
+        (mm, through the affine). Each file is written atomically; the mask comes last, so a
+        run cut short is redone next time.
+
+        Args:
+            path: the scan (``.nii``/``.nii.gz``).
+            output_dir: the folder for the outputs (created if missing).
+            save_prob: also write the probability map.
+            overwrite: redo a case whose outputs all exist (otherwise it is skipped).
+            save_mesh: also write an STL surface of the mask.
+            case: the case id (default: from the file name, ``1.img.nii.gz`` → ``1``).
+            return_arrays: add ``"prob"``/``"mask"`` arrays and ``"spacing"`` under ``"arrays"``.
+
+        Returns:
+            ``{"case", "input", "pred", ["prob"], ["mesh"], "skipped", "shape", "timings"}``:
+            output paths, whether the case was skipped, and seconds per step
+            (``read``, ``predict``, ``postprocess``, ``write``, ``total``).
+
+        Raises:
+            UserError: the scan is not a readable 3D NIfTI, or the mesh writer is unavailable.
+        """
+        from vesselfm.inference.io import (
+            case_id,
+            load_scan,
+            output_paths,
+            save_prediction,
+            save_probabilities,
+        )
+
+        path = Path(path)
+        case = case or case_id(path)
+        paths = output_paths(output_dir, case)
+        wanted = ["pred"] + (["prob"] if save_prob else []) + (["mesh"] if save_mesh else [])
+        result: dict[str, Any] = {"case": case, "input": path, "skipped": False, **{k: paths[k] for k in wanted}}
+        if not overwrite and all(paths[k].exists() for k in wanted):
+            log.info("%s: outputs exist in %s, skipped (overwrite=true redoes them)", case, output_dir)
+            result["skipped"] = True
+            return result
+        mesh_writer = _mesh_writer() if save_mesh else None
+
+        t0 = time.perf_counter()
+        scan = load_scan(path)
+        t1 = time.perf_counter()
+        prob = self.predict_array(scan.data, scan.affine)
+        t2 = time.perf_counter()
+        spacing = scan.spacing
+        mask = self.binarize(prob, spacing)
+        t3 = time.perf_counter()
+        if save_prob:
+            save_probabilities(prob, scan.image, paths["prob"])
+        if mesh_writer is not None:
+            mesh_writer(mask, scan.affine, paths["mesh"])
+        save_prediction(mask, scan.image, paths["pred"])
+        t4 = time.perf_counter()
+        result["shape"] = tuple(int(s) for s in scan.data.shape)
+        result["timings"] = {
+            "read": t1 - t0,
+            "predict": t2 - t1,
+            "postprocess": t3 - t2,
+            "write": t4 - t3,
+            "total": t4 - t0,
+        }
+        if return_arrays:
+            result["arrays"] = {"prob": prob, "mask": mask, "spacing": spacing}
+        return result
+
+
+def _mesh_writer() -> Any:
+    """``vesselfm.viz.mask_to_stl``, or a ``UserError`` when the visualisation package lacks it."""
+    try:
+        from vesselfm.viz import mask_to_stl
+    except ImportError as err:
+        raise UserError(
+            "save_mesh=true needs vesselfm.viz.mask_to_stl, which this installation does not have; "
+            "run without save_mesh or update vesselfm"
+        ) from err
+    return mask_to_stl
