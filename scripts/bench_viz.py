@@ -7,6 +7,8 @@ face budget, and the PNG overlays. Prints times (s), triangle counts and file si
 
     python scripts/bench_viz.py                       # 512 x 512 x 275, seed 0
     python scripts/bench_viz.py --shape 256 256 138   # smaller
+    python scripts/bench_viz.py --dilate 3            # a stress test: masks 3 voxels thicker
+    python scripts/bench_viz.py --bad-pred            # a stress test: every voxel above 150 HU
     python scripts/bench_viz.py --pred P.nii.gz --gt L.nii.gz --image I.nii.gz   # your own case
 """
 
@@ -47,6 +49,14 @@ def main() -> None:
     parser.add_argument("--pred", type=Path, help="a prediction NIfTI instead of the phantom")
     parser.add_argument("--gt", type=Path)
     parser.add_argument("--image", type=Path)
+    parser.add_argument(
+        "--dilate", type=int, default=0, help="thicken the phantom's masks by N voxels"
+    )
+    parser.add_argument(
+        "--bad-pred",
+        action="store_true",
+        help="predict every voxel above 150 HU (blood pool and bone: a zero-shot-like failure, a huge surface)",
+    )
     parser.add_argument("--keep", type=Path, help="write the outputs here instead of a temp dir")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -63,6 +73,13 @@ def main() -> None:
         pred = (
             ndimage.binary_dilation(phantom.label, iterations=3) & (phantom.image > 150)
         ).astype(np.uint8)
+        if args.bad_pred:
+            pred = (phantom.image > 150).astype(np.uint8)
+        if args.dilate:
+            phantom.label = ndimage.binary_dilation(phantom.label, iterations=args.dilate).astype(
+                np.uint8
+            )
+            pred = ndimage.binary_dilation(pred, iterations=args.dilate).astype(np.uint8)
         args.image, args.gt, args.pred = (
             tmp / "1.img.nii.gz",
             tmp / "1.label.nii.gz",
