@@ -90,14 +90,27 @@ def test_constructed_shapes(name, mask, expected):
         assert gudhi_betti(mask) == expected, name
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_random_shapes_match_gudhi(seed):
+@pytest.fixture(params=["sparse", "dense"])
+def component_search(request, monkeypatch):
+    """Run a test with both ways of finding 26-connected components: the neighbour graph of the
+    foreground voxels, and ``ndimage.label`` over the bounding box."""
+    import vesselfm.metrics._voxels as voxels
+
+    monkeypatch.setattr(voxels, "_DENSE_FILL", 2.0 if request.param == "sparse" else 0.0)
+    return request.param
+
+
+@pytest.mark.parametrize("seed", range(9))
+def test_random_shapes_match_gudhi(seed, component_search):
     rng = np.random.default_rng(seed)
     shape = (18, 20, 16)
-    if seed % 2:
+    if seed % 3 == 0:
         mask = ndi.gaussian_filter(rng.random(shape), 1.0) > 0.52  # blobby, with tunnels
-    else:
-        mask = rng.random(shape) < 0.35  # salt: many components, loops, cavities
+    elif seed % 3 == 1:
+        mask = rng.random(shape) < 0.35  # dense salt: many components, loops, cavities
+    else:  # sparse speckle around a hollow blob: the sparse component search
+        mask = rng.random(shape) < 0.03
+        mask[4:11, 5:12, 4:11] = np.pad(np.zeros((3, 3, 3), bool), 2, constant_values=True)
     mask[0, :, :] |= rng.random(shape[1:]) < 0.5  # touches the border too
     assert betti_numbers(mask) == gudhi_betti(mask)
     assert euler_characteristic(mask) == euler_number(np.pad(mask, 1), connectivity=3)
@@ -117,11 +130,13 @@ def test_betti_in_compute_metrics_is_of_the_prediction(tree):
     )
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_skeleton_in_box_equals_whole_volume_skeleton(seed):
+@pytest.mark.parametrize("seed", range(4))
+def test_skeleton_per_component_equals_whole_volume_skeleton(seed, component_search):
     rng = np.random.default_rng(seed)
     mask = ndi.gaussian_filter(rng.random((30, 28, 26)), 1.5) > 0.53
     mask[-1, 5:15, 5:15] = True  # touching the volume border
+    if seed % 2:  # speckle: components of 1, 2, ... voxels, some 2 voxels from each other
+        mask |= rng.random(mask.shape) < 0.02
     skel, box = skeleton(mask)
     np.testing.assert_array_equal(skel, skeletonize(mask)[box])
 
@@ -153,12 +168,23 @@ def test_cldice_hand_computed_on_a_line():
     ("pred_on", "label_on", "expected"), [(0, 0, 1.0), (1, 0, 0.0), (0, 1, 0.0)]
 )
 def test_cldice_empty_policy(pred_on, label_on, expected):
-    pred = np.zeros((6, 6, 6), bool)
+    pred = np.zeros((7, 7, 7), bool)
     label = np.zeros_like(pred)
-    pred[2:4, 2:4, 1:5] = bool(pred_on)
-    label[2:4, 2:4, 1:5] = bool(label_on)
+    pred[2:5, 2:5, 1:6] = bool(pred_on)
+    label[2:5, 2:5, 1:6] = bool(label_on)
     assert cldice(pred, label) == expected
     assert compute_metrics(pred, label, metrics=("cldice",))["cldice"] == expected
+
+
+def test_cldice_is_undefined_when_thinning_removes_a_mask():
+    # scikit-image's thinning deletes a 2x2xN bar entirely: Tprec is 0/0
+    bar = np.zeros((6, 6, 8), bool)
+    bar[2:4, 2:4, 1:7] = True
+    assert not skeletonize(bar).any()
+    thick = np.zeros_like(bar)
+    thick[1:4, 1:4, 1:7] = True
+    assert cldice(bar, thick) is None
+    assert compute_metrics(bar, thick, metrics=("cldice",)) == {"cldice": None}
 
 
 def test_empty_masks_have_zero_betti_numbers():

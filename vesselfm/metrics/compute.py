@@ -12,21 +12,21 @@ from typing import Any
 
 import numpy as np
 
-from vesselfm.metrics._crop import bounding_box, pad_box, union_box
+from vesselfm.metrics._voxels import VoxelSet
 from vesselfm.metrics.curves import (
     CURVE_METRICS,
     average_precision_from_counts,
     ranked_counts,
     roc_auc_from_counts,
 )
-from vesselfm.metrics.overlap import (
-    OVERLAP_METRICS,
-    ConfusionCounts,
-    confusion_counts,
-    overlap_metrics,
+from vesselfm.metrics.overlap import OVERLAP_METRICS, counts_from_sizes, overlap_metrics
+from vesselfm.metrics.surface import (
+    SURFACE_METRICS,
+    check_spacing,
+    hd95_assd_from_distances,
+    surface_distances_from_points,
 )
-from vesselfm.metrics.surface import SURFACE_METRICS, _check_spacing, hd95_assd
-from vesselfm.metrics.topology import TOPOLOGY_METRICS, betti_numbers, cldice
+from vesselfm.metrics.topology import TOPOLOGY_METRICS, cldice_from_skeletons, mask_topology
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def compute_metrics(
         raise ValueError(f"pred: expected a 3D volume (X, Y, Z), got shape {pred.shape}")
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    sp = _check_spacing(spacing, 3)
+    sp = check_spacing(spacing, 3)
     label_bin = _as_binary(label, "label")
 
     scores: np.ndarray | None
@@ -168,44 +168,46 @@ def compute_metrics(
         _check_probabilities(prob, "prob")
         scores = prob
 
-    box_p, box_l = bounding_box(pred_bin), bounding_box(label_bin)
-    both = union_box(box_p, box_l)
-    box = None if both is None else pad_box(both, pred.shape)
+    # Sparse from here on: the work scales with the foreground, not the volume.
+    vp, vl = VoxelSet(pred_bin), VoxelSet(label_bin)
     out: dict[str, float | None] = {}
 
     if wanted & set(OVERLAP_METRICS):
-        counts = (
-            ConfusionCounts(0, 0, 0, int(pred.size))
-            if box is None
-            else confusion_counts(pred_bin, label_bin, box=box)
-        )
-        out.update(overlap_metrics(counts))
+        tp = int(np.count_nonzero(vl.contains(vp.coords)))
+        out.update(overlap_metrics(counts_from_sizes(tp, vp.size, vl.size, int(pred.size))))
 
     if wanted & set(CURVE_METRICS):
         if scores is None:
             log.debug("pred is a binary mask and no prob given: roc_auc and pr_auc_ap are None")
             out["roc_auc"] = out["pr_auc_ap"] = None
         else:
-            n_pos, n_neg = ranked_counts(scores, label_bin, label_box=box_l)
+            c = vl.coords
+            n_pos, n_neg = ranked_counts(
+                scores, label_bin, pos_scores=scores[c[:, 0], c[:, 1], c[:, 2]]
+            )
             out["roc_auc"] = roc_auc_from_counts(n_pos, n_neg)
             out["pr_auc_ap"] = average_precision_from_counts(n_pos, n_neg)
 
-    if "cldice" in wanted:
-        out["cldice"] = cldice(pred_bin, label_bin)
-
-    if wanted & {"betti_0", "betti_1", "betti_2", "betti_0_error", "betti_1_error"}:
-        crop_p = pred_bin[box_p] if box_p is not None else np.zeros((1, 1, 1), bool)
-        b_pred = betti_numbers(crop_p)
-        out["betti_0"], out["betti_1"], out["betti_2"] = b_pred
-        if wanted & {"betti_0_error", "betti_1_error"}:
-            crop_l = label_bin[box_l] if box_l is not None else np.zeros((1, 1, 1), bool)
-            b_label = betti_numbers(crop_l)
-            out["betti_0_error"] = abs(b_pred[0] - b_label[0])
-            out["betti_1_error"] = abs(b_pred[1] - b_label[1])
+    need_skeleton = "cldice" in wanted
+    need_betti = bool(wanted & {"betti_0", "betti_1", "betti_2", "betti_0_error", "betti_1_error"})
+    need_label_betti = bool(wanted & {"betti_0_error", "betti_1_error"})
+    if need_skeleton or need_betti:
+        topo_p = mask_topology(vp, skeleton=need_skeleton, betti=need_betti)
+        topo_l = mask_topology(vl, skeleton=need_skeleton, betti=need_label_betti)
+        if need_skeleton:
+            out["cldice"] = cldice_from_skeletons(topo_p.skeleton, topo_l.skeleton, vp, vl)  # type: ignore[arg-type]
+        if need_betti:
+            b_pred = topo_p.betti
+            assert b_pred is not None
+            out["betti_0"], out["betti_1"], out["betti_2"] = b_pred
+            if need_label_betti:
+                b_label = topo_l.betti
+                assert b_label is not None
+                out["betti_0_error"] = abs(b_pred[0] - b_label[0])
+                out["betti_1_error"] = abs(b_pred[1] - b_label[1])
 
     if wanted & set(SURFACE_METRICS):
-        out["hd95_mm"], out["assd_mm"] = (
-            (None, None) if box is None else hd95_assd(pred_bin, label_bin, sp, box=box)
-        )
+        distances = surface_distances_from_points(vp.surface(), vl.surface(), sp)
+        out["hd95_mm"], out["assd_mm"] = hd95_assd_from_distances(distances)
 
     return {name: out[name] for name in names}

@@ -3,7 +3,7 @@
 Both are computed from counts of vessel / background voxels per distinct probability value,
 never by sorting the whole volume:
 
-1. The vessel voxels (few, all inside the label's box) are read exactly.
+1. The vessel voxels (few) are read exactly.
 2. One pass over the volume, in slabs, histograms every voxel's float32 value by its top 24 bits
    (value bins of relative width 2**-15), and keeps the exact values of the voxels that fall into
    a bin holding a vessel voxel.
@@ -24,8 +24,6 @@ metrics are ``None`` (scikit-learn raises). A binary mask has no ranking to spea
 from __future__ import annotations
 
 import numpy as np
-
-from vesselfm.metrics._crop import Box, bounding_box
 
 CURVE_METRICS: tuple[str, ...] = ("roc_auc", "pr_auc_ap")
 
@@ -85,7 +83,7 @@ def _distinct_counts(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ranked_counts(
-    prob: np.ndarray, label: np.ndarray, label_box: Box | None = None
+    prob: np.ndarray, label: np.ndarray, pos_scores: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Vessel and background voxel counts per group of equal-ranking scores, by ascending score.
 
@@ -96,7 +94,7 @@ def ranked_counts(
     Args:
         prob: probabilities in [0, 1], shape ``(X, Y, Z)``; float32 is read without a copy.
         label: boolean label, same shape.
-        label_box: a box holding every label voxel (computed when ``None``).
+        pos_scores: ``prob`` at the label's voxels, if already gathered (any order).
 
     Returns:
         ``(n_pos, n_neg)``: int64 arrays of equal length, ordered by ascending score.
@@ -108,12 +106,9 @@ def ranked_counts(
         raise ValueError(
             f"prob and label must have the same shape, got {prob.shape} and {label.shape}"
         )
-    if label_box is None:
-        label_box = bounding_box(label)
-    if label_box is None:
-        pos_bits = np.empty(0, np.uint32)
-    else:
-        pos_bits = _float32_bits(prob[label_box][np.asarray(label[label_box], dtype=bool)])
+    if pos_scores is None:
+        pos_scores = prob[np.asarray(label, dtype=bool)]
+    pos_bits = _float32_bits(pos_scores)
     pos_vals, pos_counts = _distinct_counts(pos_bits)
     pos_bins = np.zeros(_N_COARSE, dtype=bool)
     pos_bins[pos_vals >> _SHIFT] = True

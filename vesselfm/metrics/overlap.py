@@ -1,7 +1,8 @@
 """Confusion-matrix metrics: accuracy, Dice, Jaccard, precision, recall, specificity, FPR.
 
-Counts are exact integers. Only the padded bounding box of both masks is counted voxel by voxel;
-every voxel outside it is a true negative, so ``tn = n_voxels - tp - fp - fn``.
+Counts are exact integers: ``tp`` is counted at the predicted voxels only (a lookup in the label
+per foreground voxel), the rest follows from the two foreground sizes and the volume size
+(``tn = n_voxels - tp - fp - fn``).
 
 Undefined ratios (a zero denominator) follow the reference evaluator of vesselFM:
 
@@ -24,8 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from vesselfm.metrics._crop import Box, bounding_box, pad_box, union_box
 
 OVERLAP_METRICS: tuple[str, ...] = (
     "accuracy",
@@ -52,34 +51,30 @@ class ConfusionCounts:
         return self.tp + self.fp + self.fn + self.tn
 
 
-def confusion_counts(
-    pred: np.ndarray, label: np.ndarray, box: Box | None = None
-) -> ConfusionCounts:
+def confusion_counts(pred: np.ndarray, label: np.ndarray) -> ConfusionCounts:
     """Exact TP/FP/FN/TN voxel counts.
 
     Args:
         pred: boolean prediction, shape ``(X, Y, Z)`` (any shape works).
         label: boolean label, same shape.
-        box: a region known to hold every foreground voxel of both masks (e.g. their padded
-            bounding box); computed when ``None``.
 
     Returns:
-        The four counts; voxels outside ``box`` are true negatives.
+        The four counts.
     """
     if pred.shape != label.shape:
         raise ValueError(
             f"pred and label must have the same shape, got {pred.shape} and {label.shape}"
         )
-    if box is None:
-        box = union_box(bounding_box(pred), bounding_box(label))
-    if box is None:
-        return ConfusionCounts(0, 0, 0, int(pred.size))
-    p = np.asarray(pred[box], dtype=bool).view(np.uint8)
-    g = np.asarray(label[box], dtype=bool).view(np.uint8)
-    # code = 2 * label + pred: 0 TN, 1 FP, 2 FN, 3 TP
-    code = np.bincount((g << 1 | p).ravel(), minlength=4)
-    tp, fp, fn = int(code[3]), int(code[1]), int(code[2])
-    return ConfusionCounts(tp=tp, fp=fp, fn=fn, tn=int(pred.size) - tp - fp - fn)
+    where = np.nonzero(pred)
+    n_pred = int(where[0].size)
+    tp = int(np.count_nonzero(label[where]))
+    return counts_from_sizes(tp, n_pred, int(np.count_nonzero(label)), int(pred.size))
+
+
+def counts_from_sizes(tp: int, n_pred: int, n_label: int, n_voxels: int) -> ConfusionCounts:
+    """Counts from the overlap and the sizes of the prediction, the label and the volume."""
+    fp, fn = n_pred - tp, n_label - tp
+    return ConfusionCounts(tp=tp, fp=fp, fn=fn, tn=n_voxels - tp - fp - fn)
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -106,10 +101,3 @@ def overlap_metrics(counts: ConfusionCounts) -> dict[str, float | None]:
         "specificity": _ratio(tn, tn + fp),
         "fpr": _ratio(fp, tn + fp),
     }
-
-
-def padded_union_box(pred: np.ndarray, label: np.ndarray) -> Box | None:
-    """The bounding box of ``pred | label`` grown by one voxel (clipped), or ``None`` if both
-    are empty."""
-    box = union_box(bounding_box(pred), bounding_box(label))
-    return None if box is None else pad_box(box, pred.shape)
