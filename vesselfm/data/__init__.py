@@ -1,1 +1,36 @@
-"""data"""
+"""Data: ImageCAS discovery and preparation, shared preprocessing, DataModules, transforms, phantoms.
+
+Imports are lazy (PEP 562): ``import vesselfm.data`` loads neither torch nor Lightning until a
+name that needs them is used, so the command-line tools start quickly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ImageCASDataModule": "vesselfm.data.imagecas_datamodule",
+    "PhantomDataModule": "vesselfm.data.imagecas_datamodule",
+    "PreprocessConfig": "vesselfm.data.preprocessing",
+    "PrepareOptions": "vesselfm.data.prepare",
+    "prepare_dataset": "vesselfm.data.prepare",
+    "discover_cases": "vesselfm.data.imagecas",
+    "read_official_split": "vesselfm.data.imagecas",
+    "random_split": "vesselfm.data.imagecas",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vesselfm.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
