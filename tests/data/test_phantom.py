@@ -242,6 +242,22 @@ def test_nifti_round_trip(tmp_path):
     assert np.array_equal(np.asanyarray(lab.dataobj), ph.label)
 
 
+def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    real_save = nib.save
+
+    def save_then_fail(img, filename):
+        real_save(img, filename)  # the bytes are on disk, under the temporary name
+        if ".label." in str(filename):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(nib, "save", save_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        write_phantom_dataset(tmp_path, n=2, shape=SMALL, seed=0, progress=False)
+    image, label = case_paths(tmp_path, 1)
+    assert [p.name for p in image.parent.iterdir()] == [image.name]
+    assert np.asanyarray(nib.load(image).dataobj).shape == SMALL
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
