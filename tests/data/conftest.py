@@ -1,0 +1,19 @@
+"""Fixtures for the data tests: small phantom datasets in the ImageCAS layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHAPE = (64, 64, 48)
+
+
+@pytest.fixture(scope="session")
+def phantom_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six 64×64×48 phantoms, ``<raw>/1-200/{1..6}.img.nii.gz`` + ``.label.nii.gz`` (read-only: copy to modify)."""
+    from vesselfm.data.phantom import write_phantom_dataset
+
+    raw = tmp_path_factory.mktemp("phantoms") / "raw"
+    write_phantom_dataset(raw, 6, shape=SHAPE, seed=7, progress=False)
+    return raw

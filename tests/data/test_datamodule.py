@@ -1,0 +1,139 @@
+"""DataModules: batch contract, foreground share, memory-mapped crops, configs, phantoms end to end."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from vesselfm.data.imagecas_datamodule import ImageCASDataModule, PhantomDataModule, read_region
+from vesselfm.data.prepare import PrepareOptions, load_manifest, prepare_dataset
+from vesselfm.data.preprocessing import PreprocessConfig, normalize_intensity
+from vesselfm.data.transforms import DEFAULT_AUGMENTATIONS
+
+
+@pytest.fixture(scope="module")
+def prepared(phantom_source, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prepared")
+    options = PrepareOptions(preprocess=PreprocessConfig(in_plane_size=None))
+    prepare_dataset(phantom_source, out, split="random", seed=0, options=options, workers=1, progress=False)
+    return out
+
+
+def test_train_batches_have_the_contracted_shapes_and_values(prepared):
+    dm = ImageCASDataModule(prepared, patch_size=(32, 32, 24), batch_size=3, num_workers=0, samples_per_epoch=6)
+    dm.setup("fit")
+    assert dm.preprocess == PreprocessConfig(in_plane_size=None)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2
+    for b in batches:
+        assert set(b) == {"image", "label"}
+        assert b["image"].shape == b["label"].shape == (3, 1, 32, 32, 24)
+        assert b["image"].dtype == b["label"].dtype == torch.float32
+        assert set(torch.unique(b["label"]).tolist()) <= {0.0, 1.0}
+        # normalised to [0, 1] (the published noise adds up to ~0.3 + noise on some crops)
+        assert b["image"].min() >= -0.1 and b["image"].max() <= 1.5
+
+
+def test_val_and_test_batches_are_whole_volumes_with_native_geometry(prepared):
+    dm = ImageCASDataModule(prepared, num_workers=0)
+    dm.setup("fit")
+    dm.setup("test")
+    m = load_manifest(prepared)
+    for loader, split in ((dm.val_dataloader(), "val"), (dm.test_dataloader(), "test")):
+        batches = list(loader)
+        assert len(batches) == sum(e["split"] == split for e in m["cases"].values())
+        for b in batches:
+            e = m["cases"][b["case"][0]]
+            assert e["split"] == split
+            shape = tuple(e["prepared_shape"])
+            assert b["image"].shape == b["label"].shape == (1, 1, *shape)
+            assert b["image"].dtype == torch.float32 and b["label"].dtype == torch.float32
+            img = np.load(prepared / e["image"])
+            expected = normalize_intensity(img, tuple(e["intensity_range"]), dm.preprocess)
+            np.testing.assert_allclose(b["image"][0, 0].numpy(), expected)
+            assert b["spacing"].shape == (1, 3) and b["original_shape"].tolist() == [e["original_shape"]]
+            np.testing.assert_allclose(b["original_spacing"][0].numpy(), e["original_spacing"])
+            assert b["original_label"] == [e["original_label"]] and Path(e["original_label"]).is_file()
+
+
+def _centre_is_vessel(ds, n: int) -> float:
+    hits = 0
+    for i in range(n):
+        item = ds[i]
+        c = [s // 2 for s in item["label"].shape[1:]]
+        hits += int(item["label"][0, c[0], c[1], c[2]] > 0)
+    return hits / n
+
+
+@pytest.mark.parametrize(("ratio", "low", "high"), [(1.0, 0.97, 1.0), (0.5, 0.4, 0.62), (0.0, 0.0, 0.05)])
+def test_configured_foreground_share(prepared, ratio, low, high):
+    torch.manual_seed(0)
+    dm = ImageCASDataModule(prepared, patch_size=(16, 16, 16), num_workers=0, foreground_ratio=ratio, augment=False, samples_per_epoch=400)
+    dm.setup("fit")
+    share = _centre_is_vessel(dm.train_set, 400)
+    assert low <= share <= high, share
+
+
+def test_crops_come_from_the_memory_map_and_pad_outside():
+    vol = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    np.testing.assert_array_equal(read_region(vol, (1, 1, 1), (2, 2, 2), pad_value=-1), vol[1:3, 1:3, 1:3])
+    out = read_region(vol, (-1, 3, 4), (3, 3, 3), pad_value=-7)
+    assert out.shape == (3, 3, 3)
+    np.testing.assert_array_equal(out[1:, :2, :2], vol[0:2, 3:5, 4:6])
+    assert np.all(out[0] == -7) and np.all(out[:, 2] == -7) and np.all(out[:, :, 2] == -7)
+
+
+def test_workers_give_different_crops_and_num_shots_limits_cases(prepared):
+    dm = ImageCASDataModule(prepared, patch_size=(16, 16, 16), batch_size=4, num_workers=2, samples_per_epoch=8, persistent_workers=False, num_shots=2)
+    dm.setup("fit")
+    assert [c.case_id for c in dm.train_set.cases] == [c.case_id for c in dm._cases["train"][:2]]
+    a, b = list(dm.train_dataloader())
+    assert not torch.equal(a["image"], b["image"])
+
+
+def test_yaml_augmentation_is_the_published_pipeline():
+    cfg = yaml.safe_load((Path(str(files("vesselfm.configs"))) / "data" / "imagecas.yaml").read_text())
+    assert cfg["augment"] == DEFAULT_AUGMENTATIONS
+    with pytest.raises(ValueError, match="_target_"):
+        ImageCASDataModule("unused", augment=[{"keys": ["image"]}])
+    with pytest.raises(ValueError, match="cannot be imported"):
+        ImageCASDataModule("unused", augment=[{"_target_": "monai.transforms.NoSuchThing"}])
+
+
+def test_missing_prepared_set_names_the_command(tmp_path):
+    dm = ImageCASDataModule(tmp_path / "nothing", num_workers=0)
+    with pytest.raises(FileNotFoundError, match="python -m vesselfm.prepare source="):
+        dm.setup("fit")
+
+
+def test_phantom_datamodule_from_the_configs(compose_cfg, tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg("train", ["data=phantom", "data.n_train=2", "data.n_val=1", "data.n_test=1", "data.shape=[48,48,40]", "data.num_workers=0", "data.patch_size=[32,32,32]", "data.samples_per_epoch=4"])
+    dm = instantiate(cfg.data, _recursive_=False)
+    assert isinstance(dm, PhantomDataModule) and dm.preprocess.in_plane_size is None
+    dm.prepare_data()
+    manifest = load_manifest(Path(cfg.paths.output_dir) / "phantoms" / "prepared")
+    assert {cid: e["split"] for cid, e in manifest["cases"].items()} == {"1": "train", "2": "train", "3": "val", "4": "test"}
+    assert manifest["split"]["mode"] == "official"
+    dm.setup("fit")
+    b = next(iter(dm.train_dataloader()))
+    assert b["image"].shape == (2, 1, 32, 32, 32)
+    v = next(iter(dm.val_dataloader()))
+    assert v["image"].shape == (1, 1, 48, 48, 40) and v["case"] == ["3"]
+    dm.prepare_data()  # the second time finds everything in place
+    assert load_manifest(dm.data_dir)["cases"] == manifest["cases"]
+
+
+def test_imagecas_config_instantiates(compose_cfg):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg("train", ["data=imagecas"])
+    dm = instantiate(cfg.data, _recursive_=False)
+    assert dm.patch_size == (128, 128, 128) and dm.batch_size == 6
+    assert str(dm.data_dir).endswith("imagecas")
