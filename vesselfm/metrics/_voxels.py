@@ -55,12 +55,42 @@ class VoxelSet:
             return np.empty((0, 3), dtype=np.int64)
         return np.stack(np.unravel_index(self.flat, self.shape), axis=1).astype(np.int64)
 
+    @cached_property
+    def _mask_flat(self) -> np.ndarray:
+        return self.mask.reshape(-1) if self.mask.flags.c_contiguous else self.mask.ravel()
+
+    @cached_property
+    def _strides(self) -> np.ndarray:
+        return np.array([self.shape[1] * self.shape[2], self.shape[2], 1], dtype=np.int64)
+
+    def _inside_after(self, off: np.ndarray) -> np.ndarray:
+        """Whether each voxel shifted by ``off`` (one step per axis at most) stays in the volume."""
+        ok = np.ones(self.size, dtype=bool)
+        c = self.coords
+        for axis, step in enumerate(off):
+            if step < 0:
+                ok &= c[:, axis] > 0
+            elif step > 0:
+                ok &= c[:, axis] < self.shape[axis] - 1
+        return ok
+
+    def _neighbour(self, off: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For the shift ``off``: which voxels have that neighbour in the mask, and its flat index."""
+        src = np.flatnonzero(self._inside_after(off))
+        target = self.flat[src] + int(off @ self._strides)
+        hit = self._mask_flat[target]
+        present = np.zeros(self.size, dtype=bool)
+        present[src[hit]] = True
+        return present, target[hit]
+
     def contains(self, coords: np.ndarray) -> np.ndarray:
         """Whether each ``(n, 3)`` voxel index lies in the mask (outside the volume: ``False``)."""
-        inside = np.all((coords >= 0) & (coords < np.asarray(self.shape)), axis=1)
+        inside = np.ones(coords.shape[0], dtype=bool)
+        for axis in range(3):
+            inside &= (coords[:, axis] >= 0) & (coords[:, axis] < self.shape[axis])
         out = np.zeros(coords.shape[0], dtype=bool)
         c = coords[inside]
-        out[inside] = self.mask[c[:, 0], c[:, 1], c[:, 2]]
+        out[inside] = self._mask_flat[c @ self._strides]
         return out
 
     def surface(self) -> np.ndarray:
@@ -68,11 +98,10 @@ class VoxelSet:
 
         The same set as ``mask ^ binary_erosion(mask, border_value=0)``.
         """
-        c = self.coords
-        interior = np.ones(c.shape[0], dtype=bool)
+        interior = np.ones(self.size, dtype=bool)
         for off in _FACES_6:
-            interior &= self.contains(c + off)
-        return c[~interior]
+            interior &= self._neighbour(off)[0]
+        return self.coords[~interior]
 
     def bounding_box(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(lo, hi)`` inclusive voxel corners, or ``None`` when empty."""
@@ -92,21 +121,11 @@ class VoxelSet:
             img, count = ndi.label(self.mask[box], structure=np.ones((3, 3, 3), dtype=bool))
             c = self.coords - lo
             return img[c[:, 0], c[:, 1], c[:, 2]].astype(np.int64) - 1, int(count)
-        c = self.coords
-        shape = np.asarray(self.shape)
-        strides = np.array([self.shape[1] * self.shape[2], self.shape[2], 1], dtype=np.int64)
         rows, cols = [], []
         for off in _FORWARD_26:
-            nb = c + off
-            valid = np.all((nb >= 0) & (nb < shape), axis=1)
-            src = np.flatnonzero(valid)
-            target = self.flat[src] + int(off @ strides)
-            pos = np.searchsorted(self.flat, target)
-            pos_ok = pos < n
-            hit = np.zeros(src.size, dtype=bool)
-            hit[pos_ok] = self.flat[pos[pos_ok]] == target[pos_ok]
-            rows.append(src[hit])
-            cols.append(pos[hit])
+            present, target = self._neighbour(off)
+            rows.append(np.flatnonzero(present))
+            cols.append(np.searchsorted(self.flat, target))
         r, k = np.concatenate(rows), np.concatenate(cols)
         graph = coo_matrix((np.ones(r.size, dtype=np.int8), (r, k)), shape=(n, n)).tocsr()
         count, labels = connected_components(graph, directed=False)
