@@ -97,7 +97,8 @@ def find_cases(pred_dir: Path, gt_dir: Path, prob_dir: Path | None = None) -> li
     Raises:
         UserError: ``gt_dir`` holds no NIfTI file, or ``pred_dir`` no ``*_pred`` file.
     """
-    gt_files = _nifti_files(gt_dir)
+    # ImageCAS keeps <case>.img.nii.gz beside <case>.label.nii.gz: images are not labels.
+    gt_files = [p for p in _nifti_files(gt_dir) if not strip_nifti(p.name).endswith(".img")]
     if not gt_files:
         raise UserError(
             f"gt={gt_dir}: no NIfTI labels found; expected <case>.label.nii.gz or <case>.nii.gz files"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -108,14 +109,18 @@ def test_mismatched_affine_fails_that_case_only(compose_cfg, folders, tree, writ
     assert list(_rows(folders["out"] / "metrics.csv")) == ["1", "2", "3", "4"]
 
 
-def test_pairing_prefers_label_files_and_sorts_numerically(tmp_path, write_nifti):
+def test_pairing_prefers_label_files_and_sorts_numerically(tmp_path, write_nifti, caplog):
     m = np.zeros((4, 4, 4), np.uint8)
-    for name in ("10.label.nii.gz", "10.img.nii.gz", "2.nii.gz", "other.nii"):
+    for name in ("10.label.nii.gz", "10.img.nii.gz", "2.nii.gz", "other.nii", "11.img.nii.gz"):
         write_nifti(tmp_path / "gt" / name, m)
     for name in ("10_pred.nii.gz", "2_pred.nii.gz", "3_pred.nii.gz", "10_prob.nii.gz"):
         write_nifti(tmp_path / "pred" / name, m)
-    cases = find_cases(tmp_path / "pred", tmp_path / "gt")
+    with caplog.at_level(logging.WARNING):
+        cases = find_cases(tmp_path / "pred", tmp_path / "gt")
     assert [c.case for c in cases] == ["2", "3", "10"]
+    # images are not labels; a label without prediction is named
+    assert "have no prediction and are not scored: other" in caplog.text
+    assert "11" not in caplog.text
     assert cases[0].gt.name == "2.nii.gz" and cases[2].gt.name == "10.label.nii.gz"
     assert cases[1].gt is None  # reported as that case's error
 
