@@ -1,9 +1,7 @@
-"""Bounding boxes: most metric work is restricted to the foreground's box, padded by one voxel.
+"""Bounding boxes of masks, and crops with a one-voxel background margin.
 
-Every metric here is either a count that the background outside the box adds to in closed form
-(true negatives), or depends only on the foreground and its one-voxel neighbourhood (skeletons,
-connected components, cavities, Euler characteristic, surfaces). A one-voxel background margin
-keeps each of them unchanged while the work shrinks from the whole scan to the vessel tree's box.
+Topology only depends on the foreground and its one-voxel neighbourhood, so a margin of one
+background voxel around the foreground's box changes no skeleton, Euler characteristic or cavity.
 """
 
 from __future__ import annotations
@@ -39,31 +37,13 @@ def bounding_box(mask: np.ndarray) -> Box | None:
     return tuple(box)
 
 
-def union_box(*boxes: Box | None) -> Box | None:
-    """The smallest box holding every given box (``None`` entries are skipped)."""
-    present = [b for b in boxes if b is not None]
-    if not present:
-        return None
-    return tuple(
-        slice(min(b[a].start for b in present), max(b[a].stop for b in present))
-        for a in range(len(present[0]))
-    )
-
-
-def pad_box(box: Box, shape: tuple[int, ...], pad: int = 1) -> Box:
-    """Grow ``box`` by ``pad`` voxels on every side, clipped to an array of ``shape``."""
-    return tuple(
-        slice(max(s.start - pad, 0), min(s.stop + pad, n)) for s, n in zip(box, shape, strict=True)
-    )
-
-
 def padded_crop(mask: np.ndarray, box: Box | None = None) -> np.ndarray:
     """``mask`` restricted to ``box`` (default: its own bounding box), with one background voxel
     on every side, as a new C-contiguous boolean array.
 
-    Unlike :func:`pad_box` the margin is added even where the box touches the array's border: a
-    mask touching the border behaves as if the outside were background, which is what
-    skeletonisation, connected-component labelling and erosion with ``border_value=0`` assume.
+    The margin is added even where the box touches the array's border: a mask touching the
+    border behaves as if the outside were background, as the Euler characteristic of the union of
+    closed voxels and skeletonisation assume.
 
     Args:
         mask: boolean array.
