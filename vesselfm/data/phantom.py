@@ -425,7 +425,7 @@ def _plan_trees(
         k = _first_violation(branch, branches, ctx)
         # A side branch must reach past the junction zone where it is not checked.
         r0 = float(branch.radii[0])
-        min_len = 2 * r0 if required_fraction is not None else 2.0 * (2 * r0 + ctx.margin) + 2 * r0
+        min_len = r0 if required_fraction is not None else 2.0 * (2 * r0 + ctx.margin) + 2 * r0
         if required_fraction is not None and k < required_fraction * len(branch.points):
             log.debug("%s kept only %d of %d points", branch.name, k, len(branch.points))
             return -1
