@@ -8,7 +8,8 @@ coronary lumen (uint8 0/1), on a scanner-like grid: anisotropic spacing (0.30-0.
 What is inside (everything randomised per case from the seed):
 
 - a thorax: air outside the body, subcutaneous fat, chest-wall muscle, sternum and spine,
-  lungs (about -850 HU), mediastinal fat and, at the bottom, the liver under the diaphragm;
+  lungs (about -850 HU) with contrast-filled pulmonary vessels (bright tubes that are not
+  coronaries), mediastinal fat and, at the bottom, the liver under the diaphragm;
 - a heart: myocardium (about 100 HU) around contrast-filled chambers, the aortic root, the
   ascending and descending aorta (300-500 HU), all wrapped in epicardial fat;
 - two coronary trees leaving the aortic root and running over the heart surface in the fat:
@@ -62,6 +63,7 @@ __all__ = [
     "case_seed",
     "generate_phantom",
     "label_topology",
+    "save_phantom",
     "write_phantom_dataset",
 ]
 
@@ -1163,7 +1165,7 @@ def _case_setup(
 
 
 def _build_label(
-    grid: _Grid, anat: _Anatomy, ctx: _Context, seed: int
+    grid: _Grid, ctx: _Context, seed: int
 ) -> tuple[list[_Branch], tuple[slice, ...], np.ndarray, np.ndarray]:
     """Plan the trees and rasterise them until the label has Betti numbers (2, 0, 0).
 
@@ -1237,7 +1239,7 @@ def generate_phantom(
         )
 
     grid, anat, ctx, origin = _case_setup(shape, seed, spacing, stenoses)
-    branches, label_box, depth, lumen = _build_label(grid, anat, ctx, seed)
+    branches, label_box, depth, lumen = _build_label(grid, ctx, seed)
 
     # --- tissues and intensities ---
     hu = _hounsfield(np.random.default_rng([seed, 2]))
