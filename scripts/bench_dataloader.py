@@ -72,8 +72,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from vesselfm.data.imagecas_datamodule import RandomPatchDataset, read_prepared_cases
-    from vesselfm.data.prepare import PrepareOptions, prepare_dataset
     from vesselfm.data.phantom import write_phantom_dataset
+    from vesselfm.data.prepare import PrepareOptions, prepare_dataset
     from vesselfm.data.preprocessing import PreprocessConfig
     from vesselfm.data.transforms import train_transforms
 
