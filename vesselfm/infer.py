@@ -19,7 +19,13 @@ from vesselfm.utils.cli import UserError, hydra_entrypoint
 
 log = logging.getLogger(__name__)
 
-LABEL_PATTERNS = ("{case}.label.nii.gz", "{case}.label.nii", "{case}.nii.gz", "{case}.nii", "{case}_label.nii.gz")
+LABEL_PATTERNS = (
+    "{case}.label.nii.gz",
+    "{case}.label.nii",
+    "{case}.nii.gz",
+    "{case}.nii",
+    "{case}_label.nii.gz",
+)
 
 
 def default_output_dir(spec: str) -> Path:
@@ -38,11 +44,12 @@ def default_output_dir(spec: str) -> Path:
     return (Path(*parts) if parts else Path(".")) / "vesselfm_pred"
 
 
-def find_label(label_dir: Path, case: str) -> Path | None:
-    """The label file of ``case`` in ``label_dir`` (``<case>.label.nii.gz``, ``<case>.nii.gz``, ...)."""
+def find_label(label_dir: Path, case: str, scan: Path | None = None) -> Path | None:
+    """The label file of ``case`` in ``label_dir`` (``<case>.label.nii.gz``, ``<case>.nii.gz``, ...),
+    never the ``scan`` itself (when labels sit beside the scans)."""
     for pattern in LABEL_PATTERNS:
         candidate = label_dir / pattern.format(case=case)
-        if candidate.is_file():
+        if candidate.is_file() and not (scan is not None and candidate.resolve() == scan.resolve()):
             return candidate
     return None
 
@@ -56,7 +63,9 @@ def _resolve_preprocess_and_threshold(cfg: DictConfig) -> tuple[Any, float]:
         cfg.model.get("checkpoint"), cfg.model.get("revision"), cfg.model.get("cache_dir")
     )
     if cfg.get("preprocess") is not None:
-        preprocess = PreprocessConfig.from_mapping(OmegaConf.to_container(cfg.preprocess, resolve=True))
+        preprocess = PreprocessConfig.from_mapping(
+            OmegaConf.to_container(cfg.preprocess, resolve=True)
+        )
     else:
         preprocess = meta.get("preprocess") or PreprocessConfig()
         if meta.get("preprocess") is not None:
@@ -85,17 +94,27 @@ def _score(
     try:
         from vesselfm.metrics import compute_metrics
     except ImportError as err:
-        raise UserError("label= needs vesselfm.metrics.compute_metrics, which this installation lacks") from err
+        raise UserError(
+            "label= needs vesselfm.metrics.compute_metrics, which this installation lacks"
+        ) from err
     label = load_scan(label_path)
     if label.data.shape != mask.shape:
-        raise UserError(f"{label_path}: label shape {label.data.shape} differs from the scan's {mask.shape}")
+        raise UserError(
+            f"{label_path}: label shape {label.data.shape} differs from the scan's {mask.shape}"
+        )
     values = compute_metrics(
-        (np.asarray(mask) > 0).astype(np.uint8), label.data > 0.5, spacing=spacing, threshold=threshold, prob=prob
+        (np.asarray(mask) > 0).astype(np.uint8),
+        label.data > 0.5,
+        spacing=spacing,
+        threshold=threshold,
+        prob=prob,
     )
     return {"case": case, **values}
 
 
-def _score_existing(case: str, output_dir: Path, label_path: Path, threshold: float) -> dict[str, Any]:
+def _score_existing(
+    case: str, output_dir: Path, label_path: Path, threshold: float
+) -> dict[str, Any]:
     """Score a skipped case from the files it left (with its probabilities when they were saved)."""
     from vesselfm.inference import load_scan, output_paths
 
@@ -126,23 +145,33 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     from vesselfm.models import load_model
 
     inputs = find_inputs(cfg.input)
-    output_dir = ensure_writable_dir(cfg.output if cfg.get("output") else default_output_dir(str(cfg.input)))
+    output_dir = ensure_writable_dir(
+        cfg.output if cfg.get("output") else default_output_dir(str(cfg.input))
+    )
     label_dir = None
     if cfg.get("label"):
         label_dir = Path(cfg.label).expanduser()
         if not label_dir.is_dir():
-            raise UserError(f"label={cfg.label}: no such folder; give the folder holding the label NIfTIs")
+            raise UserError(
+                f"label={cfg.label}: no such folder; give the folder holding the label NIfTIs"
+            )
 
     preprocess, threshold = _resolve_preprocess_and_threshold(cfg)
     network = load_model(cfg.model)
     inference_cfg = OmegaConf.to_container(cfg.inference, resolve=True)
     inference_cfg["threshold"] = threshold
     progress = bool(cfg.get("progress", True))
-    predictor = SlidingWindowPredictor.from_config(network, inference_cfg, preprocess=preprocess, progress=progress)
+    predictor = SlidingWindowPredictor.from_config(
+        network, inference_cfg, preprocess=preprocess, progress=progress
+    )
     device = predictor.compute_device()
     log.info(
         "%d scan(s) -> %s | model=%s on %s | threshold %.3f | TTA %s | post-processing %s",
-        len(inputs), output_dir, cfg.model.get("name"), device, threshold,
+        len(inputs),
+        output_dir,
+        cfg.model.get("name"),
+        device,
+        threshold,
         f"{len(predictor.tta)} passes" if predictor.tta.enabled else "off",
         "on" if predictor.postprocess.enabled else "off",
     )
@@ -163,15 +192,27 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
                 return_arrays=label_dir is not None,
             )
             if label_dir is not None:
-                label_path = find_label(label_dir, result["case"])
+                label_path = find_label(label_dir, result["case"], path)
                 if label_path is None:
-                    log.warning("%s: no label for case %s in %s, not scored", path.name, result["case"], label_dir)
+                    log.warning(
+                        "%s: no label for case %s in %s, not scored",
+                        path.name,
+                        result["case"],
+                        label_dir,
+                    )
                 elif result["skipped"]:
                     rows.append(_score_existing(result["case"], output_dir, label_path, threshold))
                 else:
                     arrays = result["arrays"]
                     rows.append(
-                        _score(result["case"], arrays["mask"], arrays["prob"], arrays["spacing"], label_path, threshold)
+                        _score(
+                            result["case"],
+                            arrays["mask"],
+                            arrays["prob"],
+                            arrays["spacing"],
+                            label_path,
+                            threshold,
+                        )
                     )
             result.pop("arrays", None)
         except KeyboardInterrupt:
@@ -180,7 +221,9 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if not isinstance(err, UserError | ValueError | OSError):
                 reason = f"{type(err).__name__}: {reason}"
-            log.error("failed: %s: %s", path, reason)
+            if str(path) not in reason:
+                reason = f"{path}: {reason}"
+            log.error("failed: %s", reason)
             log.debug("traceback of %s", path, exc_info=True)
             if os.environ.get("VESSELFM_DEBUG", "").lower() in {"1", "true", "yes"}:
                 raise
@@ -191,7 +234,12 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
             t = result["timings"]
             log.info(
                 "%s: %s in %.1f s (read %.1f, predict %.1f, write %.1f)",
-                result["case"], result["pred"], t["total"], t["read"], t["predict"], t["write"],
+                result["case"],
+                result["pred"],
+                t["total"],
+                t["read"],
+                t["predict"],
+                t["write"],
             )
 
     reports = None
@@ -199,18 +247,26 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         from vesselfm.metrics import write_reports
 
         reports = write_reports(rows, output_dir)
-        log.info("metrics of %d case(s): %s", len(rows), ", ".join(str(p) for p in reports.values()))
+        log.info(
+            "metrics of %d case(s): %s", len(rows), ", ".join(str(p) for p in reports.values())
+        )
 
     done = sum(not r["skipped"] for r in results)
     skipped = sum(r["skipped"] for r in results)
-    log.info("summary: %d segmented, %d skipped (outputs exist), %d failed; outputs in %s", done, skipped, len(failed), output_dir)
-    for file, reason in failed:
-        log.info("  failed: %s: %s", file, reason)
+    log.info(
+        "summary: %d segmented, %d skipped (outputs exist), %d failed; outputs in %s",
+        done,
+        skipped,
+        len(failed),
+        output_dir,
+    )
+    for _, reason in failed:
+        log.info("  failed: %s", reason)
     if failed:
         if len(inputs) == 1:
-            raise UserError(failed[0][1] if failed[0][0] in failed[0][1] else f"{failed[0][0]}: {failed[0][1]}")
+            raise UserError(failed[0][1])
         raise UserError(
-            f"{len(failed)} of {len(inputs)} scans failed (first: {failed[0][0]}: {failed[0][1]}); see the log above"
+            f"{len(failed)} of {len(inputs)} scans failed (first: {failed[0][1]}); see the log above"
         )
     return {
         "output": output_dir,

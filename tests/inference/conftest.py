@@ -38,8 +38,8 @@ def make_scan(tmp_path: Path) -> Callable[..., Path]:
 def tiny_net() -> nn.Module:
     """``model=tiny`` with fixed random weights, in eval mode."""
     from omegaconf import OmegaConf
-
     from vesselfm.configs import __file__ as configs_init
+
     from vesselfm.models import build_network
 
     cfg = OmegaConf.load(Path(configs_init).parent / "model" / "vesselfm_base.yaml")

@@ -30,7 +30,9 @@ class IdentityNet(nn.Module):
         return x.clone()
 
 
-def tube_phantom(shape: tuple[int, int, int] = (48, 40, 32), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def tube_phantom(
+    shape: tuple[int, int, int] = (48, 40, 32), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """An int16 HU volume with a few bright tubes along Z and one oblique, and its uint8 label."""
     rng = np.random.default_rng(seed)
     x, y, z = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")

@@ -9,8 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from inference_helpers import FLIPPED_AFFINE, save_nifti, tube_phantom
+
 from vesselfm.inference.io import (
     case_id,
     ensure_writable_dir,
@@ -62,7 +62,10 @@ def test_geometry_round_trip_on_flipped_affine(scan_file: Path, tmp_path: Path) 
     assert set(np.unique(np.asarray(nib.load(pred_path).dataobj))) <= {0, 1}
     np.testing.assert_array_equal(np.asarray(nib.load(prob_path).dataobj), prob)
     # no temporary files left beside the outputs
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["1_pred.nii.gz", "1_prob.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "1_pred.nii.gz",
+        "1_prob.nii.gz",
+    ]
 
 
 @pytest.mark.parametrize(("qform_code", "sform_code"), [(0, 1), (1, 0), (2, 4)])
@@ -70,8 +73,13 @@ def test_orientation_codes_are_kept(tmp_path: Path, qform_code: int, sform_code:
     image, _ = tube_phantom((16, 16, 8))
     path = save_nifti(tmp_path / "c.nii.gz", image, qform_code=qform_code, sform_code=sform_code)
     scan = load_scan(path)
-    out = nib.load(save_prediction(np.ones(scan.data.shape), scan.image, tmp_path / "c_pred.nii.gz"))
-    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (qform_code, sform_code)
+    out = nib.load(
+        save_prediction(np.ones(scan.data.shape), scan.image, tmp_path / "c_pred.nii.gz")
+    )
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (
+        qform_code,
+        sform_code,
+    )
     np.testing.assert_array_equal(out.affine, nib.load(path).affine)
 
 
@@ -173,8 +181,13 @@ def test_find_inputs_file_folder_glob(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
 
     assert find_inputs(tmp_path / "b.nii") == [tmp_path / "b.nii"]
-    assert find_inputs(tmp_path) == sorted(tmp_path / n for n in ("10.img.nii.gz", "2.img.nii.gz", "b.nii"))
-    assert find_inputs(str(tmp_path / "*.img.nii.gz")) == [tmp_path / "10.img.nii.gz", tmp_path / "2.img.nii.gz"]
+    assert find_inputs(tmp_path) == sorted(
+        tmp_path / n for n in ("10.img.nii.gz", "2.img.nii.gz", "b.nii")
+    )
+    assert find_inputs(str(tmp_path / "*.img.nii.gz")) == [
+        tmp_path / "10.img.nii.gz",
+        tmp_path / "2.img.nii.gz",
+    ]
 
 
 @pytest.mark.parametrize("what", ["empty_folder", "no_match", "missing", "wrong_suffix"])

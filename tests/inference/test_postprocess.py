@@ -50,7 +50,13 @@ def test_connectivity(connectivity: int, components: int) -> None:
 def test_off_by_default_and_validation() -> None:
     assert not PostprocessConfig().enabled
     np.testing.assert_array_equal(postprocess_mask(_blobs(), PostprocessConfig()), _blobs())
-    for bad in ({"unit": "ml"}, {"min_size": -1}, {"keep_largest": 0}, {"connectivity": 4}, {"size": 3}):
+    for bad in (
+        {"unit": "ml"},
+        {"min_size": -1},
+        {"keep_largest": 0},
+        {"connectivity": 4},
+        {"size": 3},
+    ):
         with pytest.raises(ValueError, match="inference.postprocess"):
             PostprocessConfig.from_mapping(bad)
 

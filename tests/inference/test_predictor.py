@@ -27,17 +27,25 @@ from vesselfm.utils.cli import UserError
 
 def test_same_prediction_for_two_window_batch_sizes(tiny_net: nn.Module) -> None:
     x = torch.rand(1, 1, 40, 40, 32)  # 2 x 2 x 1 windows: batches of 3 + 1 against 4 x 1
-    one = SlidingWindowPredictor(tiny_net, roi_size=32, overlap=0.5, cpu={"sw_batch_size": 1}).predict_volume(x)
-    three = SlidingWindowPredictor(tiny_net, roi_size=32, overlap=0.5, cpu={"sw_batch_size": 3}).predict_volume(x)
+    one = SlidingWindowPredictor(
+        tiny_net, roi_size=32, overlap=0.5, cpu={"sw_batch_size": 1}
+    ).predict_volume(x)
+    three = SlidingWindowPredictor(
+        tiny_net, roi_size=32, overlap=0.5, cpu={"sw_batch_size": 3}
+    ).predict_volume(x)
     torch.testing.assert_close(one, three, atol=1e-5, rtol=0)
     assert one.dtype == torch.float32 and one.shape == x.shape
 
 
 @pytest.mark.parametrize("roi", [16, 32, 64, (64, 16, 48)])
 @pytest.mark.parametrize("mode", ["constant", "gaussian"])
-def test_identity_network_for_roi_larger_and_smaller_than_the_volume(roi: int | tuple, mode: str) -> None:
+def test_identity_network_for_roi_larger_and_smaller_than_the_volume(
+    roi: int | tuple, mode: str
+) -> None:
     x = torch.randn(2, 1, 40, 28, 20)
-    out = SlidingWindowPredictor(IdentityNet(), roi_size=roi, overlap=0.25, mode=mode).predict_volume(x)
+    out = SlidingWindowPredictor(
+        IdentityNet(), roi_size=roi, overlap=0.25, mode=mode
+    ).predict_volume(x)
     torch.testing.assert_close(out, torch.sigmoid(x), atol=1e-6, rtol=0)
 
 
@@ -68,10 +76,23 @@ def test_predict_array_matches_the_training_preprocessing(tiny_net: nn.Module) -
     np.testing.assert_array_equal(prob, expected)
 
 
+def test_predict_array_when_the_grid_is_already_the_prepared_one(tiny_net: nn.Module) -> None:
+    image, _ = tube_phantom((32, 32, 20))
+    predictor = SlidingWindowPredictor(
+        tiny_net, roi_size=32, preprocess=PreprocessConfig(in_plane_size=32)
+    )
+    prob = predictor.predict_array(image, FLIPPED_AFFINE)
+    assert prob.shape == image.shape
+    out = predictor.predict_volume(torch.rand(1, 1, 16, 16, 16))
+    out.clamp_(0.0, 1.0)  # a normal tensor, not an inference tensor: callers may modify it
+
+
 def test_predict_array_with_target_spacing(tiny_net: nn.Module) -> None:
     image, _ = tube_phantom((40, 40, 24))
     predictor = SlidingWindowPredictor(
-        tiny_net, roi_size=32, preprocess=PreprocessConfig(in_plane_size=None, target_spacing=(1.0, 1.0, 1.0))
+        tiny_net,
+        roi_size=32,
+        preprocess=PreprocessConfig(in_plane_size=None, target_spacing=(1.0, 1.0, 1.0)),
     )
     prepared = predictor.preprocess_array(image, FLIPPED_AFFINE)
     assert prepared.shape == (30, 25, 30)  # 40 * 0.75, 40 * 0.625, 24 * 1.25
@@ -79,7 +100,9 @@ def test_predict_array_with_target_spacing(tiny_net: nn.Module) -> None:
     assert predictor.predict_array(image, FLIPPED_AFFINE).shape == image.shape
 
 
-def test_from_config_with_the_real_config(compose_cfg: Callable[..., DictConfig], tiny_net: nn.Module) -> None:
+def test_from_config_with_the_real_config(
+    compose_cfg: Callable[..., DictConfig], tiny_net: nn.Module
+) -> None:
     cfg = compose_cfg("infer", ["input=x.nii.gz", "model=tiny"])
     inference = OmegaConf.to_container(cfg.inference, resolve=True)
     predictor = SlidingWindowPredictor.from_config(tiny_net, inference)
@@ -87,7 +110,9 @@ def test_from_config_with_the_real_config(compose_cfg: Callable[..., DictConfig]
     assert not predictor.tta.enabled and not predictor.postprocess.enabled
     assert predictor.compute_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
     # the LightningModule drops device/sw_device: run where the network is
-    lit = SlidingWindowPredictor.from_config(tiny_net, {k: v for k, v in inference.items() if "device" not in k})
+    lit = SlidingWindowPredictor.from_config(
+        tiny_net, {k: v for k, v in inference.items() if "device" not in k}
+    )
     assert lit.compute_device() == torch.device("cpu")
     with pytest.raises(ValueError, match="unknown inference keys"):
         SlidingWindowPredictor.from_config(tiny_net, {**inference, "roi": 3})
@@ -120,8 +145,12 @@ def test_device_none_never_moves_the_network(tiny_net: nn.Module) -> None:
 
 def test_cpu_stitching_and_explicit_cpu_device(tiny_net: nn.Module) -> None:
     x = torch.rand(1, 1, 40, 32, 24)
-    a = SlidingWindowPredictor(tiny_net, roi_size=32, device="cpu", sw_device="cpu").predict_volume(x)
-    b = SlidingWindowPredictor(tiny_net, roi_size=32, device="auto", sw_device="auto").predict_volume(x)
+    a = SlidingWindowPredictor(tiny_net, roi_size=32, device="cpu", sw_device="cpu").predict_volume(
+        x
+    )
+    b = SlidingWindowPredictor(
+        tiny_net, roi_size=32, device="auto", sw_device="auto"
+    ).predict_volume(x)
     torch.testing.assert_close(a.cpu(), b.cpu(), atol=1e-5, rtol=0)
     assert a.device == torch.device("cpu")
 
@@ -129,8 +158,12 @@ def test_cpu_stitching_and_explicit_cpu_device(tiny_net: nn.Module) -> None:
 def test_cpu_bf16_and_channels_last_stay_close(tiny_net: nn.Module) -> None:
     x = torch.rand(1, 1, 32, 32, 32)
     ref = SlidingWindowPredictor(tiny_net, roi_size=32).predict_volume(x)
-    bf16 = SlidingWindowPredictor(tiny_net, roi_size=32, cpu={"precision": "bf16"}).predict_volume(x)
-    cl = SlidingWindowPredictor(tiny_net, roi_size=32, cpu={"channels_last": True}).predict_volume(x)
+    bf16 = SlidingWindowPredictor(tiny_net, roi_size=32, cpu={"precision": "bf16"}).predict_volume(
+        x
+    )
+    cl = SlidingWindowPredictor(tiny_net, roi_size=32, cpu={"channels_last": True}).predict_volume(
+        x
+    )
     assert bf16.dtype == torch.float32
     torch.testing.assert_close(bf16, ref, atol=0.05, rtol=0)
     torch.testing.assert_close(cl, ref, atol=1e-5, rtol=0)
@@ -138,7 +171,9 @@ def test_cpu_bf16_and_channels_last_stay_close(tiny_net: nn.Module) -> None:
 
 def test_threads_are_restored(tiny_net: nn.Module) -> None:
     before = torch.get_num_threads()
-    SlidingWindowPredictor(tiny_net, roi_size=16, cpu={"threads": 1}).predict_volume(torch.rand(1, 1, 16, 16, 16))
+    SlidingWindowPredictor(tiny_net, roi_size=16, cpu={"threads": 1}).predict_volume(
+        torch.rand(1, 1, 16, 16, 16)
+    )
     assert torch.get_num_threads() == before
 
 
@@ -155,7 +190,9 @@ def test_cuda_out_of_memory_lowers_the_batch_then_stitches_on_cpu_then_names_the
     assert predictor.sw_batch_size == 2
     assert predictor._recover_from_oom(cuda, cuda, 1, err)
     assert predictor.stitch_device(cuda) == cpu
-    with pytest.raises(UserError, match=r"inference\.sw_batch_size.*inference\.sw_device=cpu") as info:
+    with pytest.raises(
+        UserError, match=r"inference\.sw_batch_size.*inference\.sw_device=cpu"
+    ) as info:
         predictor._recover_from_oom(cuda, cpu, 1, err)
     assert "\n" not in str(info.value)
     assert not predictor._recover_from_oom(cpu, cpu, 4, err)  # not a GPU: nothing to lower
@@ -180,20 +217,30 @@ class _OOMOnce(nn.Module):
 def test_cuda_matches_cpu(tiny_net: nn.Module) -> None:
     x = torch.rand(1, 1, 64, 64, 48)
     cpu = SlidingWindowPredictor(tiny_net, roi_size=32, device="cpu").predict_volume(x)
-    gpu32 = SlidingWindowPredictor(tiny_net, roi_size=32, device="cuda", precision="fp32").predict_volume(x)
+    gpu32 = SlidingWindowPredictor(
+        tiny_net, roi_size=32, device="cuda", precision="fp32"
+    ).predict_volume(x)
     torch.testing.assert_close(gpu32.cpu(), cpu, atol=1e-4, rtol=0)
-    bf16 = SlidingWindowPredictor(tiny_net, roi_size=32, device="cuda", sw_device="cpu").predict_volume(x)
+    bf16 = SlidingWindowPredictor(
+        tiny_net, roi_size=32, device="cuda", sw_device="cpu"
+    ).predict_volume(x)
     assert bf16.device.type == "cpu"
     torch.testing.assert_close(bf16, cpu, atol=0.05, rtol=0)
-    predictor = SlidingWindowPredictor(_OOMOnce().cuda(), roi_size=16, sw_batch_size=4, device="cuda")
+    predictor = SlidingWindowPredictor(
+        _OOMOnce().cuda(), roi_size=16, sw_batch_size=4, device="cuda"
+    )
     predictor.predict_volume(torch.rand(1, 1, 32, 32, 32))
     assert predictor.sw_batch_size == 1
 
 
-def test_predict_file_writes_and_skips(tiny_net: nn.Module, scan_file: Path, tmp_path: Path) -> None:
+def test_predict_file_writes_and_skips(
+    tiny_net: nn.Module, scan_file: Path, tmp_path: Path
+) -> None:
     import nibabel as nib
 
-    predictor = SlidingWindowPredictor(tiny_net, roi_size=32, preprocess=PreprocessConfig(in_plane_size=32))
+    predictor = SlidingWindowPredictor(
+        tiny_net, roi_size=32, preprocess=PreprocessConfig(in_plane_size=32)
+    )
     out = tmp_path / "out"
     result = predictor.predict_file(scan_file, out, save_prob=True)
     assert result["case"] == "1" and not result["skipped"]

@@ -58,12 +58,16 @@ def test_scales_resample_back_to_the_input_grid() -> None:
     out = predictor.predict_volume(x)
     assert out.shape == x.shape
     # a linear ramp survives trilinear zoom and back, away from the borders
-    torch.testing.assert_close(out[..., 3:-3, :, :], torch.sigmoid(x)[..., 3:-3, :, :], atol=2e-2, rtol=0)
+    torch.testing.assert_close(
+        out[..., 3:-3, :, :], torch.sigmoid(x)[..., 3:-3, :, :], atol=2e-2, rtol=0
+    )
 
 
 def test_invert_applies_above_the_mean_threshold() -> None:
     bright = torch.full((1, 1, 16, 16, 16), 0.8)
-    predictor = SlidingWindowPredictor(IdentityNet(), roi_size=16, tta={"invert": True, "invert_mean_thresh": 0.5})
+    predictor = SlidingWindowPredictor(
+        IdentityNet(), roi_size=16, tta={"invert": True, "invert_mean_thresh": 0.5}
+    )
     torch.testing.assert_close(predictor.predict_volume(bright), torch.sigmoid(1 - bright))
     dark = torch.full((1, 1, 16, 16, 16), 0.2)
     torch.testing.assert_close(predictor.predict_volume(dark), torch.sigmoid(dark))

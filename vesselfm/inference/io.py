@@ -104,16 +104,26 @@ def find_inputs(spec: str | os.PathLike[str]) -> list[Path]:
             )
         return [path]
     if path.is_dir():
-        found = [p for p in path.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith(".")]
+        found = [
+            p for p in path.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith(".")
+        ]
         kind = "folder"
     elif glob.has_magic(spec):
-        found = [Path(p) for p in glob.glob(os.path.expanduser(spec)) if Path(p).is_file() and is_nifti(p)]
+        found = [
+            Path(p)
+            for p in glob.glob(os.path.expanduser(spec))
+            if Path(p).is_file() and is_nifti(p)
+        ]
         kind = "pattern"
     else:
-        raise UserError(f"input={spec}: no such file or folder; give a NIfTI file, a folder or a glob")
+        raise UserError(
+            f"input={spec}: no such file or folder; give a NIfTI file, a folder or a glob"
+        )
     scans = sorted({p for p in found if not _is_label_file(p)})
     if not scans:
-        raise UserError(f"input={spec}: the {kind} holds no .nii/.nii.gz scans; point input= at NIfTI files")
+        raise UserError(
+            f"input={spec}: the {kind} holds no .nii/.nii.gz scans; point input= at NIfTI files"
+        )
     if len(scans) < len(found):
         log.info("input=%s: left out %d *.label.nii(.gz) files", spec, len(found) - len(scans))
     return scans
@@ -136,7 +146,9 @@ def load_scan(path: str | os.PathLike[str]) -> Scan:
     except Exception as err:  # noqa: BLE001 - nibabel raises many types for a bad file
         raise UserError(f"{path}: not a readable NIfTI file ({_reason(err)})") from err
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
-        raise UserError(f"{path}: expected a NIfTI-1/2 image, got {type(image).__name__}; convert it to NIfTI")
+        raise UserError(
+            f"{path}: expected a NIfTI-1/2 image, got {type(image).__name__}; convert it to NIfTI"
+        )
 
     shape = tuple(int(s) for s in image.shape)
     if len(shape) == 4 and shape[3] == 1:
@@ -151,7 +163,9 @@ def load_scan(path: str | os.PathLike[str]) -> Scan:
     try:
         data = np.asarray(image.dataobj, dtype=np.float32).reshape(shape)
     except Exception as err:  # noqa: BLE001 - truncated gzip (EOFError, zlib.error), short files (OSError)
-        raise UserError(f"{path}: cannot read the voxel data, the file is truncated or corrupt ({_reason(err)})") from err
+        raise UserError(
+            f"{path}: cannot read the voxel data, the file is truncated or corrupt ({_reason(err)})"
+        ) from err
 
     finite = np.isfinite(data)
     if not finite.all():
@@ -161,7 +175,9 @@ def load_scan(path: str | os.PathLike[str]) -> Scan:
         )
     affine = np.asarray(image.affine, dtype=np.float64)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise UserError(f"{path}: the affine is singular or non-finite; fix the header (qform/sform)")
+        raise UserError(
+            f"{path}: the affine is singular or non-finite; fix the header (qform/sform)"
+        )
     return Scan(path=path, data=data, affine=affine, image=image)
 
 
@@ -205,12 +221,16 @@ def save_like(data: np.ndarray, reference: nib.Nifti1Image, target: str | os.Pat
     return target
 
 
-def save_prediction(mask: np.ndarray, reference: nib.Nifti1Image, target: str | os.PathLike[str]) -> Path:
+def save_prediction(
+    mask: np.ndarray, reference: nib.Nifti1Image, target: str | os.PathLike[str]
+) -> Path:
     """Write a binary mask as uint8 0/1 with the reference's geometry (``<case>_pred.nii.gz``)."""
     return save_like((np.asarray(mask) > 0).astype(np.uint8), reference, target)
 
 
-def save_probabilities(prob: np.ndarray, reference: nib.Nifti1Image, target: str | os.PathLike[str]) -> Path:
+def save_probabilities(
+    prob: np.ndarray, reference: nib.Nifti1Image, target: str | os.PathLike[str]
+) -> Path:
     """Write a probability map as float32 in [0, 1] with the reference's geometry (``<case>_prob.nii.gz``)."""
     return save_like(np.clip(np.asarray(prob, dtype=np.float32), 0.0, 1.0), reference, target)
 

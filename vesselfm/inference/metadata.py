@@ -43,6 +43,8 @@ def read_checkpoint_metadata(
     Raises:
         CheckpointError: the file cannot be read, or its metadata is malformed.
     """
+    if path is None or not str(path).endswith(".ckpt"):
+        return {}  # raw state_dict files carry no metadata
     # Imported here: vesselfm.models builds networks with Hydra, which inference does not need.
     from vesselfm.models import CheckpointError, resolve_checkpoint
 
@@ -55,14 +57,20 @@ def read_checkpoint_metadata(
         ckpt = torch.load(local, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
         if "weights_only" not in str(err):
-            raise CheckpointError(f"cannot read checkpoint {local}: {str(err).splitlines()[0]}") from err
-        log.warning("%s holds non-tensor objects; loading with weights_only=False (trust it?)", local)
+            raise CheckpointError(
+                f"cannot read checkpoint {local}: {str(err).splitlines()[0]}"
+            ) from err
+        log.warning(
+            "%s holds non-tensor objects; loading with weights_only=False (trust it?)", local
+        )
         ckpt = torch.load(local, map_location="cpu", weights_only=False, mmap=True)
     raw = ckpt.get(METADATA_KEY) if isinstance(ckpt, dict) else None
     if not raw:
         return {}
     if not isinstance(raw, dict):
-        raise CheckpointError(f"{local}: checkpoint['{METADATA_KEY}'] must be a dict, got {type(raw).__name__}")
+        raise CheckpointError(
+            f"{local}: checkpoint['{METADATA_KEY}'] must be a dict, got {type(raw).__name__}"
+        )
     meta: dict[str, Any] = dict(raw)
     try:
         if meta.get("preprocess") is not None:

@@ -37,13 +37,19 @@ class PostprocessConfig:
 
     def __post_init__(self) -> None:
         if self.unit not in SIZE_UNITS:
-            raise ValueError(f"inference.postprocess.unit must be one of {SIZE_UNITS}, got {self.unit!r}")
+            raise ValueError(
+                f"inference.postprocess.unit must be one of {SIZE_UNITS}, got {self.unit!r}"
+            )
         if float(self.min_size) < 0:
             raise ValueError(f"inference.postprocess.min_size must be >= 0, got {self.min_size}")
         if self.keep_largest is not None and int(self.keep_largest) < 1:
-            raise ValueError(f"inference.postprocess.keep_largest must be >= 1 or null, got {self.keep_largest}")
+            raise ValueError(
+                f"inference.postprocess.keep_largest must be >= 1 or null, got {self.keep_largest}"
+            )
         if int(self.connectivity) not in (1, 2, 3):
-            raise ValueError(f"inference.postprocess.connectivity must be 1, 2 or 3, got {self.connectivity}")
+            raise ValueError(
+                f"inference.postprocess.connectivity must be 1, 2 or 3, got {self.connectivity}"
+            )
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | PostprocessConfig | None) -> PostprocessConfig:
@@ -54,7 +60,9 @@ class PostprocessConfig:
         allowed = set(cls.__dataclass_fields__)
         unknown = set(cfg) - allowed
         if unknown:
-            raise ValueError(f"unknown inference.postprocess keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+            raise ValueError(
+                f"unknown inference.postprocess keys {sorted(unknown)}; allowed: {sorted(allowed)}"
+            )
         return cls(**cfg)
 
     @property
@@ -103,7 +111,9 @@ def filter_components(
     return keep[labels].astype(np.uint8)
 
 
-def postprocess_mask(mask: np.ndarray, config: PostprocessConfig, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+def postprocess_mask(
+    mask: np.ndarray, config: PostprocessConfig, spacing: Sequence[float] = (1.0, 1.0, 1.0)
+) -> np.ndarray:
     """Apply ``config`` to a binary mask of a scan with voxel ``spacing`` (mm)."""
     if not config.enabled:
         return (np.asarray(mask) > 0).astype(np.uint8)

@@ -48,7 +48,11 @@ from vesselfm.utils.cli import UserError
 
 log = logging.getLogger(__name__)
 
-PRECISIONS: dict[str, torch.dtype | None] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": None,
+}
 CPU_PRECISIONS = ("bf16", "fp32")
 BLEND_MODES = ("constant", "gaussian")
 PADDING_MODES = ("constant", "reflect", "replicate", "circular")
@@ -77,7 +81,9 @@ class CPUConfig:
 
     def __post_init__(self) -> None:
         if self.precision not in CPU_PRECISIONS:
-            raise ValueError(f"inference.cpu.precision must be one of {CPU_PRECISIONS}, got {self.precision!r}")
+            raise ValueError(
+                f"inference.cpu.precision must be one of {CPU_PRECISIONS}, got {self.precision!r}"
+            )
         if int(self.sw_batch_size) < 1:
             raise ValueError(f"inference.cpu.sw_batch_size must be >= 1, got {self.sw_batch_size}")
         if self.threads is not None and int(self.threads) < 1:
@@ -90,7 +96,9 @@ class CPUConfig:
         cfg = dict(cfg or {})
         unknown = set(cfg) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown inference.cpu keys {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}")
+            raise ValueError(
+                f"unknown inference.cpu keys {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}"
+            )
         return cls(**cfg)
 
 
@@ -103,9 +111,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device | None:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"inference.device must be auto, cpu, cuda or cuda:N, got {device!r}") from err
+        raise ValueError(
+            f"inference.device must be auto, cpu, cuda or cuda:N, got {device!r}"
+        ) from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"inference.device={device} but CUDA is not available here; use inference.device=auto or cpu")
+        raise UserError(
+            f"inference.device={device} but CUDA is not available here; use inference.device=auto or cpu"
+        )
     return resolved
 
 
@@ -119,7 +131,9 @@ def network_device(network: nn.Module) -> torch.device:
 
 
 def _triple(value: int | Sequence[int], key: str) -> tuple[int, int, int]:
-    values = (int(value),) * 3 if isinstance(value, int | np.integer) else tuple(int(v) for v in value)
+    values = (
+        (int(value),) * 3 if isinstance(value, int | np.integer) else tuple(int(v) for v in value)
+    )
     if len(values) != 3 or min(values) < 1:
         raise ValueError(f"inference.{key} must be one positive int or three, got {value!r}")
     return values  # type: ignore[return-value]
@@ -193,10 +207,14 @@ class SlidingWindowPredictor:
         self.mode = mode
         self.sigma_scale = float(sigma_scale)
         if padding_mode not in PADDING_MODES:
-            raise ValueError(f"inference.padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+            raise ValueError(
+                f"inference.padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}"
+            )
         self.padding_mode = padding_mode
         if precision not in PRECISIONS:
-            raise ValueError(f"inference.precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+            raise ValueError(
+                f"inference.precision must be one of {tuple(PRECISIONS)}, got {precision!r}"
+            )
         self.precision = precision
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"inference.threshold must be in [0, 1], got {threshold}")
@@ -221,9 +239,13 @@ class SlidingWindowPredictor:
         try:
             resolved = torch.device(device)
         except (RuntimeError, TypeError) as err:
-            raise ValueError(f"inference.{key} must be auto, cpu, cuda or cuda:N, got {device!r}") from err
+            raise ValueError(
+                f"inference.{key} must be auto, cpu, cuda or cuda:N, got {device!r}"
+            ) from err
         if resolved.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"inference.{key}={device} but CUDA is not available here; use auto or cpu")
+            raise UserError(
+                f"inference.{key}={device} but CUDA is not available here; use auto or cpu"
+            )
         return resolved
 
     @classmethod
@@ -248,7 +270,11 @@ class SlidingWindowPredictor:
 
         cfg = dict(cfg or {})
         cfg.update(overrides)
-        allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in {"self", "network", "preprocess"}]
+        allowed = [
+            p
+            for p in inspect.signature(cls.__init__).parameters
+            if p not in {"self", "network", "preprocess"}
+        ]
         unknown = sorted(set(cfg) - set(allowed))
         if unknown:
             raise ValueError(f"unknown inference keys {unknown}; allowed: {allowed}")
@@ -309,7 +335,9 @@ class SlidingWindowPredictor:
 
         return forward
 
-    def _sliding_window(self, image: torch.Tensor, device: torch.device, stitch: torch.device, batch: int) -> torch.Tensor:
+    def _sliding_window(
+        self, image: torch.Tensor, device: torch.device, stitch: torch.device, batch: int
+    ) -> torch.Tensor:
         from monai.inferers import sliding_window_inference
 
         # MONAI: its sw_device runs the windows, its device holds the stitched output.
@@ -328,7 +356,9 @@ class SlidingWindowPredictor:
             progress=self.progress,
         )
 
-    def _predict_logits(self, image: torch.Tensor, device: torch.device, stitch: torch.device, batch: int) -> torch.Tensor:
+    def _predict_logits(
+        self, image: torch.Tensor, device: torch.device, stitch: torch.device, batch: int
+    ) -> torch.Tensor:
         # The whole volume goes to the GPU once when it is stitched there; otherwise MONAI
         # moves one window batch at a time.
         x = image.to(stitch, dtype=torch.float32)
@@ -356,7 +386,9 @@ class SlidingWindowPredictor:
             UserError: CUDA ran out of memory even after the automatic retries.
         """
         if image.ndim != 5 or image.shape[1] != 1:
-            raise ValueError(f"predict_volume expects a (B, 1, X, Y, Z) tensor, got shape {tuple(image.shape)}")
+            raise ValueError(
+                f"predict_volume expects a (B, 1, X, Y, Z) tensor, got shape {tuple(image.shape)}"
+            )
         device = self.compute_device()
         self._place_network(device)
         previous_threads = torch.get_num_threads()
@@ -368,14 +400,18 @@ class SlidingWindowPredictor:
                 batch = self._effective_batch(device)
                 try:
                     with torch.inference_mode():
-                        return torch.sigmoid(self._predict_logits(image, device, stitch, batch)).float()
+                        logits = self._predict_logits(image, device, stitch, batch)
+                    # Outside inference mode, so callers get a normal tensor they may modify in place.
+                    return torch.sigmoid(logits.float())
                 except _OOM_ERRORS as err:
                     if not self._recover_from_oom(device, stitch, batch, err):
                         raise
         finally:
             torch.set_num_threads(previous_threads)
 
-    def _recover_from_oom(self, device: torch.device, stitch: torch.device, batch: int, err: BaseException) -> bool:
+    def _recover_from_oom(
+        self, device: torch.device, stitch: torch.device, batch: int, err: BaseException
+    ) -> bool:
         """Lower the window batch, then stitch on the CPU; ``False`` when nothing is left to try."""
         if device.type != "cuda":
             return False
@@ -383,11 +419,17 @@ class SlidingWindowPredictor:
             torch.cuda.empty_cache()
         if self.oom_retry and batch > 1:
             self.sw_batch_size = max(1, batch // 2)
-            log.warning("CUDA out of memory with inference.sw_batch_size=%d; retrying with %d", batch, self.sw_batch_size)
+            log.warning(
+                "CUDA out of memory with inference.sw_batch_size=%d; retrying with %d",
+                batch,
+                self.sw_batch_size,
+            )
             return True
         if self.oom_retry and stitch.type == "cuda":
             self._cpu_stitch_fallback = True
-            log.warning("CUDA out of memory stitching the volume on the GPU; retrying with inference.sw_device=cpu")
+            log.warning(
+                "CUDA out of memory stitching the volume on the GPU; retrying with inference.sw_device=cpu"
+            )
             return True
         raise UserError(
             f"CUDA out of memory with inference.roi_size={list(self.roi_size)}, "
@@ -402,7 +444,9 @@ class SlidingWindowPredictor:
         resampled = resample_image(image, shape)
         # Percentiles of the resampled image, as prepare computes them.
         value_range = intensity_range(resampled, self.preprocess)
-        return np.asarray(normalize_intensity(resampled, value_range, self.preprocess), dtype=np.float32)
+        return np.asarray(
+            normalize_intensity(resampled, value_range, self.preprocess), dtype=np.float32
+        )
 
     def predict_array(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Probabilities for a raw scan on its own grid.
@@ -473,9 +517,16 @@ class SlidingWindowPredictor:
         case = case or case_id(path)
         paths = output_paths(output_dir, case)
         wanted = ["pred"] + (["prob"] if save_prob else []) + (["mesh"] if save_mesh else [])
-        result: dict[str, Any] = {"case": case, "input": path, "skipped": False, **{k: paths[k] for k in wanted}}
+        result: dict[str, Any] = {
+            "case": case,
+            "input": path,
+            "skipped": False,
+            **{k: paths[k] for k in wanted},
+        }
         if not overwrite and all(paths[k].exists() for k in wanted):
-            log.info("%s: outputs exist in %s, skipped (overwrite=true redoes them)", case, output_dir)
+            log.info(
+                "%s: outputs exist in %s, skipped (overwrite=true redoes them)", case, output_dir
+            )
             result["skipped"] = True
             return result
         mesh_writer = _mesh_writer() if save_mesh else None

@@ -53,7 +53,9 @@ class TTAConfig:
             raise ValueError(f"inference.tta.scales must be positive factors, got {list(scales)}")
         object.__setattr__(self, "scales", scales)
         if self.merge not in MERGE_MODES:
-            raise ValueError(f"inference.tta.merge must be one of {MERGE_MODES}, got {self.merge!r}")
+            raise ValueError(
+                f"inference.tta.merge must be one of {MERGE_MODES}, got {self.merge!r}"
+            )
         if int(self.hist_bins) < 2:
             raise ValueError(f"inference.tta.hist_bins must be >= 2, got {self.hist_bins}")
 
@@ -66,7 +68,9 @@ class TTAConfig:
         allowed = set(cls.__dataclass_fields__)
         unknown = set(cfg) - allowed
         if unknown:
-            raise ValueError(f"unknown inference.tta keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+            raise ValueError(
+                f"unknown inference.tta keys {sorted(unknown)}; allowed: {sorted(allowed)}"
+            )
         if cfg.get("scales") is not None:
             cfg["scales"] = tuple(cfg["scales"])
         return cls(**cfg)
@@ -82,12 +86,18 @@ class TTAConfig:
 
 def normalize_flips(flips: Any) -> tuple[tuple[int, ...], ...]:
     """``"all"`` / ``True`` / a list of axis lists → a tuple of sorted, unique, non-empty axis tuples."""
-    if flips is None or flips is False or (isinstance(flips, str) and flips.lower() in {"", "none", "off"}):
+    if (
+        flips is None
+        or flips is False
+        or (isinstance(flips, str) and flips.lower() in {"", "none", "off"})
+    ):
         return ()
     if flips is True or (isinstance(flips, str) and flips.lower() == "all"):
         return tuple(c for r in (1, 2, 3) for c in itertools.combinations((0, 1, 2), r))
     if isinstance(flips, str):
-        raise ValueError(f"inference.tta.flips must be 'all', [] or a list of axis lists, got {flips!r}")
+        raise ValueError(
+            f"inference.tta.flips must be 'all', [] or a list of axis lists, got {flips!r}"
+        )
     out: list[tuple[int, ...]] = []
     for item in flips:
         axes = (int(item),) if isinstance(item, int | np.integer) else tuple(int(a) for a in item)
@@ -137,7 +147,12 @@ def intensity_transform(image: torch.Tensor, config: TTAConfig) -> torch.Tensor:
         from skimage.exposure import equalize_hist
 
         flat = image.detach().float().cpu().numpy()
-        eq = np.stack([equalize_hist(v, nbins=int(config.hist_bins)) for v in flat.reshape(-1, *flat.shape[2:])])
+        eq = np.stack(
+            [
+                equalize_hist(v, nbins=int(config.hist_bins))
+                for v in flat.reshape(-1, *flat.shape[2:])
+            ]
+        )
         image = torch.from_numpy(eq.astype(np.float32).reshape(flat.shape)).to(image.device)
     return image
 
@@ -150,7 +165,9 @@ def augmentations(spatial_shape: Sequence[int], config: TTAConfig) -> Iterator[A
         for axes in ((),) + tuple(config.flips):
             name = f"scale{factor:g}" + (f"-flip{''.join(map(str, axes))}" if axes else "")
 
-            def forward(x: torch.Tensor, target: tuple[int, ...] = target, axes: tuple[int, ...] = axes) -> torch.Tensor:
+            def forward(
+                x: torch.Tensor, target: tuple[int, ...] = target, axes: tuple[int, ...] = axes
+            ) -> torch.Tensor:
                 return flip(rescale(x, target), axes)
 
             def inverse(y: torch.Tensor, axes: tuple[int, ...] = axes) -> torch.Tensor:

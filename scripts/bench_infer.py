@@ -1,0 +1,327 @@
+"""Benchmark whole-volume inference on a CPU (or GPU), side by side on the same weights and volume.
+
+Variants, all on the same prepared phantom volume (default: a 512×512×200 phantom → 256×256×200):
+
+- ``reference``: vesselFM's path, MONAI ``SlidingWindowInfererAdapt``, fp32, window batch 1,
+  overlap 0.5, constant blending, under ``torch.no_grad``.
+- ``ours-same-fp32``: ``SlidingWindowPredictor`` at the same settings (fp32).
+- ``ours-same-bf16``: the same settings with bf16 autocast and channels-last windows.
+- ``ours-fast``: the fastest preset: 160³ windows, overlap 0.25, bf16, channels-last.
+
+For each: seconds, speed-up over the reference, Dice of its mask against the reference mask.
+``--quality`` fits ``model=tiny`` on one phantom for a few steps and compares the full preset's
+and the fast preset's Dice against the label of another (random weights say nothing about
+quality). ``--rss`` runs ``predict_file`` end to end on a 512×512×275 NIfTI in a subprocess and
+reports its peak resident memory.
+
+Usage:
+    python scripts/bench_infer.py                       # vesselfm_base, random weights
+    python scripts/bench_infer.py --model tiny --shape 256 256 96 --rss --quality
+    python scripts/bench_infer.py --only rss
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vesselfm.data.preprocessing import PreprocessConfig  # noqa: E402
+from vesselfm.inference import SlidingWindowPredictor  # noqa: E402
+
+FULL = {"roi_size": (128, 128, 128), "overlap": 0.5, "mode": "constant"}
+FAST = {"roi_size": (160, 160, 160), "overlap": 0.25, "mode": "constant"}
+
+
+def build(model: str, seed: int = 0) -> torch.nn.Module:
+    from omegaconf import OmegaConf
+
+    from vesselfm.models import build_network
+
+    cfg = OmegaConf.load(ROOT / "configs" / "model" / "vesselfm_base.yaml").net
+    if model == "tiny":
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(ROOT / "configs" / "model" / "tiny.yaml").net)
+    torch.manual_seed(seed)
+    return build_network(OmegaConf.to_container(cfg, resolve=True)).eval()
+
+
+def phantom(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from vesselfm.data.phantom import generate_phantom
+
+    p = generate_phantom(shape=shape, seed=seed)
+    return p.image, p.label, p.affine
+
+
+def dice(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    denom = a.sum() + b.sum()
+    return 1.0 if denom == 0 else float(2 * np.logical_and(a, b).sum() / denom)
+
+
+def reference_probabilities(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """vesselFM's inference call: SlidingWindowInfererAdapt, fp32, batch 1, overlap 0.5, constant."""
+    from monai.inferers import SlidingWindowInfererAdapt
+
+    inferer = SlidingWindowInfererAdapt(
+        roi_size=(128, 128, 128), sw_batch_size=1, overlap=0.5, mode="constant"
+    )
+    with torch.no_grad():
+        return torch.sigmoid(inferer(x, net))
+
+
+def ours(
+    net: torch.nn.Module,
+    preset: dict[str, Any],
+    precision: str,
+    channels_last: bool,
+    threads: int | None,
+) -> SlidingWindowPredictor:
+    return SlidingWindowPredictor(
+        net,
+        **preset,
+        precision=precision,
+        cpu={
+            "precision": precision,
+            "sw_batch_size": 1,
+            "channels_last": channels_last,
+            "threads": threads,
+        },
+    )
+
+
+def timed(fn: Any) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def speed(args: argparse.Namespace) -> dict[str, Any]:
+    image, label, affine = phantom(tuple(args.shape), seed=0)
+    net = build(args.model)
+    device = torch.device(args.device)
+    net.to(device)
+    prep = SlidingWindowPredictor(net, preprocess=PreprocessConfig()).preprocess_array(
+        image, affine
+    )
+    x = torch.from_numpy(prep)[None, None].to(device)
+    print(
+        f"model={args.model} on {device} ({torch.get_num_threads()} threads), raw {image.shape} -> prepared {tuple(prep.shape)}",
+        flush=True,
+    )
+
+    # warm-up: one window per code path (oneDNN builds its kernels on first use)
+    with torch.inference_mode():
+        net(torch.rand(1, 1, 128, 128, 128, device=device))
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            net(
+                torch.rand(1, 1, 160, 160, 160, device=device).contiguous(
+                    memory_format=torch.channels_last_3d
+                )
+            )
+
+    variants = {
+        "reference": lambda: reference_probabilities(net, x),
+        "ours-same-fp32": lambda: ours(net, FULL, "fp32", False, args.threads).predict_volume(x),
+        "ours-same-bf16": lambda: ours(net, FULL, "bf16", True, args.threads).predict_volume(x),
+        "ours-fast": lambda: ours(net, FAST, "bf16", True, args.threads).predict_volume(x),
+    }
+    rows: dict[str, Any] = {}
+    ref_mask = None
+    for name, fn in variants.items():
+        if args.variants and name not in args.variants and name != "reference":
+            continue
+        prob, seconds = timed(fn)
+        mask = (prob[0, 0] >= 0.5).cpu().numpy()
+        ref_mask = mask if ref_mask is None else ref_mask
+        rows[name] = {"seconds": seconds, "dice_vs_reference": dice(mask, ref_mask)}
+        ratio = rows["reference"]["seconds"] / seconds
+        rows[name]["speedup"] = ratio
+        print(
+            f"{name:16s} {seconds:8.1f} s  x{ratio:4.2f}  Dice vs reference {rows[name]['dice_vs_reference']:.5f}",
+            flush=True,
+        )
+    return rows
+
+
+def fit_tiny(steps: int, shape: tuple[int, int, int]) -> torch.nn.Module:
+    """A few Adam steps of ``model=tiny`` on 48³ crops of one phantom, so that masks mean something."""
+    from monai.losses import DiceCELoss
+
+    image, label, affine = phantom(shape, seed=1)
+    predictor = SlidingWindowPredictor(build("tiny"), preprocess=PreprocessConfig())
+    x = predictor.preprocess_array(image, affine)
+    from vesselfm.data.preprocessing import resample_label
+
+    y = resample_label(label, x.shape)
+    net = build("tiny", seed=1).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    loss_fn = DiceCELoss(sigmoid=True)
+    rng = np.random.default_rng(0)
+    fg = np.argwhere(y > 0)
+    c = 48
+    for step in range(steps):
+        batch_x, batch_y = [], []
+        for _ in range(2):
+            centre = fg[rng.integers(len(fg))] if rng.random() < 0.8 else rng.integers(0, x.shape)
+            lo = [
+                int(np.clip(ci - c // 2, 0, s - c)) for ci, s in zip(centre, x.shape, strict=True)
+            ]
+            sl = tuple(slice(a, a + c) for a in lo)
+            batch_x.append(x[sl])
+            batch_y.append(y[sl])
+        xb = torch.from_numpy(np.stack(batch_x))[:, None]
+        yb = torch.from_numpy(np.stack(batch_y).astype(np.float32))[:, None]
+        loss = loss_fn(net(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == steps - 1:
+            print(f"  fit tiny: step {step:4d} loss {loss.item():.3f}", flush=True)
+    return net.eval()
+
+
+def quality(args: argparse.Namespace) -> dict[str, Any]:
+    shape = tuple(args.quality_shape)
+    net = fit_tiny(args.fit_steps, shape)
+    image, label, affine = phantom(shape, seed=0)
+    out: dict[str, Any] = {}
+    masks: dict[str, np.ndarray] = {}
+    presets = (
+        ("full-fp32", {**FULL, "mode": "gaussian"}, "fp32"),
+        ("full-bf16", {**FULL, "mode": "gaussian"}, "bf16"),
+        ("fast", FAST, "bf16"),
+    )
+    for name, preset, precision in presets:
+        predictor = ours(net, preset, precision, precision == "bf16", args.threads)
+        prob, seconds = timed(lambda p=predictor: p.predict_array(image, affine))
+        masks[name] = prob >= 0.5
+        out[name] = {
+            "dice_vs_label": dice(masks[name], label),
+            "dice_vs_full_fp32": dice(masks[name], masks["full-fp32"]),
+            "seconds": seconds,
+        }
+        print(
+            f"quality {name:9s}: Dice vs label {out[name]['dice_vs_label']:.4f}, vs full-fp32 mask "
+            f"{out[name]['dice_vs_full_fp32']:.5f} ({seconds:.1f} s)",
+            flush=True,
+        )
+    out["full_minus_fast"] = out["full-fp32"]["dice_vs_label"] - out["fast"]["dice_vs_label"]
+    print(
+        f"quality (model=tiny fitted {args.fit_steps} steps, phantom {shape}): full - fast = {out['full_minus_fast']:+.4f}",
+        flush=True,
+    )
+    return out
+
+
+def rss_child(path: str, model: str, threads: int | None) -> None:
+    """Run in a subprocess: read, predict, write one scan with the default CPU settings."""
+    net = build(model)
+    predictor = SlidingWindowPredictor(net, device="cpu", cpu={"threads": threads})
+    with tempfile.TemporaryDirectory() as out:
+        result = predictor.predict_file(path, out)
+    print(
+        json.dumps(
+            {
+                "timings": result["timings"],
+                "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            }
+        )
+    )
+
+
+def rss(args: argparse.Namespace) -> dict[str, Any]:
+    import nibabel as nib
+
+    image, _, affine = phantom((512, 512, 275), seed=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.nii.gz"
+        nib.save(nib.Nifti1Image(image, affine), str(path))
+        cmd = [sys.executable, __file__, "--rss-child", str(path), "--model", args.model]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    gib = child["maxrss_kib"] / 2**20
+    print(
+        f"peak RSS, 512x512x275 end to end on the CPU, model={args.model}: {gib:.2f} GiB "
+        f"(predict {child['timings']['predict']:.1f} s, total {child['timings']['total']:.1f} s)",
+        flush=True,
+    )
+    return {"peak_rss_gib": gib, **child}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="vesselfm_base", choices=["vesselfm_base", "tiny"])
+    parser.add_argument(
+        "--shape", type=int, nargs=3, default=[512, 512, 200], help="raw phantom shape"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=None,
+        help="subset of ours-same-fp32 ours-same-bf16 ours-fast",
+    )
+    parser.add_argument("--only", choices=["speed", "quality", "rss"], default=None)
+    parser.add_argument(
+        "--quality", action="store_true", help="also compare full vs fast preset Dice vs label"
+    )
+    parser.add_argument("--fit-steps", type=int, default=100)
+    parser.add_argument(
+        "--quality-shape",
+        type=int,
+        nargs=3,
+        default=[256, 256, 128],
+        help="raw phantom shape for --quality",
+    )
+    parser.add_argument(
+        "--rss", action="store_true", help="also measure peak RSS on a 512x512x275 scan"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.rss_child:
+        rss_child(args.rss_child, args.model, args.threads)
+        return
+
+    results: dict[str, Any] = {
+        "model": args.model,
+        "shape": args.shape,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+    }
+    if args.only in (None, "speed"):
+        results["speed"] = speed(args)
+    if args.only == "quality" or (args.only is None and args.quality):
+        results["quality"] = quality(args)
+    if args.only == "rss" or (args.only is None and args.rss):
+        results["rss"] = rss(args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
