@@ -104,13 +104,60 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         trainer.test(model=model, datamodule=datamodule, ckpt_path=best, weights_only=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
+    if cfg.get("demo") and cfg.demo.get("cases"):
+        objects["demo"] = run_demo(cfg, model.model, datamodule, int(cfg.demo.cases))
+
     return metrics, objects
+
+
+def run_demo(cfg: DictConfig, net: Any, datamodule: Any, cases: int) -> list[dict[str, Any]]:
+    """Segment the first ``cases`` held-out test scans as ``vesselfm.infer`` would, then draw them.
+
+    Writes ``<run dir>/demo/<case>_pred.nii.gz``, ``<case>_pred.stl`` and the viz outputs
+    (``<case>_3d.html``, PNG overlays) beside the ground truth's.
+    """
+    from vesselfm.data.prepare import load_manifest
+    from vesselfm.inference import SlidingWindowPredictor
+    from vesselfm.viz import visualise_case
+
+    manifest = load_manifest(datamodule.data_dir) or {}
+    tests = [(cid, e) for cid, e in manifest.get("cases", {}).items() if e.get("split") == "test"]
+    if not tests:
+        log.warning("demo: the prepared set has no test case to segment")
+        return []
+    out_dir = Path(cfg.paths.output_dir) / "demo"
+    inference = OmegaConf.to_container(cfg.inference, resolve=True)
+    predictor = SlidingWindowPredictor.from_config(net, inference, preprocess=datamodule.preprocess, progress=False)
+    results = []
+    for case_id, entry in tests[:cases]:
+        image = Path(entry["image_source"])
+        if not image.is_file():
+            log.warning("demo: case %s has no scan on disk (%s); skipped", case_id, image)
+            continue
+        written = predictor.predict_file(image, out_dir, save_mesh=True, overwrite=True, case=case_id)
+        views = visualise_case(written["pred"], out_dir, gt_path=entry["original_label"], image_path=image, case_id=case_id)
+        results.append({**written, "views": views})
+        log.info("demo case %s: mask %s, mesh %s, 3D view %s", case_id, written["pred"], written.get("mesh"), views.get("html"))
+    return results
 
 
 @hydra_entrypoint("train")
 def main(cfg: DictConfig) -> float | None:
     """CLI: train and/or test, print where the results are, return the monitored metric."""
-    metrics, _ = train(cfg)
+    metrics, objects = train(cfg)
+    out = Path(cfg.paths.output_dir)
+    shown = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/")) and k.split("/")[1] in {"dice", "cldice"}}
+    lines = [f"run directory: {out}"]
+    if shown:
+        lines.append("metrics: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(shown.items())))
+    best = getattr(objects["trainer"].checkpoint_callback, "best_model_path", "")
+    if best:
+        lines.append(f"best checkpoint: {best}")
+    if (out / "summary.md").is_file():
+        lines.append(f"test metric table: {out / 'summary.md'} (per case: {out / 'metrics.csv'})")
+    for result in objects.get("demo", []):
+        lines.append(f"demo segmentation: {result['pred']} (mesh {result.get('mesh')}, 3D view {result['views'].get('html')})")
+    print("\n".join(lines), flush=True)
     monitored = cfg.get("optimized_metric")
     return metrics.get(monitored) if monitored else None
 

@@ -67,7 +67,7 @@ class VesselSegLitModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer"], logger=False)
-        self.model = net
+        self.model = net.train()
         self.loss_fn = loss
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(scheduler or {})
