@@ -1,0 +1,126 @@
+"""Training throughput: steps/s of vesselFM (base, 128^3, batch 2) and the data loader's share of it.
+
+Builds a small prepared set from phantoms, then runs the real pieces of a training step, the
+``ImageCASDataModule`` loader (with the published augmentation), the ``vesselfm_base`` network and
+the DiceCE loss with AdamW, for each precision, side by side in one process:
+
+- on a GPU: ``32-true`` vs ``16-mixed`` (autocast fp16 + GradScaler) and ``bf16-mixed``;
+- on a CPU: ``32-true`` vs ``bf16-mixed``.
+
+The data share is the time the loop waits for the next batch over the whole step time.
+
+    python scripts/bench_train.py                       # base model, 128^3, batch 2
+    python scripts/bench_train.py --model tiny --patch 64 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def _compose(model: str):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="vesselfm.configs", version_base="1.3"):
+        return compose(config_name="train", overrides=[f"model={model}", "model.checkpoint=null"])
+
+
+def _prepared_set(root: Path, cases: int, shape: tuple[int, int, int]) -> Path:
+    from vesselfm.data.phantom import write_phantom_dataset
+    from vesselfm.data.prepare import prepare_dataset
+
+    write_phantom_dataset(root / "raw", cases, shape=shape, seed=0, progress=False)
+    prepare_dataset(root / "raw", root / "prepared", split="random", split_ratios=(1.0, 0.0, 0.0), workers=1, progress=False)
+    return root / "prepared"
+
+
+def run(precision: str, args: argparse.Namespace, data_dir: Path, device: torch.device) -> dict[str, float]:
+    from hydra.utils import instantiate
+
+    from vesselfm.data import ImageCASDataModule
+    from vesselfm.models import load_model
+
+    cfg = _compose(args.model)
+    torch.manual_seed(0)
+    net = load_model(cfg.model).train().to(device)
+    loss_fn = instantiate(cfg.loss)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.1)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+    dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(precision)
+
+    dm = ImageCASDataModule(
+        data_dir=data_dir,
+        patch_size=[args.patch] * 3,
+        batch_size=args.batch,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
+        samples_per_epoch=args.batch * (args.steps + args.warmup) * 2,
+    )
+    dm.setup("fit")
+    batches = iter(dm.train_dataloader())
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    wait = total = 0.0
+    for step in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        image = batch["image"].to(device, non_blocking=True)
+        label = batch["label"].to(device, non_blocking=True)
+        sync()
+        t1 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with autocast:
+            loss = loss_fn(net(image), label)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        sync()
+        t2 = time.perf_counter()
+        if step >= args.warmup:
+            wait += t1 - t0
+            total += t2 - t0
+    return {"steps_per_s": args.steps / total, "s_per_step": total / args.steps, "data_share": wait / total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="vesselfm_base", help="model config (vesselfm_base | tiny)")
+    parser.add_argument("--patch", type=int, default=128, help="patch side in voxels")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 on a GPU, 3 on a CPU)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+    parser.add_argument("--cases", type=int, default=3)
+    parser.add_argument("--shape", type=int, nargs=3, default=(256, 256, 160), help="phantom shape")
+    parser.add_argument("--precisions", nargs="*", default=None)
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.steps = args.steps or (20 if device.type == "cuda" else 3)
+    precisions = args.precisions or (["32-true", "16-mixed", "bf16-mixed"] if device.type == "cuda" else ["32-true", "bf16-mixed"])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {name}; model={args.model}, patch {args.patch}^3, batch {args.batch}, {args.workers} loader worker(s)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = _prepared_set(Path(tmp), args.cases, tuple(args.shape))
+        results = {p: run(p, args, data_dir, device) for p in precisions}
+
+    base = results[precisions[0]]["s_per_step"]
+    print(f"{'precision':<12} {'steps/s':>8} {'s/step':>8} {'data share':>11} {'speed-up':>9}")
+    for p, r in results.items():
+        print(f"{p:<12} {r['steps_per_s']:>8.3f} {r['s_per_step']:>8.2f} {r['data_share']:>10.1%} {base / r['s_per_step']:>8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
