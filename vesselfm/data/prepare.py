@@ -50,6 +50,7 @@ from vesselfm.data.imagecas import (
 )
 from vesselfm.data.preprocessing import (
     PreprocessConfig,
+    bounding_box,
     intensity_range,
     resample_image,
     resample_label,
@@ -151,6 +152,15 @@ class PrepareSummary:
 # ------------------------------------------------------------------------------------ reading
 
 
+def _gzip_module() -> Any:
+    """ISA-L's gzip (``isal.igzip``, 2-3x faster inflate, same API) when installed, else ``gzip``."""
+    try:
+        from isal import igzip
+    except ImportError:
+        return gzip
+    return igzip
+
+
 def read_nifti(src: SourceFile) -> Any:
     """Open a NIfTI file on disk or inside a zip archive (header read; data read on access)."""
     import nibabel as nib
@@ -160,8 +170,26 @@ def read_nifti(src: SourceFile) -> Any:
     with zipfile.ZipFile(src.path) as zf:
         data = zf.read(src.member)
     if src.member.endswith(".gz"):
-        data = gzip.decompress(data)
+        data = _gzip_module().decompress(data)
     return nib.Nifti1Image.from_bytes(data)
+
+
+def read_nifti_array(src: SourceFile) -> tuple[np.ndarray, np.ndarray]:
+    """The voxel array (see :func:`read_volume`) and the 4×4 affine of a NIfTI file.
+
+    A ``.nii.gz`` on disk is inflated straight into the array's buffer, with ISA-L when
+    ``isal`` is installed (decompression is most of the time of reading a CTA).
+    """
+    import nibabel as nib
+
+    if src.member is None and str(src.path).endswith(".gz"):
+        with _gzip_module().open(src.path, "rb") as fileobj:
+            img = nib.Nifti1Image.from_file_map(
+                nib.Nifti1Image.make_file_map({"image": fileobj, "header": fileobj})
+            )
+            return read_volume(img), np.asarray(img.affine, dtype=np.float64)
+    img = read_nifti(src)
+    return read_volume(img), np.asarray(img.affine, dtype=np.float64)
 
 
 def read_volume(img: Any) -> np.ndarray:
@@ -182,9 +210,7 @@ def read_volume(img: Any) -> np.ndarray:
 
 def _load(src: SourceFile, what: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        img = read_nifti(src)
-        data = read_volume(img)
-        affine = np.asarray(img.affine, dtype=np.float64)
+        data, affine = read_nifti_array(src)
     except Exception as err:  # noqa: BLE001 - nibabel, gzip, zlib and zipfile raise many types
         raise CaseError(
             f"{what} {src}: unreadable or truncated ({type(err).__name__}: {err})"
@@ -205,7 +231,8 @@ def _check_label(label: np.ndarray, src: SourceFile) -> np.ndarray:
     if label.dtype.kind in "iu":
         lo, hi = int(label.min()), int(label.max())
         if lo >= 0 and hi <= 1:
-            return label.astype(bool)
+            # uint8 0/1 is already a valid bool buffer: a view, not a 72 M-voxel copy
+            return label.view(bool) if label.dtype.itemsize == 1 else label.astype(bool)
     elif np.all((label == 0) | (label == 1)):
         return label.astype(bool)
     values = np.unique(label)
@@ -229,6 +256,47 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     if total == 0:
         return 1.0
     return 2.0 * int(np.count_nonzero(a & b)) / total
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def round_trip_dice(label: np.ndarray, mask: np.ndarray, label_voxels: int | None = None) -> float:
+    """Dice of ``label`` against the prepared ``mask`` taken back up to the label's grid.
+
+    The way back is :func:`~vesselfm.data.preprocessing.resample_probabilities` (trilinear)
+    thresholded at 0.5. When each axis grows by a power of two (ImageCAS: 256 → 512 in-plane,
+    depth kept) only the box around the mask (one coarse voxel wider) is taken back up: the
+    interpolation weights are then exact binary fractions, so the box gives the same voxels as
+    the whole grid, and outside it the way back is 0.
+
+    Args:
+        label: the original label, boolean ``(X, Y, Z)``.
+        mask: the prepared label, 0/1 on the prepared grid.
+        label_voxels: ``count_nonzero(label)`` when already known.
+
+    Returns:
+        Dice in [0, 1]; 1.0 when both are empty.
+    """
+    shape = tuple(int(s) for s in label.shape)
+    small = tuple(int(s) for s in mask.shape)
+    n_label = int(np.count_nonzero(label)) if label_voxels is None else int(label_voxels)
+    if not all(s % m == 0 and _power_of_two(s // m) for s, m in zip(shape, small, strict=True)):
+        return dice(resample_probabilities(mask, shape) >= 0.5, label)
+    box = bounding_box(mask)
+    if box is None:
+        return 1.0 if n_label == 0 else 0.0
+    coarse = tuple(
+        slice(max(0, b.start - 1), min(m, b.stop + 1)) for b, m in zip(box, small, strict=True)
+    )
+    factor = tuple(s // m for s, m in zip(shape, small, strict=True))
+    fine = tuple(slice(c.start * f, c.stop * f) for c, f in zip(coarse, factor, strict=True))
+    back = resample_probabilities(mask[coarse], [c.stop - c.start for c in fine]) >= 0.5
+    n_back = int(np.count_nonzero(back))
+    if n_back + n_label == 0:
+        return 1.0
+    return 2.0 * int(np.count_nonzero(back & label[fine])) / (n_back + n_label)
 
 
 def foreground_samples(mask: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -309,19 +377,17 @@ def prepare_case(
     dtype = _storage_dtype(image, options.image_dtype)
     resampled = resample_image(image, new_shape)
     if dtype.kind == "i":
-        info = np.iinfo(dtype)
-        stored = np.clip(
-            np.rint(resampled, out=resampled), info.min, info.max, out=resampled
-        ).astype(dtype)
-    else:
-        stored = resampled.astype(dtype, copy=False)
+        np.rint(resampled, out=resampled)
+        if not np.can_cast(image.dtype, dtype):  # an average of int16 values fits int16
+            info = np.iinfo(dtype)
+            np.clip(resampled, info.min, info.max, out=resampled)
+    stored = resampled.astype(dtype, copy=False)
     del resampled, image
     value_range = intensity_range(stored, cfg)
     mask = resample_label(label, new_shape, threshold=options.label_threshold)
-    back = resample_probabilities(mask, shape) >= 0.5
-    round_trip = dice(back, label)
     label_voxels = int(np.count_nonzero(label))
-    del back, label
+    round_trip = round_trip_dice(label, mask, label_voxels)
+    del label
 
     case_dir = output / split / case.case_id
     case_dir.mkdir(parents=True, exist_ok=True)
@@ -375,6 +441,24 @@ def _worker_init(threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, threads))
+
+
+def _pool_context() -> tuple[Any, int]:
+    """The multiprocessing context for the worker pool and the torch threads per worker.
+
+    ``fork`` where the platform has it and this process runs no other Python thread: the
+    workers then start at once with everything imported (spawn re-imports torch in each, seconds
+    per worker). Forked workers use one torch thread each, the rule PyTorch's DataLoader
+    workers follow (OpenMP state does not survive a fork); a case is mostly single-threaded
+    work (inflating, reading) anyway, so ``workers=`` should be the number of cores.
+    Otherwise ``spawn``, with the cores shared out between the workers.
+    """
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return mp.get_context("fork"), 1
+    return mp.get_context("spawn"), 0
 
 
 def _run_case(
@@ -622,10 +706,11 @@ def prepare_dataset(
             log.warning("case %s failed: %s", case_id, reason)
 
     by_id = {c.case_id: c for c in todo}
-    bar = _progress(len(todo), progress)
+    bar = None
     last_write = time.monotonic()
     try:
         if workers == 1 or len(todo) <= 1:
+            bar = _progress(len(todo), progress)
             for case in todo:
                 record(*_run_case(case, assignment[case.case_id], str(output), options))
                 bar.update(1)
@@ -633,8 +718,8 @@ def prepare_dataset(
                     write_manifest(output, manifest)
                     last_write = time.monotonic()
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            ctx = mp.get_context("spawn")
+            ctx, threads = _pool_context()
+            threads = threads or max(1, (os.cpu_count() or 1) // workers)
             with cf.ProcessPoolExecutor(
                 max_workers=min(workers, len(todo)),
                 mp_context=ctx,
@@ -645,6 +730,8 @@ def prepare_dataset(
                     pool.submit(_run_case, case, assignment[case.case_id], str(output), options)
                     for case in todo
                 ]
+                # After the first submit: the workers are forked before the bar's monitor thread starts.
+                bar = _progress(len(todo), progress)
                 try:
                     for fut in cf.as_completed(futures):
                         record(*fut.result())
@@ -657,7 +744,8 @@ def prepare_dataset(
                         fut.cancel()
                     raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         manifest["cases"] = dict(sorted(entries.items(), key=lambda kv: case_sort_key(kv[0])))
         manifest["failed"] = dict(sorted(failed.items(), key=lambda kv: case_sort_key(kv[0])))
         summary.failed = manifest["failed"]
@@ -730,6 +818,8 @@ __all__ = [
     "prepare_case",
     "prepare_dataset",
     "read_nifti",
+    "read_nifti_array",
     "read_volume",
+    "round_trip_dice",
     "write_manifest",
 ]

@@ -41,7 +41,9 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         if self.in_plane_size is not None and int(self.in_plane_size) < 8:
-            raise ValueError(f"preprocess.in_plane_size must be >= 8 or null, got {self.in_plane_size}")
+            raise ValueError(
+                f"preprocess.in_plane_size must be >= 8 or null, got {self.in_plane_size}"
+            )
         if self.target_spacing is not None:
             spacing = tuple(float(s) for s in self.target_spacing)
             if len(spacing) != 3 or min(spacing) <= 0:
@@ -61,7 +63,9 @@ class PreprocessConfig:
         allowed = set(cls.__dataclass_fields__)
         unknown = set(cfg) - allowed
         if unknown:
-            raise ValueError(f"unknown preprocess keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+            raise ValueError(
+                f"unknown preprocess keys {sorted(unknown)}; allowed: {sorted(allowed)}"
+            )
         if cfg.get("target_spacing") is not None:
             cfg["target_spacing"] = tuple(cfg["target_spacing"])
         return cls(**cfg)
@@ -85,14 +89,17 @@ def target_shape(
     shape = tuple(int(s) for s in shape)
     if config.target_spacing is not None:
         return tuple(
-            max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, config.target_spacing, strict=True)
+            max(1, int(round(n * s / t)))
+            for n, s, t in zip(shape, spacing, config.target_spacing, strict=True)
         )
     if config.in_plane_size is not None:
         return (int(config.in_plane_size), int(config.in_plane_size), shape[2])
     return shape
 
 
-def resampled_affine(affine: np.ndarray, shape: Sequence[int], new_shape: Sequence[int]) -> np.ndarray:
+def resampled_affine(
+    affine: np.ndarray, shape: Sequence[int], new_shape: Sequence[int]
+) -> np.ndarray:
     """Affine of the same field of view sampled on ``new_shape`` voxels (voxel centres, not corners)."""
     scale = np.asarray(shape, dtype=np.float64) / np.asarray(new_shape, dtype=np.float64)
     step = np.eye(4)
@@ -101,22 +108,45 @@ def resampled_affine(affine: np.ndarray, shape: Sequence[int], new_shape: Sequen
     return np.asarray(affine, dtype=np.float64) @ step
 
 
+def _memory_order(x: torch.Tensor) -> tuple[int, ...]:
+    """The permutation that lists ``x``'s axes from the largest stride to the smallest: a
+    Fortran-ordered NIfTI array (X fastest) becomes C-contiguous, so pooling reads it in order
+    instead of copying it into C order first."""
+    return tuple(sorted(range(x.ndim), key=lambda d: (-x.stride(d), d)))
+
+
+def _integer_factors(src: Sequence[int], shape: Sequence[int]) -> tuple[int, ...] | None:
+    """Per-axis shrink factors when every axis shrinks by a whole number (or is kept), else ``None``."""
+    if any(s < t or s % t for s, t in zip(src, shape, strict=True)):
+        return None
+    return tuple(s // t for s, t in zip(src, shape, strict=True))
+
+
 def _resample(volume: np.ndarray | torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Resample a float volume: area averaging on shrinking axes (anti-aliased), trilinear on growing ones."""
     x = torch.as_tensor(volume)
-    x = x.to(torch.float32)[None, None]
-    src = tuple(x.shape[2:])
     shape = tuple(int(s) for s in shape)
-    if src == shape:
-        return x[0, 0]
-    shrink = tuple(min(s, t) for s, t in zip(src, shape, strict=True))
+    if tuple(x.shape) == shape:
+        return x.to(torch.float32)
+    perm = _memory_order(x)
+    inverse = tuple(perm.index(d) for d in range(len(perm)))
+    x = x.permute(perm).to(torch.float32)[None, None]
+    src = tuple(x.shape[2:])
+    target = tuple(shape[d] for d in perm)
+    shrink = tuple(min(s, t) for s, t in zip(src, target, strict=True))
     if shrink != src:
-        # Adaptive average pooling: each output voxel is the mean of the input voxels it covers,
-        # the anti-aliasing skimage.transform.resize(anti_aliasing=True) approximates with a blur.
-        x = F.interpolate(x, size=shrink, mode="area")
-    if shrink != shape:
-        x = F.interpolate(x, size=shape, mode="trilinear", align_corners=False)
-    return x[0, 0]
+        # Each output voxel is the mean of the input voxels it covers: the anti-aliasing that
+        # skimage.transform.resize(anti_aliasing=True) approximates with a blur. With whole-number
+        # factors that is avg_pool3d (the same windows as mode="area", about twice as fast).
+        factors = _integer_factors(src, shrink)
+        x = (
+            F.avg_pool3d(x, factors)
+            if factors is not None
+            else F.interpolate(x, size=shrink, mode="area")
+        )
+    if shrink != target:
+        x = F.interpolate(x, size=target, mode="trilinear", align_corners=False)
+    return x[0, 0].permute(inverse)
 
 
 def resample_image(volume: np.ndarray | torch.Tensor, shape: Sequence[int]) -> np.ndarray:
@@ -129,7 +159,22 @@ def resample_probabilities(prob: np.ndarray | torch.Tensor, shape: Sequence[int]
     return _resample(prob, shape).clamp_(0.0, 1.0).numpy()
 
 
-def resample_label(label: np.ndarray | torch.Tensor, shape: Sequence[int], threshold: float = 0.5) -> np.ndarray:
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every nonzero voxel of ``mask`` (one slice per axis), ``None`` if empty."""
+    mask = np.asarray(mask)
+    box: list[slice] = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=others) if others else mask)
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def resample_label(
+    label: np.ndarray | torch.Tensor, shape: Sequence[int], threshold: float = 0.5
+) -> np.ndarray:
     """Resample a binary label to ``shape`` (uint8 0/1).
 
     The label is resampled as a fraction (area / trilinear) and thresholded, which keeps vessel
@@ -138,12 +183,31 @@ def resample_label(label: np.ndarray | torch.Tensor, shape: Sequence[int], thres
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"label threshold must be in (0, 1), got {threshold}")
-    return (_resample(torch.as_tensor(np.asarray(label) > 0), shape) >= threshold).numpy().astype(np.uint8)
+    binary = np.asarray(label) > 0
+    shape = tuple(int(s) for s in shape)
+    factors = _integer_factors(binary.shape, shape)
+    if factors is None:
+        return (_resample(torch.as_tensor(binary), shape) >= threshold).numpy().astype(np.uint8)
+    # Whole-number shrink factors: every output voxel averages its own block of input voxels, so
+    # only the blocks around the vessels need computing (a few % of a CTA); the rest is 0.
+    out = np.zeros(shape, dtype=np.uint8)
+    box = bounding_box(binary)
+    if box is None:
+        return out
+    coarse = tuple(slice(b.start // f, -(-b.stop // f)) for b, f in zip(box, factors, strict=True))
+    fine = tuple(slice(c.start * f, c.stop * f) for c, f in zip(coarse, factors, strict=True))
+    block = binary[fine]
+    out[coarse] = (
+        _resample(torch.as_tensor(block), [c.stop - c.start for c in coarse]) >= threshold
+    ).numpy()
+    return out
 
 
 def intensity_range(volume: np.ndarray, config: PreprocessConfig) -> tuple[float, float]:
     """The ``(lower, upper)`` percentiles of ``volume``, the values mapped to ``b_min``/``b_max``."""
-    lo, hi = np.percentile(np.asarray(volume), [config.lower, config.upper])
+    # ravel(order="K"): the values in memory order, a view for C- and Fortran-ordered arrays
+    # alike (percentiles do not depend on the order; a C-order flatten would copy a NIfTI array).
+    lo, hi = np.percentile(np.asarray(volume).ravel(order="K"), [config.lower, config.upper])
     return float(lo), float(hi)
 
 
@@ -162,7 +226,9 @@ def normalize_intensity(
     if isinstance(volume, torch.Tensor):
         out = (volume.float() - lo) * scale + config.b_min
         return out.clamp_(config.b_min, config.b_max) if config.clip else out
-    out = (np.asarray(volume, dtype=np.float32) - np.float32(lo)) * np.float32(scale) + np.float32(config.b_min)
+    out = (np.asarray(volume, dtype=np.float32) - np.float32(lo)) * np.float32(scale) + np.float32(
+        config.b_min
+    )
     if config.clip:
         np.clip(out, config.b_min, config.b_max, out=out)
     return out
