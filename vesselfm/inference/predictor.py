@@ -24,7 +24,6 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -310,13 +309,16 @@ class SlidingWindowPredictor:
         return int(self.cpu.sw_batch_size) if device.type == "cpu" else self.sw_batch_size
 
     def _autocast(self, device: torch.device) -> Any:
+        # fp32 switches autocast off explicitly: inside a Lightning step under bf16-mixed or
+        # 16-mixed, a bare nullcontext would keep the trainer's autocast and validation would not
+        # predict the way infer does.
         if device.type == "cpu":
             if self.cpu.precision == "bf16":
                 return torch.autocast("cpu", dtype=torch.bfloat16)
-            return nullcontext()
+            return torch.autocast("cpu", enabled=False)
         dtype = PRECISIONS[self.precision]
         if dtype is None:
-            return nullcontext()
+            return torch.autocast(device.type, enabled=False)
         return torch.autocast(device.type, dtype=dtype)
 
     # ------------------------------------------------------------------ prediction
