@@ -38,7 +38,9 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
             )
         return str(candidates[-1])
     if not Path(ckpt_path).is_file():
-        raise UserError(f"ckpt_path={ckpt_path}: no such file")
+        raise UserError(
+            f"ckpt_path={ckpt_path}: no such file; give a Lightning .ckpt of this task, or ckpt_path=last"
+        )
     return str(ckpt_path)
 
 
@@ -104,7 +106,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         trainer.test(model=model, datamodule=datamodule, ckpt_path=best, weights_only=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
-    if cfg.get("demo") and cfg.demo.get("cases"):
+    if cfg.get("demo") and cfg.demo.get("cases") and trainer.is_global_zero:
         objects["demo"] = run_demo(cfg, model.model, datamodule, int(cfg.demo.cases))
 
     return metrics, objects

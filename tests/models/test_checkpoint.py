@@ -53,7 +53,7 @@ def test_offline_not_cached_message(hf_cache):
         resolve_checkpoint("hf://bwittmann/vesselFM/vesselFM_base.pt")
     message = str(info.value)
     assert "\n" not in message
-    for needle in ("bwittmann/vesselFM", "vesselFM_base.pt", "huggingface-cli download", "model.checkpoint="):
+    for needle in ("bwittmann/vesselFM", "vesselFM_base.pt", "hf download", "model.checkpoint="):
         assert needle in message
 
 

@@ -40,3 +40,13 @@ def test_bugs_are_not_swallowed(monkeypatch):
 
 def test_returns_the_value():
     assert run_guarded(lambda cfg: 3, OmegaConf.create({})) == 3
+
+
+def test_missing_required_key_is_one_line(capsys, monkeypatch):
+    monkeypatch.delenv("VESSELFM_DEBUG", raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as info:
+        run_guarded(lambda cfg: cfg.input, OmegaConf.create({"input": "???"}))
+    assert info.value.code == EXIT_USER_ERROR
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: input= is required")

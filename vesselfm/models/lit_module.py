@@ -79,6 +79,7 @@ class VesselSegLitModule(L.LightningModule):
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self._predictor = None
         self.metadata = dict(metadata or {})
+        self._val_rows: list[dict[str, Any]] = []
         self._test_rows: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ building blocks
@@ -111,6 +112,9 @@ class VesselSegLitModule(L.LightningModule):
         finally:
             self.model.train(was_training)
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_rows = []
+
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         from vesselfm.metrics import compute_metrics
 
@@ -123,9 +127,33 @@ class VesselSegLitModule(L.LightningModule):
                 threshold=self.threshold,
                 metrics=VAL_METRICS,
             )
-            for name in VAL_METRICS:
-                if values.get(name) is not None:
-                    self.log(f"val/{name}", float(values[name]), on_epoch=True, prog_bar=True, batch_size=1, sync_dist=True)
+            self._val_rows.append({"case": str(batch["case"][i]), **values})
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_means("val", self._val_rows, prog_bar=True)
+
+    def _gather_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """All ranks' rows, one per case (DistributedSampler repeats cases to even out ranks)."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            gathered: list[list[dict[str, Any]]] = [None] * self.trainer.world_size  # type: ignore[list-item]
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        return sorted({r["case"]: r for r in rows}.values(), key=lambda r: r["case"])
+
+    def _log_means(self, stage: str, rows: list[dict[str, Any]], prog_bar: bool = False) -> list[dict[str, Any]]:
+        """Log ``<stage>/<metric>``: the mean over the cases where the metric is defined.
+
+        Every rank gathers all rows and logs the same values without a further reduction, so the
+        logged names never differ between ranks (a metric undefined on one rank's cases would
+        otherwise leave the ranks' all-reduce calls unmatched).
+        """
+        from vesselfm.metrics import summarize
+
+        rows = self._gather_rows(rows)
+        for name, stats in summarize(rows).items():
+            if stats.get("mean") is not None:
+                self.log(f"{stage}/{name}", float(stats["mean"]), prog_bar=prog_bar and name in VAL_METRICS, sync_dist=False)
+        return rows
 
     # ------------------------------------------------------------------ test (native resolution)
     def on_test_epoch_start(self) -> None:
@@ -142,23 +170,19 @@ class VesselSegLitModule(L.LightningModule):
             shape = tuple(int(s) for s in batch["original_shape"][i])
             spacing = tuple(float(s) for s in batch["original_spacing"][i])
             native = resample_probabilities(prob[i, 0].float().cpu(), shape)
-            label = np.asarray(nib.load(batch["original_label"][i]).dataobj) > 0
-            values = compute_metrics(native, label, spacing=spacing, threshold=self.threshold)
+            label = np.asarray(nib.load(batch["original_label"][i]).dataobj)
+            # prepare accepts (X, Y, Z, 1) labels; score them as the 3D volume they hold
+            label = label.reshape(label.shape[:3]) if label.ndim == 4 and label.shape[3] == 1 else label
+            # the same mask infer would write: threshold, then inference.postprocess
+            mask = self.predictor.binarize(native, spacing)
+            values = compute_metrics(mask, label > 0, spacing=spacing, threshold=0.5, prob=native)
             self._test_rows.append({"case": str(batch["case"][i]), **values})
-            for name, value in values.items():
-                if value is not None:
-                    self.log(f"test/{name}", float(value), on_epoch=True, batch_size=1, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         from vesselfm.metrics import write_reports
 
-        rows = self._test_rows
-        if self.trainer.world_size > 1:
-            gathered: list[list[dict[str, Any]]] = [None] * self.trainer.world_size  # type: ignore[list-item]
-            torch.distributed.all_gather_object(gathered, rows)
-            rows = [row for part in gathered for row in part]
+        rows = self._log_means("test", self._test_rows)
         if self.trainer.is_global_zero and self.output_dir is not None and rows:
-            rows = sorted({r["case"]: r for r in rows}.values(), key=lambda r: r["case"])
             paths = write_reports(rows, self.output_dir)
             log.info("test metrics for %d cases: %s", len(rows), ", ".join(str(p) for p in paths.values()))
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import hydra
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,13 @@ def run_guarded(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
     """Call ``fn(cfg)``; turn user errors into one line on stderr and exit status 2."""
     try:
         return fn(cfg)
+    except MissingMandatoryValue as err:
+        if _debug_requested(cfg):
+            raise
+        key = getattr(err, "full_key", None) or "a required key"
+        tool = getattr(fn, "__module__", "vesselfm.X")
+        print(f"error: {key}= is required: python -m {tool} {key}=... (see --help)", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
     except USER_ERRORS as err:
         if _debug_requested(cfg):
             raise

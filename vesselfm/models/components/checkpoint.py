@@ -96,7 +96,7 @@ def resolve_checkpoint(
         raise CheckpointError(
             f"weights {filename} of Hugging Face repo {repo_id} (revision {revision or 'main'}) "
             f"are not cached and cannot be downloaded (offline?): on a machine with internet run "
-            f"`huggingface-cli download {repo_id} {filename}` (or download "
+            f"`hf download {repo_id} {filename}` (or download "
             f"https://huggingface.co/{repo_id}/blob/{revision or 'main'}/{filename}), then copy "
             f"the cache here or pass model.checkpoint=/path/to/{Path(filename).name}"
         ) from err
