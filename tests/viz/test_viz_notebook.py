@@ -75,3 +75,34 @@ def test_notebook_runs_end_to_end_on_a_phantom(tmp_path: Path) -> None:
     ):
         assert (out / name).is_file(), name
     assert "triangles" in text and "mesh volume" in text
+
+
+@pytest.mark.slow
+def test_notebook_runs_the_model_when_given_a_checkpoint(tmp_path: Path) -> None:
+    """With ``checkpoint`` set, the prediction comes from vesselfm.infer, not the stand-in."""
+    import torch
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from nbclient import NotebookClient
+
+    from vesselfm.models import build_network
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="vesselfm.configs", version_base="1.3"):
+        net_cfg = compose(config_name="train", overrides=["model=tiny"]).model.net
+    GlobalHydra.instance().clear()
+    weights = tmp_path / "tiny.pt"
+    torch.save(build_network(net_cfg).state_dict(), weights)
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    params = (
+        f'phantom_shape = (64, 64, 48)\noutput_dir = "{tmp_path / "out"}"\n'
+        f'checkpoint = "{weights}"\nmodel = "tiny"'
+    )
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(params, metadata={"tags": ["injected-parameters"]}))
+    nb.cells.append(nbformat.v4.new_code_cell("print('PRED', pred_path)"))
+    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    assert nb.cells[-1].outputs[0]["text"].strip() == f"PRED {tmp_path / 'out' / '1_pred.nii.gz'}"
+    assert (tmp_path / "out" / "1_3d.html").is_file()
