@@ -1,11 +1,24 @@
-"""Training samples per second from one DataLoader worker: memory-mapped patch reads vs the
-reference (load the whole img.npy/mask.npy, then crop and augment).
+"""Training samples per second from one DataLoader worker: memory-mapped patch reads and the
+faster augmentation vs the reference (load the whole img.npy/mask.npy, crop, then augment with
+MONAI's own transforms, eagerly, as vesselFM's fine-tuning does).
 
-    python scripts/bench_dataloader.py [--shape 256 256 275] [--patch 128] [--samples 40]
+    python scripts/bench_dataloader.py [--shape 256 256 275] [--patch 128] [--samples 60]
+                                       [--batch-size 6] [--repeat 2] [--work /tmp/bench_loader]
+                                       [--reference-float64]
 
-Both sides run the same published augmentation (MONAI transforms from configs/data/imagecas.yaml)
-on a normalised crop, in one worker process with one torch thread. Printed side by side, with
-and without augmentation, so that the gain from reading only the patch is visible on its own.
+Both sides apply the published augmentation (configs/data/imagecas.yaml: same transforms,
+probabilities and ranges) to a normalised crop, in one worker process with one torch thread;
+the reference with the ``monai.transforms`` originals, ours with the subclasses in
+``vesselfm.data.transforms`` that compute the same transforms faster. Printed side by side,
+with and without augmentation (so that the gain from reading only the patch is visible on its
+own), alternating reference and ours ``--repeat`` times, with the load average. Two numbers per
+side: samples/s through a DataLoader with one worker (the target), and the milliseconds of work
+per sample in the worker alone (``dataset[i]`` in this process), whose difference is the cost of
+moving each batch from the worker to the main process (the same on both sides).
+
+``--reference-float64`` adds the reference reading the files the reference preparation writes
+(``np.save`` of skimage's float64 output: 8 bytes per voxel for image and mask) instead of
+vesselfm's int16/uint8 files.
 """
 
 from __future__ import annotations
@@ -25,8 +38,10 @@ from torch.utils.data import DataLoader, Dataset
 class WholeVolumeReference(Dataset):
     """The reference way: np.load the whole volume, crop at random, normalise, augment."""
 
-    def __init__(self, cases, patch, samples, preprocess, transform) -> None:
-        self.cases, self.patch, self.samples, self.preprocess, self.transform = cases, patch, samples, preprocess, transform
+    def __init__(self, cases, patch, samples, preprocess, transform, files=None) -> None:
+        self.cases, self.patch, self.samples = cases, patch, samples
+        self.preprocess, self.transform = preprocess, transform
+        self.files = files  # {case_id: (img.npy, mask.npy)} to read instead of the prepared set's
 
     def __len__(self) -> int:
         return self.samples
@@ -35,65 +50,165 @@ class WholeVolumeReference(Dataset):
         from vesselfm.data.preprocessing import normalize_intensity
 
         case = self.cases[i % len(self.cases)]
-        img = np.load(case.image)
-        mask = np.load(case.mask)
+        img_path, mask_path = self.files[case.case_id] if self.files else (case.image, case.mask)
+        img = np.load(img_path)
+        mask = np.load(mask_path)
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,))))
-        s = [int(rng.integers(0, max(d - p, 0) + 1)) for d, p in zip(img.shape, self.patch, strict=True)]
+        s = [
+            int(rng.integers(0, max(d - p, 0) + 1))
+            for d, p in zip(img.shape, self.patch, strict=True)
+        ]
         sl = tuple(slice(a, a + p) for a, p in zip(s, self.patch, strict=True))
-        data = {"image": normalize_intensity(img[sl], case.intensity_range, self.preprocess)[None],
-                "label": mask[sl][None].astype(np.float32)}
+        data = {
+            "image": normalize_intensity(img[sl], case.intensity_range, self.preprocess)[None],
+            "label": mask[sl][None].astype(np.float32),
+        }
         if self.transform is not None:
             self.transform.set_random_state(seed=int(rng.integers(2**31)))
             data = self.transform(data)
         return {"image": torch.as_tensor(data["image"]), "label": torch.as_tensor(data["label"])}
 
 
+def reference_transforms(patch):
+    """The published pipeline with MONAI's original classes (vesselfm's subclasses swapped back)."""
+    from vesselfm.data.transforms import augmentation_configs, train_transforms
+
+    configs = augmentation_configs(True)
+    for c in configs:
+        c["_target_"] = c["_target_"].replace("vesselfm.data.transforms.", "monai.transforms.")
+    return train_transforms(configs, patch)
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def rate(dataset: Dataset, samples: int) -> float:
-    loader = DataLoader(dataset, batch_size=1, num_workers=1, worker_init_fn=_worker_init, prefetch_factor=4)
+def rate(dataset: Dataset, batch_size: int) -> float:
+    """Samples per second through a DataLoader with one worker (start-up and first batch not timed)."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=1,
+        worker_init_fn=_worker_init,
+        prefetch_factor=2,
+    )
     it = iter(loader)
-    next(it)  # worker start-up and first sample not timed
+    next(it)
     t = time.perf_counter()
     n = 0
-    for _ in it:
-        n += 1
+    for batch in it:
+        n += len(batch["image"])
     return n / (time.perf_counter() - t)
+
+
+def work_ms(dataset: Dataset, samples: int) -> float:
+    """Milliseconds per sample of ``dataset[i]`` in this process, one torch thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        dataset[0]
+        t = time.perf_counter()
+        for i in range(1, samples + 1):
+            dataset[i]
+        return (time.perf_counter() - t) / samples * 1e3
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _load() -> str:
+    return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", type=int, nargs=3, default=[256, 256, 275], help="prepared volume shape")
+    ap.add_argument(
+        "--shape", type=int, nargs=3, default=[256, 256, 275], help="prepared volume shape"
+    )
     ap.add_argument("--cases", type=int, default=3)
     ap.add_argument("--patch", type=int, default=128)
-    ap.add_argument("--samples", type=int, default=40)
+    ap.add_argument("--samples", type=int, default=60)
+    ap.add_argument(
+        "--batch-size", type=int, default=6, help="the published fine-tune's batch size"
+    )
+    ap.add_argument(
+        "--repeat", type=int, default=2, help="alternating rounds of reference and ours"
+    )
+    ap.add_argument(
+        "--work", type=Path, default=None, help="folder to keep the prepared phantoms in (reused)"
+    )
+    ap.add_argument(
+        "--reference-float64", action="store_true", help="also: reference on float64 files"
+    )
     args = ap.parse_args()
 
     from vesselfm.data.imagecas_datamodule import RandomPatchDataset, read_prepared_cases
     from vesselfm.data.phantom import write_phantom_dataset
-    from vesselfm.data.prepare import PrepareOptions, prepare_dataset
+    from vesselfm.data.prepare import PrepareOptions, load_manifest, prepare_dataset
     from vesselfm.data.preprocessing import PreprocessConfig
     from vesselfm.data.transforms import train_transforms
 
-    work = Path(tempfile.mkdtemp(prefix="bench_loader_"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_loader_"))
     try:
-        write_phantom_dataset(work / "raw", args.cases, shape=tuple(args.shape), seed=0, progress=False)
-        prepare_dataset(work / "raw", work / "prep", split="random", split_ratios=(1, 0, 0),
-                        options=PrepareOptions(preprocess=PreprocessConfig(in_plane_size=None)), workers=1, progress=False)
+        if load_manifest(work / "prep") is None:
+            write_phantom_dataset(
+                work / "raw", args.cases, shape=tuple(args.shape), seed=0, progress=False
+            )
+            options = PrepareOptions(preprocess=PreprocessConfig(in_plane_size=None))
+            prepare_dataset(
+                work / "raw",
+                work / "prep",
+                split="random",
+                split_ratios=(1, 0, 0),
+                options=options,
+                workers=1,
+                progress=False,
+            )
         cases, pre = read_prepared_cases(work / "prep")
         train = cases["train"]
         patch = (args.patch,) * 3
-        print(f"machine: {os.cpu_count()} CPU cores; {len(train)} prepared cases {tuple(args.shape)} (int16), patch {patch}, "
-              f"1 DataLoader worker, 1 torch thread, {args.samples} samples each")
-        print(f"{'':34s}{'reference':>12s}{'mmap crop':>12s}{'ratio':>8s}")
-        for name, augment in (("crop only (augment=false)", False), ("published augmentation", True)):
-            ref = rate(WholeVolumeReference(train, patch, args.samples, pre, train_transforms(augment, patch) if augment else None), args.samples)
-            ours = rate(RandomPatchDataset(train, patch, args.samples, 0.33, pre, transform=train_transforms(augment, patch) if augment else None), args.samples)
-            print(f"{name:34s}{ref:10.1f}/s{ours:10.1f}/s{ours / ref:7.1f}x")
+        n = args.samples
+        f64 = {}
+        if args.reference_float64:
+            for c in train:
+                paths = (
+                    work / "f64" / f"{c.case_id}_img.npy",
+                    work / "f64" / f"{c.case_id}_mask.npy",
+                )
+                if not all(p.is_file() for p in paths):
+                    paths[0].parent.mkdir(parents=True, exist_ok=True)
+                    np.save(paths[0], np.load(c.image).astype(np.float64))
+                    np.save(paths[1], np.load(c.mask).astype(np.float64))
+                f64[c.case_id] = paths
+        print(
+            f"machine: {os.cpu_count()} CPU cores; {len(train)} prepared cases {tuple(args.shape)} (int16), "
+            f"patch {patch}, 1 DataLoader worker, 1 torch thread, batch {args.batch_size}, {n} samples each"
+        )
+        print(
+            f"{'':46s}{'reference':>11s}{'ours':>11s}{'ratio':>7s}   work in the worker, ms/sample (ref, ours)"
+            "   load average before, after"
+        )
+        for r in range(1, args.repeat + 1):
+            for name, augment in (
+                ("crop only (augment=false)", False),
+                ("published augmentation", True),
+            ):
+                sides = [("", None)] + ([(", reference on float64", f64)] if f64 else [])
+                for suffix, files in sides:
+                    before = _load()
+                    ref_tf = reference_transforms(patch) if augment else None
+                    ours_tf = train_transforms(True, patch) if augment else None
+                    ref_ds = WholeVolumeReference(train, patch, n, pre, ref_tf, files)
+                    ours_ds = RandomPatchDataset(train, patch, n, 0.33, pre, transform=ours_tf)
+                    ref, ours = rate(ref_ds, args.batch_size), rate(ours_ds, args.batch_size)
+                    ref_ms, ours_ms = work_ms(ref_ds, min(n, 30)), work_ms(ours_ds, min(n, 30))
+                    print(
+                        f"{f'{r}: {name}{suffix}':46s}{ref:9.1f}/s{ours:9.1f}/s{ours / ref:6.1f}x   "
+                        f"{ref_ms:8.1f}, {ours_ms:6.1f} ({ref_ms / ours_ms:.1f}x)                {before}, {_load()}",
+                        flush=True,
+                    )
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

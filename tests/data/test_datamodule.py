@@ -137,3 +137,16 @@ def test_imagecas_config_instantiates(compose_cfg):
     dm = instantiate(cfg.data, _recursive_=False)
     assert dm.patch_size == (128, 128, 128) and dm.batch_size == 6
     assert str(dm.data_dir).endswith("imagecas")
+
+
+def test_train_items_are_plain_tensors_and_metadata_tracking_is_restored(prepared):
+    from monai.data import get_track_meta
+
+    dm = ImageCASDataModule(prepared, patch_size=(24, 24, 16), num_workers=0, samples_per_epoch=4)
+    dm.setup("fit")
+    assert get_track_meta()
+    for i in range(4):
+        item = dm.train_set[i]
+        assert type(item["image"]) is torch.Tensor and type(item["label"]) is torch.Tensor
+        assert item["image"].shape == (1, 24, 24, 16) and item["image"].dtype == torch.float32
+    assert get_track_meta()

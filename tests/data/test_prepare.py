@@ -225,3 +225,88 @@ def test_cli_prepares_and_fails_cleanly_when_no_case_survives(phantom_source, tm
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no case could be prepared" in errors[0] and "unreadable" in errors[0]
     assert "Traceback" not in r.stderr
+
+
+def _full_round_trip(label: np.ndarray, mask: np.ndarray) -> float:
+    from vesselfm.data.preprocessing import resample_probabilities
+
+    return dice(resample_probabilities(mask, label.shape) >= 0.5, label)
+
+
+@pytest.mark.parametrize(
+    ("shape", "small", "where"),
+    [
+        ((48, 48, 20), (24, 24, 20), "inside"),  # ImageCAS: 2x in-plane, depth kept
+        ((48, 48, 20), (24, 24, 20), "border"),
+        ((48, 32, 20), (12, 16, 10), "inside"),  # 4x, 2x, 2x
+        ((48, 48, 20), (16, 16, 20), "inside"),  # 3x: not a power of two, the whole grid
+        ((48, 48, 20), (24, 24, 20), "empty"),
+    ],
+)
+def test_round_trip_dice_around_the_vessels_equals_the_whole_grid(shape, small, where):
+    from vesselfm.data.prepare import round_trip_dice
+    from vesselfm.data.preprocessing import resample_label
+
+    rng = np.random.default_rng(11)
+    label = np.zeros(shape, dtype=bool)
+    if where != "empty":
+        lo = (0, 0, 0) if where == "border" else (10, 7, 4)
+        label[lo[0] : lo[0] + 21, lo[1] : lo[1] + 17, lo[2] : lo[2] + 9] = rng.random((21, 17, 9)) < 0.5
+    mask = resample_label(label, small)
+    assert round_trip_dice(label, mask) == _full_round_trip(label, mask)
+    assert round_trip_dice(label, mask, int(label.sum())) == _full_round_trip(label, mask)
+
+
+@pytest.mark.parametrize("gzip_module", ["gzip", "isal.igzip"])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_nifti_arrays_are_read_as_nibabel_reads_them(tmp_path, monkeypatch, gzip_module, suffix):
+    import importlib
+
+    from vesselfm.data import prepare
+    from vesselfm.data.imagecas import SourceFile
+
+    module = importlib.import_module(gzip_module)
+    monkeypatch.setattr(prepare, "_gzip_module", lambda: module)
+    affine = np.diag([0.4, 0.4, 0.6, 1.0])
+    data = np.random.default_rng(0).integers(-1024, 3000, size=(9, 8, 7)).astype(np.int16)
+    plain, scaled = tmp_path / f"plain{suffix}", tmp_path / f"scaled{suffix}"
+    nib.save(nib.Nifti1Image(data, affine), plain)
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_slope_inter(0.5, -3.0)
+    nib.save(img, scaled)
+    for path in (plain, scaled):
+        arr, aff = prepare.read_nifti_array(SourceFile(path))
+        np.testing.assert_array_equal(arr, nib.load(path).get_fdata())
+        np.testing.assert_array_equal(aff, nib.load(path).affine)
+    assert prepare.read_nifti_array(SourceFile(plain))[0].dtype == np.int16
+
+
+def test_forked_and_spawned_workers_prepare_the_same_files(phantom_source, tmp_path):
+    import threading
+
+    def files(out: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.npy"))}
+
+    one = tmp_path / "one"
+    prepare_dataset(phantom_source, one, split="random", options=SMALL, workers=1, limit=2, progress=False)
+    forked = tmp_path / "forked"
+    prepare_dataset(phantom_source, forked, split="random", options=SMALL, workers=2, limit=2, progress=False)
+    # Another thread running: fork is unsafe, the pool spawns its workers instead.
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        from vesselfm.data.prepare import _pool_context
+
+        assert _pool_context()[0].get_start_method() == "spawn"
+        spawned = tmp_path / "spawned"
+        prepare_dataset(phantom_source, spawned, split="random", options=SMALL, workers=2, limit=2, progress=False)
+    finally:
+        stop.set()
+        thread.join()
+    assert files(one) == files(forked) == files(spawned) and len(files(one)) == 6
+
+    def entries(out: Path) -> dict[str, dict]:
+        return {cid: {k: v for k, v in e.items() if k != "seconds"} for cid, e in load_manifest(out)["cases"].items()}
+
+    assert entries(one) == entries(forked) == entries(spawned)

@@ -90,3 +90,66 @@ def test_probabilities_stay_in_unit_range():
     prob = np.random.default_rng(1).random((10, 10, 10)).astype(np.float32)
     out = resample_probabilities(prob, (17, 23, 9))
     assert out.shape == (17, 23, 9) and out.min() >= 0 and out.max() <= 1
+
+
+def _area(volume: np.ndarray, shape) -> np.ndarray:
+    """The plain definition: F.interpolate(mode="area") on the C-ordered float32 volume."""
+    x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
+    return torch.nn.functional.interpolate(x, size=tuple(shape), mode="area")[0, 0].numpy()
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("shape", [(16, 12, 10), (8, 6, 10), (11, 7, 10)], ids=["x2", "x4", "uneven"])
+def test_image_resampling_equals_area_interpolation_in_any_memory_order(order, shape):
+    rng = np.random.default_rng(3)
+    ints = np.asarray(rng.integers(-1024, 3000, size=(32, 24, 10)), dtype=np.int16, order=order)
+    # Integer CT values and whole-number factors: exactly the area average (sums of int16 are
+    # exact in float32); uneven windows may round the division differently by one ulp.
+    if shape[0] in (16, 8):
+        np.testing.assert_array_equal(resample_image(ints, shape), _area(ints, shape))
+    else:
+        np.testing.assert_allclose(resample_image(ints, shape), _area(ints, shape), rtol=1e-6, atol=0)
+    floats = np.asarray(rng.normal(size=(32, 24, 10)), dtype=np.float32, order=order)
+    np.testing.assert_allclose(resample_image(floats, shape), _area(floats, shape), rtol=0, atol=1e-6)
+
+
+def test_resampling_keeps_the_grid_when_the_shape_is_unchanged():
+    volume = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    out = resample_image(volume, (3, 4, 5))
+    assert out.dtype == np.float32 and np.array_equal(out, volume)
+
+
+@pytest.mark.parametrize("threshold", [0.25, 0.5, 0.75])
+@pytest.mark.parametrize(("shape", "where"), [((20, 20, 12), "inside"), ((20, 20, 12), "border"), ((10, 20, 6), "inside"), ((17, 13, 12), "inside")])
+def test_label_resampling_around_the_vessels_equals_the_whole_grid(threshold, shape, where):
+    rng = np.random.default_rng(5)
+    label = np.zeros((40, 40, 12), dtype=np.uint8)
+    lo = (0, 0, 0) if where == "border" else (9, 13, 3)
+    label[lo[0] : lo[0] + 17, lo[1] : lo[1] + 11, lo[2] : lo[2] + 7] = rng.random((17, 11, 7)) < 0.4
+    expected = (_area(label > 0, shape) >= threshold).astype(np.uint8)
+    for arr in (label, np.asfortranarray(label), label.astype(bool)):
+        out = resample_label(arr, shape, threshold=threshold)
+        assert out.dtype == np.uint8 and out.shape == shape
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_empty_label_resamples_to_zeros():
+    assert not resample_label(np.zeros((8, 8, 4), np.uint8), (4, 4, 4)).any()
+
+
+def test_bounding_box():
+    from vesselfm.data.preprocessing import bounding_box
+
+    mask = np.zeros((6, 7, 8), bool)
+    assert bounding_box(mask) is None
+    mask[1, 2, 3] = mask[4, 2, 5] = True
+    assert bounding_box(mask) == (slice(1, 5), slice(2, 3), slice(3, 6))
+
+
+def test_normalisation_does_not_modify_its_input():
+    cfg = PreprocessConfig()
+    volume = np.linspace(-100, 100, 64, dtype=np.float32).reshape(4, 4, 4)
+    before = volume.copy()
+    normalize_intensity(volume, (-50.0, 50.0), cfg)
+    normalize_intensity(torch.from_numpy(volume), (-50.0, 50.0), cfg)
+    np.testing.assert_array_equal(volume, before)

@@ -130,6 +130,21 @@ def read_region(volume: np.ndarray, start: Sequence[int], size: Sequence[int], p
     return out
 
 
+def _without_metadata(transform: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """Run MONAI transforms on plain tensors: a crop has no geometry worth tracking, and
+    MetaTensor bookkeeping costs about a tenth of the published augmentation's time."""
+    try:
+        from monai.data import get_track_meta, set_track_meta
+    except ImportError:  # pragma: no cover - monai is a dependency
+        return transform(data)
+    previous = get_track_meta()
+    set_track_meta(False)
+    try:
+        return transform(data)
+    finally:
+        set_track_meta(previous)
+
+
 class RandomPatchDataset(Dataset):
     """Random training patches with foreground oversampling.
 
@@ -194,14 +209,17 @@ class RandomPatchDataset(Dataset):
         image = read_region(self._volumes.get(case.image), start, size, pad_value=lo)
         label = read_region(self._volumes.get(case.mask), start, size, pad_value=0)
         data = {
-            "image": normalize_intensity(image, case.intensity_range, self.preprocess)[None],
-            "label": label[None].astype(np.float32),
+            "image": normalize_intensity(torch.from_numpy(image), case.intensity_range, self.preprocess)[None],
+            "label": torch.from_numpy(label).to(torch.float32)[None],
         }
         if self.transform is not None:
             if hasattr(self.transform, "set_random_state"):
                 self.transform.set_random_state(seed=seed)
-            data = self.transform(data)
-        return {"image": torch.as_tensor(data["image"]), "label": torch.as_tensor(data["label"])}
+            data = _without_metadata(self.transform, data)
+        return {
+            "image": torch.as_tensor(data["image"]).as_subclass(torch.Tensor),
+            "label": torch.as_tensor(data["label"]).as_subclass(torch.Tensor),
+        }
 
 
 class VolumeDataset(Dataset):

@@ -223,12 +223,14 @@ def normalize_intensity(
     """
     lo, hi = value_range
     scale = (config.b_max - config.b_min) / (hi - lo) if hi > lo else 0.0
+    # One float32 copy, then in place: (v - lo) * scale + b_min, each step rounded to float32.
     if isinstance(volume, torch.Tensor):
-        out = (volume.float() - lo) * scale + config.b_min
+        out = volume.to(torch.float32, copy=True).sub_(lo).mul_(scale).add_(config.b_min)
         return out.clamp_(config.b_min, config.b_max) if config.clip else out
-    out = (np.asarray(volume, dtype=np.float32) - np.float32(lo)) * np.float32(scale) + np.float32(
-        config.b_min
-    )
+    out = np.array(volume, dtype=np.float32)
+    out -= np.float32(lo)
+    out *= np.float32(scale)
+    out += np.float32(config.b_min)
     if config.clip:
         np.clip(out, config.b_min, config.b_max, out=out)
     return out

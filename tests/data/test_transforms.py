@@ -1,0 +1,133 @@
+"""The faster subclasses in vesselfm.data.transforms against their MONAI originals: same random
+draws, same values (up to float rounding), MONAI's own code where the shortcut does not apply."""
+
+from __future__ import annotations
+
+import monai.transforms as mt
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+import vesselfm.data.transforms as vt
+from vesselfm.data.transforms import DEFAULT_AUGMENTATIONS, train_transforms
+
+SHAPE = (40, 36, 24)
+
+
+@pytest.fixture(scope="module")
+def sample() -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(0)
+    img = ndimage.gaussian_filter(rng.random(SHAPE), 1.5).astype(np.float32)
+    img = (img - img.min()) / (img.max() - img.min())
+    return {"image": torch.from_numpy(img)[None], "label": torch.from_numpy((img > 0.6).astype(np.float32))[None]}
+
+
+def _pair(name: str, seed: int, **kwargs):
+    ours, ref = getattr(vt, name)(**kwargs), getattr(mt, name)(**kwargs)
+    ours.set_random_state(seed)
+    ref.set_random_state(seed)
+    return ours, ref
+
+
+def _run(t, sample):
+    out = t({k: v.clone() for k, v in sample.items()})
+    return {k: torch.as_tensor(v).as_subclass(torch.Tensor) for k, v in out.items()}
+
+
+AFFINE = {"keys": ["image", "label"], "mode": ["bilinear", "nearest"], "padding_mode": "zeros"}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"shear_range": [0.4, 0.4, 0.4]},  # the published one
+        {"shear_range": [0.3, 0.2, 0.4, 0.3], "translate_range": [4, 3, 0], "rotate_range": [0, 0, 0.5]},
+        {"shear_range": [0.4] * 6, "padding_mode": "border"},  # Z depends on X, Y: 3D sampling
+        {"scale_range": [0.2, 0.2, 0.2]},  # scales Z: 3D sampling
+    ],
+    ids=["published", "in_plane", "full_shear", "scale"],
+)
+def test_rand_affine_equals_monai(sample, kwargs):
+    args = {**AFFINE, **kwargs}
+    for seed in range(4):
+        ours, ref = _pair("RandAffined", seed, prob=0.6, **args)
+        for _ in range(3):  # consecutive calls: the random streams stay in step
+            a, b = _run(ours, sample), _run(ref, sample)
+            assert a["image"].dtype == torch.float32 and a["image"].shape == b["image"].shape
+            np.testing.assert_allclose(a["image"].numpy(), b["image"].numpy(), rtol=0, atol=1e-4)
+            assert (a["label"] != b["label"]).float().mean() <= 1e-3
+            assert set(torch.unique(a["label"]).tolist()) <= {0.0, 1.0}
+
+
+def test_rand_affine_actually_shears(sample):
+    t = vt.RandAffined(prob=1.0, shear_range=[0.4, 0.4, 0.4], **AFFINE)
+    t.set_random_state(1)
+    out = _run(t, sample)
+    assert not torch.equal(out["image"], sample["image"]) and not torch.equal(out["label"], sample["label"])
+
+
+def test_rand_gaussian_smooth_equals_monai(sample):
+    for seed in range(4):
+        kw = {"keys": ["image"], "prob": 0.7, "sigma_x": (0.0, 0.5), "sigma_y": (0.0, 0.5), "sigma_z": (0.2, 1.5)}
+        ours, ref = _pair("RandGaussianSmoothd", seed, **kw)
+        for _ in range(3):
+            a, b = _run(ours, sample), _run(ref, sample)
+            np.testing.assert_allclose(a["image"].numpy(), b["image"].numpy(), rtol=0, atol=1e-6)
+
+
+def test_rand_histogram_shift_equals_monai_exactly(sample):
+    for seed in range(6):
+        ours, ref = _pair("RandHistogramShiftd", seed, keys=["image"], prob=0.7, num_control_points=(5, 10))
+        for _ in range(3):
+            a, b = _run(ours, sample), _run(ref, sample)
+            assert torch.equal(a["image"], b["image"])
+    assert not torch.equal(a["image"], sample["image"])
+
+
+def test_rand_gaussian_noise_draws_as_monai(sample):
+    for seed in range(6):
+        ours, ref = _pair("RandGaussianNoised", seed, keys=["image"], prob=0.5, mean=0.3, std=0.01)
+        a, b = _run(ours, sample), _run(ref, sample)
+        # the first call: the same decision and the same standard deviation; the fields differ
+        # (MONAI draws 2 M float64 normals from its stream, torch draws ours), and so do the
+        # later draws of this transform: same distribution, other numbers.
+        assert ours._do_transform == ref._do_transform
+        if ours._do_transform:
+            noise = (a["image"] - sample["image"]).numpy()
+            ref_noise = (b["image"] - sample["image"]).numpy()
+            assert abs(noise.mean() - 0.3) < 1e-3 and abs(ref_noise.mean() - 0.3) < 1e-3
+            np.testing.assert_allclose(noise.std(), ref_noise.std(), rtol=0.03)
+            assert not np.allclose(noise, ref_noise)
+        else:
+            assert torch.equal(a["image"], sample["image"])
+        for _ in range(5):
+            noise = _run(ours, sample)["image"] - sample["image"]
+            assert noise.std() <= 0.0102 and (noise.std() == 0 or abs(noise.mean() - 0.3) < 1e-3)
+    # the same seed gives the same noise
+    x, y = vt.RandGaussianNoised(keys=["image"], prob=1.0), vt.RandGaussianNoised(keys=["image"], prob=1.0)
+    x.set_random_state(3)
+    y.set_random_state(3)
+    assert torch.equal(_run(x, sample)["image"], _run(y, sample)["image"])
+
+
+def test_published_pipeline_uses_the_fast_subclasses_with_the_published_settings():
+    targets = [c["_target_"] for c in DEFAULT_AUGMENTATIONS]
+    assert targets == [
+        "monai.transforms.RandZoomd",
+        "vesselfm.data.transforms.RandAffined",
+        "monai.transforms.RandFlipd",
+        "monai.transforms.RandFlipd",
+        "vesselfm.data.transforms.RandGaussianSmoothd",
+        "vesselfm.data.transforms.RandGaussianNoised",
+        "vesselfm.data.transforms.RandHistogramShiftd",
+    ]
+    for t in train_transforms(True, (16, 16, 16)).transforms:
+        if type(t).__module__ == "vesselfm.data.transforms":
+            assert isinstance(t, getattr(mt, type(t).__name__))
+
+
+def test_lazy_mode_runs_monai_code(sample):
+    t = vt.RandAffined(prob=1.0, shear_range=[0.4, 0.4, 0.4], lazy=True, **AFFINE)
+    out = t({k: v.clone() for k, v in sample.items()})
+    assert out["image"].pending_operations  # MONAI's lazy path: nothing resampled yet
