@@ -456,7 +456,14 @@ def _pool_context() -> tuple[Any, int]:
     import sys
     import threading
 
-    if sys.platform.startswith("linux") and threading.active_count() == 1:
+    # tqdm's monitor thread (left running by earlier progress bars) only sleeps and never
+    # touches what the workers use.
+    others = [
+        t
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and type(t).__name__ != "TMonitor"
+    ]
+    if sys.platform.startswith("linux") and not others:
         return mp.get_context("fork"), 1
     return mp.get_context("spawn"), 0
 
@@ -794,7 +801,17 @@ def _move_case(output: Path, case_id: str, entry: dict[str, Any], split: str) ->
     entry["split"] = split
 
 
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(total: int, enabled: bool) -> Any:
+    if not enabled or total == 0:
+        return _NoProgress()  # no tqdm at all: it would start a monitor thread
     from tqdm.auto import tqdm
 
     return tqdm(

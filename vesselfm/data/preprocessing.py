@@ -9,6 +9,7 @@ Volumes are NumPy arrays in NIfTI voxel order ``(X, Y, Z)``; ``Z`` is the slice 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -122,6 +123,28 @@ def _integer_factors(src: Sequence[int], shape: Sequence[int]) -> tuple[int, ...
     return tuple(s // t for s, t in zip(src, shape, strict=True))
 
 
+# Integer volumes whose block sums stay exact in float32 (|sum| < 2**24): 16-bit values, blocks
+# of up to 256 voxels.
+_EXACT_BLOCK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16)
+
+
+def _block_mean(x: torch.Tensor, factors: Sequence[int]) -> torch.Tensor:
+    """Mean over non-overlapping blocks of ``factors`` voxels of a contiguous 3D integer volume
+    (float32): one strided add per block row, the integer input converted on the fly. The sums
+    are exact, so the result equals ``avg_pool3d`` (the same sum, divided by the block size)."""
+    out = x
+    for dim, k in enumerate(factors):
+        if k == 1:
+            continue
+        shape = list(out.shape)
+        blocks = out.view(*shape[:dim], shape[dim] // k, k, *shape[dim + 1 :])
+        acc = blocks.select(dim + 1, 0).to(torch.float32)
+        for j in range(1, k):
+            acc += blocks.select(dim + 1, j)
+        out = acc
+    return out.div_(math.prod(factors))
+
+
 def _resample(volume: np.ndarray | torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Resample a float volume: area averaging on shrinking axes (anti-aliased), trilinear on growing ones."""
     x = torch.as_tensor(volume)
@@ -130,20 +153,26 @@ def _resample(volume: np.ndarray | torch.Tensor, shape: Sequence[int]) -> torch.
         return x.to(torch.float32)
     perm = _memory_order(x)
     inverse = tuple(perm.index(d) for d in range(len(perm)))
-    x = x.permute(perm).to(torch.float32)[None, None]
-    src = tuple(x.shape[2:])
+    x = x.permute(perm)
+    src = tuple(x.shape)
     target = tuple(shape[d] for d in perm)
     shrink = tuple(min(s, t) for s, t in zip(src, target, strict=True))
-    if shrink != src:
+    factors = _integer_factors(src, shrink) if shrink != src else None
+    if factors is not None and x.dtype in _EXACT_BLOCK_DTYPES and math.prod(factors) <= 256:
         # Each output voxel is the mean of the input voxels it covers: the anti-aliasing that
-        # skimage.transform.resize(anti_aliasing=True) approximates with a blur. With whole-number
-        # factors that is avg_pool3d (the same windows as mode="area", about twice as fast).
-        factors = _integer_factors(src, shrink)
-        x = (
-            F.avg_pool3d(x, factors)
-            if factors is not None
-            else F.interpolate(x, size=shrink, mode="area")
-        )
+        # skimage.transform.resize(anti_aliasing=True) approximates with a blur. Whole-number
+        # factors on integers (CT in HU, labels): exact block sums, without a float copy of the
+        # whole scan first (about 2x faster than avg_pool3d, the same values).
+        x = _block_mean(x.contiguous(), factors)[None, None]
+    else:
+        x = x.to(torch.float32)[None, None]
+        if shrink != src:
+            # With whole-number factors avg_pool3d is mode="area" (the same windows, ~2x faster).
+            x = (
+                F.avg_pool3d(x, factors)
+                if factors is not None
+                else F.interpolate(x, size=shrink, mode="area")
+            )
     if shrink != target:
         x = F.interpolate(x, size=target, mode="trilinear", align_corners=False)
     return x[0, 0].permute(inverse)
@@ -160,16 +189,16 @@ def resample_probabilities(prob: np.ndarray | torch.Tensor, shape: Sequence[int]
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest box holding every nonzero voxel of ``mask`` (one slice per axis), ``None`` if empty."""
+    """The smallest box holding every nonzero voxel of a 3D ``mask`` (one slice per axis),
+    ``None`` if empty. One pass over the volume, then one over the (X, Y) box."""
     mask = np.asarray(mask)
-    box: list[slice] = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=others) if others else mask)
-        if hit.size == 0:
-            return None
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
+    plane = mask.any(axis=2)
+    xs = np.flatnonzero(plane.any(axis=1))
+    if xs.size == 0:
+        return None
+    ys = np.flatnonzero(plane.any(axis=0))
+    zs = np.flatnonzero(mask[xs[0] : xs[-1] + 1, ys[0] : ys[-1] + 1].any(axis=(0, 1)))
+    return tuple(slice(int(v[0]), int(v[-1]) + 1) for v in (xs, ys, zs))
 
 
 def resample_label(
@@ -183,7 +212,9 @@ def resample_label(
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"label threshold must be in (0, 1), got {threshold}")
-    binary = np.asarray(label) > 0
+    binary = np.asarray(label)
+    if binary.dtype != np.bool_:
+        binary = binary > 0
     shape = tuple(int(s) for s in shape)
     factors = _integer_factors(binary.shape, shape)
     if factors is None:

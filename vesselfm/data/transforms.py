@@ -173,11 +173,10 @@ def _slice_grid(affine: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
     cz = torch.from_numpy(np.arange(nz, dtype=np.float64) - (nz - 1) / 2.0)
     grid = torch.empty((nz, nx, ny, 2), dtype=torch.float32)
     for out, row, size in ((grid[..., 0], a[1], ny), (grid[..., 1], a[0], nx)):
-        # a sum of three broadcast terms (per x, per y, per z) in float64, stored as float32
-        term_x = (row[0] * 2.0 / size) * cx
+        # (per-z + per-x term) in float64, then one broadcast float32 add per grid value
+        term_zx = ((row[2] * cz + row[3])[:, None] + row[0] * cx[None, :]) * (2.0 / size)
         term_y = (row[1] * 2.0 / size) * cy
-        term_z = (row[2] * cz + row[3]) * 2.0 / size
-        out.copy_(term_z[:, None, None] + term_x[None, :, None] + term_y[None, None, :])
+        torch.add(term_zx.float()[:, :, None], term_y.float()[None, None, :], out=out)
     return grid
 
 
