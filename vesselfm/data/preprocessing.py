@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vesselfm.utils.config import checked_fields
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -60,13 +62,7 @@ class PreprocessConfig:
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> PreprocessConfig:
         """Build from a config mapping; unknown keys raise, listing the allowed ones."""
-        cfg = dict(cfg or {})
-        allowed = set(cls.__dataclass_fields__)
-        unknown = set(cfg) - allowed
-        if unknown:
-            raise ValueError(
-                f"unknown preprocess keys {sorted(unknown)}; allowed: {sorted(allowed)}"
-            )
+        cfg = checked_fields(cls, cfg, "preprocess")
         if cfg.get("target_spacing") is not None:
             cfg["target_spacing"] = tuple(cfg["target_spacing"])
         return cls(**cfg)

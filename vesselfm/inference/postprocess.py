@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from vesselfm.utils.config import checked_fields
+
 log = logging.getLogger(__name__)
 
 SIZE_UNITS = ("voxels", "mm3")
@@ -56,14 +58,7 @@ class PostprocessConfig:
         """Build from the ``inference.postprocess`` config; unknown keys raise, listing the allowed ones."""
         if isinstance(cfg, PostprocessConfig):
             return cfg
-        cfg = dict(cfg or {})
-        allowed = set(cls.__dataclass_fields__)
-        unknown = set(cfg) - allowed
-        if unknown:
-            raise ValueError(
-                f"unknown inference.postprocess keys {sorted(unknown)}; allowed: {sorted(allowed)}"
-            )
-        return cls(**cfg)
+        return cls(**checked_fields(cls, cfg, "inference.postprocess"))
 
     @property
     def enabled(self) -> bool:

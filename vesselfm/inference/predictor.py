@@ -44,6 +44,7 @@ from vesselfm.data.preprocessing import (
 from vesselfm.inference.postprocess import PostprocessConfig, postprocess_mask
 from vesselfm.inference.tta import LogitMerger, TTAConfig, augmentations, intensity_transform
 from vesselfm.utils.cli import UserError
+from vesselfm.utils.config import checked_fields
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +93,20 @@ class CPUConfig:
     def from_mapping(cls, cfg: Mapping[str, Any] | CPUConfig | None) -> CPUConfig:
         if isinstance(cfg, CPUConfig):
             return cfg
-        cfg = dict(cfg or {})
-        unknown = set(cfg) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(
-                f"unknown inference.cpu keys {sorted(unknown)}; allowed: {sorted(cls.__dataclass_fields__)}"
-            )
-        return cls(**cfg)
+        return cls(**checked_fields(cls, cfg, "inference.cpu"))
+
+
+def _parse_device(device: str | torch.device, key: str) -> torch.device:
+    """A concrete device for ``inference.<key>``; CUDA only where it exists."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"inference.{key} must be auto, cpu, cuda or cuda:N, got {device!r}") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"inference.{key}={device} but CUDA is not available here; use inference.{key}=auto or cpu"
+        )
+    return resolved
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device | None:
@@ -107,17 +115,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device | None:
         return None
     if isinstance(device, str) and device.strip().lower() == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"inference.device must be auto, cpu, cuda or cuda:N, got {device!r}"
-        ) from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            f"inference.device={device} but CUDA is not available here; use inference.device=auto or cpu"
-        )
-    return resolved
+    return _parse_device(device, "device")
 
 
 def network_device(network: nn.Module) -> torch.device:
@@ -235,17 +233,7 @@ class SlidingWindowPredictor:
     def _check_device(device: str | torch.device | None, key: str) -> str | torch.device | None:
         if device is None or (isinstance(device, str) and device.strip().lower() in {"auto", ""}):
             return None if device is None or key == "sw_device" else "auto"
-        try:
-            resolved = torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(
-                f"inference.{key} must be auto, cpu, cuda or cuda:N, got {device!r}"
-            ) from err
-        if resolved.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(
-                f"inference.{key}={device} but CUDA is not available here; use auto or cpu"
-            )
-        return resolved
+        return _parse_device(device, key)
 
     @classmethod
     def from_config(

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vesselfm.utils.config import checked_fields
+
 MERGE_MODES = ("mean", "max")
 
 
@@ -64,13 +66,7 @@ class TTAConfig:
         """Build from the ``inference.tta`` config; unknown keys raise, listing the allowed ones."""
         if isinstance(cfg, TTAConfig):
             return cfg
-        cfg = dict(cfg or {})
-        allowed = set(cls.__dataclass_fields__)
-        unknown = set(cfg) - allowed
-        if unknown:
-            raise ValueError(
-                f"unknown inference.tta keys {sorted(unknown)}; allowed: {sorted(allowed)}"
-            )
+        cfg = checked_fields(cls, cfg, "inference.tta")
         if cfg.get("scales") is not None:
             cfg["scales"] = tuple(cfg["scales"])
         return cls(**cfg)

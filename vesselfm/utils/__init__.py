@@ -1,8 +1,6 @@
-"""Small helpers shared by the entrypoints: CLI error handling, logging, atomic writes."""
+"""Small helpers shared by the package: ``cli`` (the entrypoints' start, logging and one-line
+errors), ``io`` (atomic writes), ``config`` (mapping → dataclass checks).
 
-from __future__ import annotations
-
-from vesselfm.utils.cli import UserError, hydra_entrypoint
-from vesselfm.utils.io import atomic_path
-
-__all__ = ["UserError", "atomic_path", "hydra_entrypoint"]
+Import the submodules directly; this package imports nothing, so that ``vesselfm.utils.io`` or
+``vesselfm.utils.config`` never pulls in Hydra.
+"""
