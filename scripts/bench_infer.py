@@ -326,9 +326,14 @@ def main() -> None:
         default=None,
         help="trained model=tiny weights for --quality (e.g. phantom_demo's best .ckpt) instead of fitting",
     )
-    parser.add_argument("--quality-cases", type=int, default=3, help="held-out phantoms for --quality")
     parser.add_argument(
-        "--quality-roi", type=int, default=128, help="full preset's window side for --quality (fast: x1.25)"
+        "--quality-cases", type=int, default=3, help="held-out phantoms for --quality"
+    )
+    parser.add_argument(
+        "--quality-roi",
+        type=int,
+        default=128,
+        help="full preset's window side for --quality (fast: x1.25)",
     )
     parser.add_argument(
         "--quality-shape",

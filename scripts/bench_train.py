@@ -36,11 +36,20 @@ def _prepared_set(root: Path, cases: int, shape: tuple[int, int, int]) -> Path:
     from vesselfm.data.prepare import prepare_dataset
 
     write_phantom_dataset(root / "raw", cases, shape=shape, seed=0, progress=False)
-    prepare_dataset(root / "raw", root / "prepared", split="random", split_ratios=(1.0, 0.0, 0.0), workers=1, progress=False)
+    prepare_dataset(
+        root / "raw",
+        root / "prepared",
+        split="random",
+        split_ratios=(1.0, 0.0, 0.0),
+        workers=1,
+        progress=False,
+    )
     return root / "prepared"
 
 
-def run(precision: str, args: argparse.Namespace, data_dir: Path, device: torch.device) -> dict[str, float]:
+def run(
+    precision: str, args: argparse.Namespace, data_dir: Path, device: torch.device
+) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from vesselfm.data import ImageCASDataModule
@@ -79,7 +88,11 @@ def run(precision: str, args: argparse.Namespace, data_dir: Path, device: torch.
         sync()
         t1 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        autocast = (
+            torch.autocast(device.type, dtype=dtype)
+            if dtype is not None
+            else contextlib.nullcontext()
+        )
         with autocast:
             loss = loss_fn(net(image), label)
         scaler.scale(loss).backward()
@@ -90,15 +103,25 @@ def run(precision: str, args: argparse.Namespace, data_dir: Path, device: torch.
         if step >= args.warmup:
             wait += t1 - t0
             total += t2 - t0
-    return {"steps_per_s": args.steps / total, "s_per_step": total / args.steps, "data_share": wait / total}
+    return {
+        "steps_per_s": args.steps / total,
+        "s_per_step": total / args.steps,
+        "data_share": wait / total,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="vesselfm_base", help="model config (vesselfm_base | tiny)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default="vesselfm_base", help="model config (vesselfm_base | tiny)"
+    )
     parser.add_argument("--patch", type=int, default=128, help="patch side in voxels")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 on a GPU, 3 on a CPU)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps (default: 20 on a GPU, 3 on a CPU)"
+    )
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     parser.add_argument("--cases", type=int, default=3)
@@ -108,9 +131,19 @@ def main() -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.steps = args.steps or (20 if device.type == "cuda" else 3)
-    precisions = args.precisions or (["32-true", "16-mixed", "bf16-mixed"] if device.type == "cuda" else ["32-true", "bf16-mixed"])
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; model={args.model}, patch {args.patch}^3, batch {args.batch}, {args.workers} loader worker(s)")
+    precisions = args.precisions or (
+        ["32-true", "16-mixed", "bf16-mixed"]
+        if device.type == "cuda"
+        else ["32-true", "bf16-mixed"]
+    )
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"device: {name}; model={args.model}, patch {args.patch}^3, batch {args.batch}, {args.workers} loader worker(s)"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = _prepared_set(Path(tmp), args.cases, tuple(args.shape))
@@ -119,7 +152,9 @@ def main() -> None:
     base = results[precisions[0]]["s_per_step"]
     print(f"{'precision':<12} {'steps/s':>8} {'s/step':>8} {'data share':>11} {'speed-up':>9}")
     for p, r in results.items():
-        print(f"{p:<12} {r['steps_per_s']:>8.3f} {r['s_per_step']:>8.2f} {r['data_share']:>10.1%} {base / r['s_per_step']:>8.2f}x")
+        print(
+            f"{p:<12} {r['steps_per_s']:>8.3f} {r['s_per_step']:>8.2f} {r['data_share']:>10.1%} {base / r['s_per_step']:>8.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     def _compose(name: str = "train", overrides: list[str] | None = None) -> DictConfig:
         GlobalHydra.instance().clear()
         with initialize_config_module(config_module="vesselfm.configs", version_base="1.3"):
-            cfg = compose(config_name=name, return_hydra_config=True, overrides=list(overrides or []))
+            cfg = compose(
+                config_name=name, return_hydra_config=True, overrides=list(overrides or [])
+            )
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = str(tmp_path / "run")
             cfg.hydra.runtime.cwd = str(tmp_path)
@@ -61,7 +63,9 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache / "hub"
 
 
-def _fill_hf_cache(cache: Path, repo_id: str, filename: str, state_dict: dict, revision: str = "main") -> Path:
+def _fill_hf_cache(
+    cache: Path, repo_id: str, filename: str, state_dict: dict, revision: str = "main"
+) -> Path:
     """Lay out a Hugging Face hub cache by hand, as ``hf_hub_download`` would have left it.
 
     ``<cache>/models--owner--repo/{refs/<revision>, snapshots/<commit>/<filename>}``.

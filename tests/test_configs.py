@@ -78,7 +78,9 @@ def test_callbacks_instantiate(compose_cfg, option):
 
 @pytest.mark.parametrize("option", [o for o in _options("trainer") if o != "ddp"] + ["ddp"])
 def test_trainers_instantiate_on_cpu(compose_cfg, option):
-    cfg = compose_cfg("train", [f"trainer={option}", "trainer.accelerator=cpu", "trainer.devices=1"])
+    cfg = compose_cfg(
+        "train", [f"trainer={option}", "trainer.accelerator=cpu", "trainer.devices=1"]
+    )
     overrides = {"precision": "32-true"} if "16" in str(cfg.trainer.get("precision")) else {}
     if option == "ddp":
         overrides["strategy"] = "auto"
@@ -103,4 +105,6 @@ def test_optimizer_is_partial(compose_cfg):
 
     cfg = compose_cfg("train")
     opt = instantiate(cfg.optimizer)(torch.nn.Linear(2, 2).parameters())
-    assert opt.defaults["lr"] == pytest.approx(1e-3) and opt.defaults["weight_decay"] == pytest.approx(0.1)
+    assert opt.defaults["lr"] == pytest.approx(1e-3) and opt.defaults[
+        "weight_decay"
+    ] == pytest.approx(0.1)

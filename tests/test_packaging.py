@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_subpackage_is_listed_in_pyproject():
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
     found = {
-        ".".join(p.parent.relative_to(ROOT).parts)
-        for p in (ROOT / "vesselfm").rglob("__init__.py")
+        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "vesselfm").rglob("__init__.py")
     } | {"vesselfm.configs"}
     assert found == listed
 
@@ -26,16 +28,42 @@ def test_wheel_ships_configs_and_runs_outside_the_checkout(tmp_path):
 
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(ROOT),
+        ],
         check=True,
         timeout=300,
     )
     (wheel,) = wheel_dir.glob("vesselfm-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for config in ("train.yaml", "model/vesselfm_base.yaml", "model/tiny.yaml", "hydra/default.yaml"):
+    for config in (
+        "train.yaml",
+        "model/vesselfm_base.yaml",
+        "model/tiny.yaml",
+        "hydra/default.yaml",
+    ):
         assert f"vesselfm/configs/{config}" in names, config
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
         check=True,
         timeout=300,
     )
@@ -43,12 +71,20 @@ def test_wheel_ships_configs_and_runs_outside_the_checkout(tmp_path):
     # -I would drop PYTHONPATH; -P keeps the cwd off sys.path, so only the installed wheel is found.
     proc = subprocess.run(
         [sys.executable, "-P", "-c", "import vesselfm.configs as c; print(c.__file__)"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert proc.stdout.strip().startswith(str(target)), proc.stdout
     proc = subprocess.run(
         [sys.executable, "-P", "-m", "vesselfm.train", "--help"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "experiment" in proc.stdout and "vesselfm_base" in proc.stdout

@@ -30,7 +30,9 @@ def prepare(cfg: DictConfig):  # -> vesselfm.data.prepare.PrepareSummary
     source = OmegaConf.to_container(source) if OmegaConf.is_list(source) else str(source)
     try:
         options = PrepareOptions(
-            preprocess=PreprocessConfig.from_mapping(OmegaConf.to_container(cfg.preprocess, resolve=True)),
+            preprocess=PreprocessConfig.from_mapping(
+                OmegaConf.to_container(cfg.preprocess, resolve=True)
+            ),
             label_threshold=float(cfg.label_threshold),
             image_dtype=str(cfg.image_dtype),
             affine_tolerance=float(cfg.affine_tolerance),
@@ -59,7 +61,9 @@ def main(cfg: DictConfig) -> None:
     summary = prepare(cfg)
     print("\n".join(summary.lines()))
     if summary.failed:
-        print(f"{len(summary.failed)} case(s) failed and were skipped (listed above and in {summary.output}/manifest.json)")
+        print(
+            f"{len(summary.failed)} case(s) failed and were skipped (listed above and in {summary.output}/manifest.json)"
+        )
 
 
 if __name__ == "__main__":

@@ -129,17 +129,33 @@ def run_demo(cfg: DictConfig, net: Any, datamodule: Any, cases: int) -> list[dic
         return []
     out_dir = Path(cfg.paths.output_dir) / "demo"
     inference = OmegaConf.to_container(cfg.inference, resolve=True)
-    predictor = SlidingWindowPredictor.from_config(net, inference, preprocess=datamodule.preprocess, progress=False)
+    predictor = SlidingWindowPredictor.from_config(
+        net, inference, preprocess=datamodule.preprocess, progress=False
+    )
     results = []
     for case_id, entry in tests[:cases]:
         image = Path(entry["image_source"])
         if not image.is_file():
             log.warning("demo: case %s has no scan on disk (%s); skipped", case_id, image)
             continue
-        written = predictor.predict_file(image, out_dir, save_mesh=True, overwrite=True, case=case_id)
-        views = visualise_case(written["pred"], out_dir, gt_path=entry["original_label"], image_path=image, case_id=case_id)
+        written = predictor.predict_file(
+            image, out_dir, save_mesh=True, overwrite=True, case=case_id
+        )
+        views = visualise_case(
+            written["pred"],
+            out_dir,
+            gt_path=entry["original_label"],
+            image_path=image,
+            case_id=case_id,
+        )
         results.append({**written, "views": views})
-        log.info("demo case %s: mask %s, mesh %s, 3D view %s", case_id, written["pred"], written.get("mesh"), views.get("html"))
+        log.info(
+            "demo case %s: mask %s, mesh %s, 3D view %s",
+            case_id,
+            written["pred"],
+            written.get("mesh"),
+            views.get("html"),
+        )
     return results
 
 
@@ -148,7 +164,11 @@ def main(cfg: DictConfig) -> float | None:
     """CLI: train and/or test, print where the results are, return the monitored metric."""
     metrics, objects = train(cfg)
     out = Path(cfg.paths.output_dir)
-    shown = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/")) and k.split("/")[1] in {"dice", "cldice"}}
+    shown = {
+        k: v
+        for k, v in metrics.items()
+        if k.startswith(("val/", "test/")) and k.split("/")[1] in {"dice", "cldice"}
+    }
     lines = [f"run directory: {out}"]
     if shown:
         lines.append("metrics: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(shown.items())))
@@ -158,7 +178,9 @@ def main(cfg: DictConfig) -> float | None:
     if (out / "summary.md").is_file():
         lines.append(f"test metric table: {out / 'summary.md'} (per case: {out / 'metrics.csv'})")
     for result in objects.get("demo", []):
-        lines.append(f"demo segmentation: {result['pred']} (mesh {result.get('mesh')}, 3D view {result['views'].get('html')})")
+        lines.append(
+            f"demo segmentation: {result['pred']} (mesh {result.get('mesh')}, 3D view {result['views'].get('html')})"
+        )
     print("\n".join(lines), flush=True)
     monitored = cfg.get("optimized_metric")
     return metrics.get(monitored) if monitored else None

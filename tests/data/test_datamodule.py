@@ -20,12 +20,16 @@ from vesselfm.data.transforms import DEFAULT_AUGMENTATIONS
 def prepared(phantom_source, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared")
     options = PrepareOptions(preprocess=PreprocessConfig(in_plane_size=None))
-    prepare_dataset(phantom_source, out, split="random", seed=0, options=options, workers=1, progress=False)
+    prepare_dataset(
+        phantom_source, out, split="random", seed=0, options=options, workers=1, progress=False
+    )
     return out
 
 
 def test_train_batches_have_the_contracted_shapes_and_values(prepared):
-    dm = ImageCASDataModule(prepared, patch_size=(32, 32, 24), batch_size=3, num_workers=0, samples_per_epoch=6)
+    dm = ImageCASDataModule(
+        prepared, patch_size=(32, 32, 24), batch_size=3, num_workers=0, samples_per_epoch=6
+    )
     dm.setup("fit")
     assert dm.preprocess == PreprocessConfig(in_plane_size=None)
     batches = list(dm.train_dataloader())
@@ -56,9 +60,13 @@ def test_val_and_test_batches_are_whole_volumes_with_native_geometry(prepared):
             img = np.load(prepared / e["image"])
             expected = normalize_intensity(img, tuple(e["intensity_range"]), dm.preprocess)
             np.testing.assert_allclose(b["image"][0, 0].numpy(), expected)
-            assert b["spacing"].shape == (1, 3) and b["original_shape"].tolist() == [e["original_shape"]]
+            assert b["spacing"].shape == (1, 3) and b["original_shape"].tolist() == [
+                e["original_shape"]
+            ]
             np.testing.assert_allclose(b["original_spacing"][0].numpy(), e["original_spacing"])
-            assert b["original_label"] == [e["original_label"]] and Path(e["original_label"]).is_file()
+            assert (
+                b["original_label"] == [e["original_label"]] and Path(e["original_label"]).is_file()
+            )
 
 
 def _centre_is_vessel(ds, n: int) -> float:
@@ -70,10 +78,19 @@ def _centre_is_vessel(ds, n: int) -> float:
     return hits / n
 
 
-@pytest.mark.parametrize(("ratio", "low", "high"), [(1.0, 0.97, 1.0), (0.5, 0.4, 0.62), (0.0, 0.0, 0.05)])
+@pytest.mark.parametrize(
+    ("ratio", "low", "high"), [(1.0, 0.97, 1.0), (0.5, 0.4, 0.62), (0.0, 0.0, 0.05)]
+)
 def test_configured_foreground_share(prepared, ratio, low, high):
     torch.manual_seed(0)
-    dm = ImageCASDataModule(prepared, patch_size=(16, 16, 16), num_workers=0, foreground_ratio=ratio, augment=False, samples_per_epoch=400)
+    dm = ImageCASDataModule(
+        prepared,
+        patch_size=(16, 16, 16),
+        num_workers=0,
+        foreground_ratio=ratio,
+        augment=False,
+        samples_per_epoch=400,
+    )
     dm.setup("fit")
     share = _centre_is_vessel(dm.train_set, 400)
     assert low <= share <= high, share
@@ -81,7 +98,9 @@ def test_configured_foreground_share(prepared, ratio, low, high):
 
 def test_crops_come_from_the_memory_map_and_pad_outside():
     vol = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
-    np.testing.assert_array_equal(read_region(vol, (1, 1, 1), (2, 2, 2), pad_value=-1), vol[1:3, 1:3, 1:3])
+    np.testing.assert_array_equal(
+        read_region(vol, (1, 1, 1), (2, 2, 2), pad_value=-1), vol[1:3, 1:3, 1:3]
+    )
     out = read_region(vol, (-1, 3, 4), (3, 3, 3), pad_value=-7)
     assert out.shape == (3, 3, 3)
     np.testing.assert_array_equal(out[1:, :2, :2], vol[0:2, 3:5, 4:6])
@@ -89,7 +108,15 @@ def test_crops_come_from_the_memory_map_and_pad_outside():
 
 
 def test_workers_give_different_crops_and_num_shots_limits_cases(prepared):
-    dm = ImageCASDataModule(prepared, patch_size=(16, 16, 16), batch_size=4, num_workers=2, samples_per_epoch=8, persistent_workers=False, num_shots=2)
+    dm = ImageCASDataModule(
+        prepared,
+        patch_size=(16, 16, 16),
+        batch_size=4,
+        num_workers=2,
+        samples_per_epoch=8,
+        persistent_workers=False,
+        num_shots=2,
+    )
     dm.setup("fit")
     assert [c.case_id for c in dm.train_set.cases] == [c.case_id for c in dm._cases["train"][:2]]
     a, b = list(dm.train_dataloader())
@@ -97,7 +124,9 @@ def test_workers_give_different_crops_and_num_shots_limits_cases(prepared):
 
 
 def test_yaml_augmentation_is_the_published_pipeline():
-    cfg = yaml.safe_load((Path(str(files("vesselfm.configs"))) / "data" / "imagecas.yaml").read_text())
+    cfg = yaml.safe_load(
+        (Path(str(files("vesselfm.configs"))) / "data" / "imagecas.yaml").read_text()
+    )
     assert cfg["augment"] == DEFAULT_AUGMENTATIONS
     with pytest.raises(ValueError, match="_target_"):
         ImageCASDataModule("unused", augment=[{"keys": ["image"]}])
@@ -114,12 +143,29 @@ def test_missing_prepared_set_names_the_command(tmp_path):
 def test_phantom_datamodule_from_the_configs(compose_cfg, tmp_path):
     from hydra.utils import instantiate
 
-    cfg = compose_cfg("train", ["data=phantom", "data.n_train=2", "data.n_val=1", "data.n_test=1", "data.shape=[48,48,40]", "data.num_workers=0", "data.patch_size=[32,32,32]", "data.samples_per_epoch=4"])
+    cfg = compose_cfg(
+        "train",
+        [
+            "data=phantom",
+            "data.n_train=2",
+            "data.n_val=1",
+            "data.n_test=1",
+            "data.shape=[48,48,40]",
+            "data.num_workers=0",
+            "data.patch_size=[32,32,32]",
+            "data.samples_per_epoch=4",
+        ],
+    )
     dm = instantiate(cfg.data, _recursive_=False)
     assert isinstance(dm, PhantomDataModule) and dm.preprocess.in_plane_size is None
     dm.prepare_data()
     manifest = load_manifest(Path(cfg.paths.output_dir) / "phantoms" / "prepared")
-    assert {cid: e["split"] for cid, e in manifest["cases"].items()} == {"1": "train", "2": "train", "3": "val", "4": "test"}
+    assert {cid: e["split"] for cid, e in manifest["cases"].items()} == {
+        "1": "train",
+        "2": "train",
+        "3": "val",
+        "4": "test",
+    }
     assert manifest["split"]["mode"] == "official"
     dm.setup("fit")
     b = next(iter(dm.train_dataloader()))

@@ -40,7 +40,10 @@ def test_imagecas_layout_recursive_with_duplicates_skipped(tmp_path, caplog):
     assert found.cases[0].image.path.endswith("1-200/1.img.nii.gz")
     reasons = dict(found.skipped)
     assert reasons[str(tmp_path / "1-200 (1)")] == "duplicate-marked folder"
-    assert reasons[str((tmp_path / "201-400" / "202.img (1).nii.gz").resolve())] == "duplicate-marked copy"
+    assert (
+        reasons[str((tmp_path / "201-400" / "202.img (1).nii.gz").resolve())]
+        == "duplicate-marked copy"
+    )
     assert "no image file" in reasons[str((tmp_path / "201-400" / "202.label.nii.gz").resolve())]
     assert "duplicate-marked" in caplog.text
 
@@ -74,7 +77,9 @@ def test_zip_archive_and_zip_inside_a_folder(tmp_path):
     assert found.cases[0].image.member is None and found.cases[1].image.member is not None
 
 
-@pytest.mark.skipif(shutil.which("zip") is None, reason="needs Info-ZIP's zip to build a split archive")
+@pytest.mark.skipif(
+    shutil.which("zip") is None, reason="needs Info-ZIP's zip to build a split archive"
+)
 def test_multipart_download_is_refused_with_the_fix(tmp_path):
     src = tmp_path / "src" / "1-200"
     src.mkdir(parents=True)
@@ -85,7 +90,11 @@ def test_multipart_download_is_refused_with_the_fix(tmp_path):
         (src / f"{i}.label.nii.gz").write_bytes(os.urandom(50_000))
     dl = tmp_path / "download"
     dl.mkdir()
-    subprocess.run(["zip", "-q", "-r", "-s", "100k", str(dl / "1-200.zip"), "1-200"], cwd=src.parent, check=True)
+    subprocess.run(
+        ["zip", "-q", "-r", "-s", "100k", str(dl / "1-200.zip"), "1-200"],
+        cwd=src.parent,
+        check=True,
+    )
     (dl / "1-200.zip").rename(dl / "1-200.change2zip")  # as Kaggle ships it
     with pytest.raises(ValueError, match="multi-part zip.*ImageCASDataSetPrep.md"):
         discover_cases(dl)
@@ -97,7 +106,11 @@ def test_multipart_download_is_refused_with_the_fix(tmp_path):
         discover_cases(joined)
     # the documented way: rename the last part to .zip, then zip -s 0 joins them into one archive
     (dl / "1-200.change2zip").rename(dl / "1-200.zip")
-    subprocess.run(["zip", "-q", "-s", "0", "1-200.zip", "--out", str(tmp_path / "joined.zip")], cwd=dl, check=True)
+    subprocess.run(
+        ["zip", "-q", "-s", "0", "1-200.zip", "--out", str(tmp_path / "joined.zip")],
+        cwd=dl,
+        check=True,
+    )
     assert [c.case_id for c in discover_cases(tmp_path / "joined.zip").cases] == ["1", "2"]
 
 
@@ -111,7 +124,10 @@ def test_no_pairs_is_a_clear_error(tmp_path):
 
 def _official_rows(n: int = 1000) -> list[list[object]]:
     """A table shaped like ImageCAS's v2 sheet: a title row, then FileName + Split-1..Split-4."""
-    rows: list[list[object]] = [["ImageCAS data split"], ["FileName", "Split-1", "Split-2", "Split-3", "Split-4"]]
+    rows: list[list[object]] = [
+        ["ImageCAS data split"],
+        ["FileName", "Split-1", "Split-2", "Split-3", "Split-4"],
+    ]
     for i in range(1, n + 1):
         s1 = "Training" if i <= 700 else "Val" if i <= 750 else "Testing"
         s2 = "Testing" if i <= 250 else "Val" if i <= 300 else "Training"
@@ -146,7 +162,9 @@ def test_official_split_from_xlsx_picks_the_matching_sheet(tmp_path):
 
 def test_official_split_from_csv_export(tmp_path):
     path = tmp_path / "split.csv"
-    path.write_text("id,fold_1,fold_2\n1,train,test\n2,validation,train\n3,test,train\n4.img.nii.gz,train,val\n")
+    path.write_text(
+        "id,fold_1,fold_2\n1,train,test\n2,validation,train\n3,test,train\n4.img.nii.gz,train,val\n"
+    )
     table, _ = read_official_split(path, fold=1)
     assert table == {"1": "train", "2": "val", "3": "test", "4": "train"}
     bad = tmp_path / "bad.csv"
@@ -160,7 +178,11 @@ def test_official_split_from_csv_export(tmp_path):
 def test_random_split_is_80_10_10_reproducible_and_order_free():
     ids = [str(i) for i in range(1, 101)]
     a = random_split(ids, seed=3)
-    assert {s: sum(v == s for v in a.values()) for s in ("train", "val", "test")} == {"train": 80, "val": 10, "test": 10}
+    assert {s: sum(v == s for v in a.values()) for s in ("train", "val", "test")} == {
+        "train": 80,
+        "val": 10,
+        "test": 10,
+    }
     assert random_split(list(reversed(ids)), seed=3) == a
     assert random_split(ids, seed=4) != a
     small = random_split(["1", "2", "3", "4", "5"], seed=0)

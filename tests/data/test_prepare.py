@@ -27,7 +27,9 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def test_random_split_layout_and_manifest(phantom_source, tmp_path):
     out = tmp_path / "prepared"
-    summary = prepare_dataset(phantom_source, out, split="random", seed=1, options=SMALL, workers=1, progress=False)
+    summary = prepare_dataset(
+        phantom_source, out, split="random", seed=1, options=SMALL, workers=1, progress=False
+    )
     assert summary.per_split == {"train": 4, "val": 1, "test": 1} and not summary.failed
     m = load_manifest(out)
     assert m["preprocess"] == SMALL.preprocess.to_dict()
@@ -42,7 +44,9 @@ def test_random_split_layout_and_manifest(phantom_source, tmp_path):
         assert e["original_shape"] == [64, 64, 48]
         src = nib.load(e["image_source"])
         np.testing.assert_allclose(e["original_affine"], src.affine)
-        assert e["label_voxels"] == int(np.count_nonzero(np.asarray(nib.load(e["label_source"]).dataobj)))
+        assert e["label_voxels"] == int(
+            np.count_nonzero(np.asarray(nib.load(e["label_source"]).dataobj))
+        )
         assert e["intensity_range"] == list(intensity_range(img, SMALL.preprocess))
         assert 0.8 < e["round_trip_dice"] <= 1.0
         fg = np.load(out / e["fg"])
@@ -56,21 +60,60 @@ def test_official_split_from_xlsx_and_csv(phantom_source, tmp_path):
     ws = wb.active
     ws.title = "v2-latest"
     ws.append(["FileName", "Split-1", "Split-2"])
-    for i, (s1, s2) in enumerate([("Training", "Testing"), ("Training", "Val"), ("Training", "Training"), ("Val", "Training"), ("Testing", "Training")], start=1):
+    for i, (s1, s2) in enumerate(
+        [
+            ("Training", "Testing"),
+            ("Training", "Val"),
+            ("Training", "Training"),
+            ("Val", "Training"),
+            ("Testing", "Training"),
+        ],
+        start=1,
+    ):
         ws.append([i, s1, s2])  # case 6 is not listed: reported, not prepared
     xlsx = tmp_path / "imageCAS_data_split.xlsx"
     wb.save(xlsx)
     out = tmp_path / "official"
-    s = prepare_dataset(phantom_source, out, split="official", split_file=xlsx, fold=1, options=SMALL, workers=1, progress=False)
+    s = prepare_dataset(
+        phantom_source,
+        out,
+        split="official",
+        split_file=xlsx,
+        fold=1,
+        options=SMALL,
+        workers=1,
+        progress=False,
+    )
     assert s.per_split == {"train": 3, "val": 1, "test": 1} and s.not_in_split == ["6"]
     m = load_manifest(out)
-    assert m["split"] == {"mode": "official", "fold": 1, "seed": None, "split_file": str(xlsx.resolve()), "sheet": "v2-latest"}
+    assert m["split"] == {
+        "mode": "official",
+        "fold": 1,
+        "seed": None,
+        "split_file": str(xlsx.resolve()),
+        "sheet": "v2-latest",
+    }
     assert (out / "val" / "4" / "img.npy").is_file() and (out / "test" / "5" / "mask.npy").is_file()
 
     # The CSV export, fold 2, into the same folder: finished cases are moved, not recomputed.
     csv = tmp_path / "split.csv"
-    csv.write_text("id,fold_1,fold_2\n" + "".join(f"{i},train,{v}\n" for i, v in enumerate(["test", "val", "train", "train", "train", "train"], 1)))
-    s2 = prepare_dataset(phantom_source, out, split="official", split_file=csv, fold=2, options=SMALL, workers=1, progress=False)
+    csv.write_text(
+        "id,fold_1,fold_2\n"
+        + "".join(
+            f"{i},train,{v}\n"
+            for i, v in enumerate(["test", "val", "train", "train", "train", "train"], 1)
+        )
+    )
+    s2 = prepare_dataset(
+        phantom_source,
+        out,
+        split="official",
+        split_file=csv,
+        fold=2,
+        options=SMALL,
+        workers=1,
+        progress=False,
+    )
     assert sorted(s2.skipped) == ["1", "2", "3", "4", "5"] and s2.prepared == ["6"]
     assert s2.per_split == {"train": 4, "val": 1, "test": 1}
     m2 = load_manifest(out)
@@ -80,7 +123,9 @@ def test_official_split_from_xlsx_and_csv(phantom_source, tmp_path):
 
 def test_resume_after_a_crash_mid_case(phantom_source, tmp_path):
     out = tmp_path / "prepared"
-    prepare_dataset(phantom_source, out, split="random", seed=0, options=SMALL, workers=1, progress=False)
+    prepare_dataset(
+        phantom_source, out, split="random", seed=0, options=SMALL, workers=1, progress=False
+    )
     m = load_manifest(out)
     # A crash while case 2 was being written: its entry never reached the manifest, a temp file
     # was left behind and its mask is half-written; case 3's image is truncated on disk.
@@ -90,14 +135,20 @@ def test_resume_after_a_crash_mid_case(phantom_source, tmp_path):
     (case2 / "mask.npy").write_bytes((case2 / "mask.npy").read_bytes()[:100])
     (out / e3["image"]).write_bytes((out / e3["image"]).read_bytes()[:200])
     (out / "manifest.json").write_text(json.dumps(m))
-    before = {cid: (out / e["image"]).stat().st_mtime_ns for cid, e in m["cases"].items() if cid != "3"}
+    before = {
+        cid: (out / e["image"]).stat().st_mtime_ns for cid, e in m["cases"].items() if cid != "3"
+    }
 
-    s = prepare_dataset(phantom_source, out, split="random", seed=0, options=SMALL, workers=1, progress=False)
+    s = prepare_dataset(
+        phantom_source, out, split="random", seed=0, options=SMALL, workers=1, progress=False
+    )
     assert sorted(s.prepared) == ["2", "3"]
     assert sorted(s.skipped) == ["1", "4", "5", "6"]
     assert not list(case2.glob(".*tmp*"))
     m2 = load_manifest(out)
-    assert np.load(out / m2["cases"]["2"]["mask"]).shape == tuple(m2["cases"]["2"]["prepared_shape"])
+    assert np.load(out / m2["cases"]["2"]["mask"]).shape == tuple(
+        m2["cases"]["2"]["prepared_shape"]
+    )
     assert np.load(out / m2["cases"]["3"]["image"]).shape == (48, 48, 48)
     after = {cid: (out / m2["cases"][cid]["image"]).stat().st_mtime_ns for cid in before}
     assert after == before  # finished cases untouched
@@ -105,10 +156,14 @@ def test_resume_after_a_crash_mid_case(phantom_source, tmp_path):
 
 def test_changed_settings_are_refused(phantom_source, tmp_path):
     out = tmp_path / "prepared"
-    prepare_dataset(phantom_source, out, split="random", options=SMALL, workers=1, limit=2, progress=False)
+    prepare_dataset(
+        phantom_source, out, split="random", options=SMALL, workers=1, limit=2, progress=False
+    )
     other = PrepareOptions(preprocess=PreprocessConfig(in_plane_size=32))
     with pytest.raises(ValueError, match="output=.*prepared with preprocess="):
-        prepare_dataset(phantom_source, out, split="random", options=other, workers=1, limit=2, progress=False)
+        prepare_dataset(
+            phantom_source, out, split="random", options=other, workers=1, limit=2, progress=False
+        )
 
 
 def _write(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
@@ -143,25 +198,43 @@ def test_bad_cases_are_reported_and_skipped(phantom_source, tmp_path):
     data5[3, 3, 3] = np.nan
     _write(d / "5.img.nii.gz", data5, img5.affine)
     # 6 stays good; workers=2 runs the process pool
-    s = prepare_dataset(raw, tmp_path / "out", split="random", options=SMALL, workers=2, progress=False)
+    s = prepare_dataset(
+        raw, tmp_path / "out", split="random", options=SMALL, workers=2, progress=False
+    )
     reasons = {cid: f["reason"] for cid, f in s.failed.items()}
     assert sorted(reasons) == ["1", "2", "3", "4", "5"] and s.total == 1
     assert "1.img.nii.gz" in reasons["1"] and "unreadable or truncated" in reasons["1"]
     assert "2.label.nii.gz" in reasons["2"] and "shape (64, 64, 40) differs" in reasons["2"]
-    assert "3.label.nii.gz" in reasons["3"] and "affine differs from the image's by up to 2 mm" in reasons["3"]
+    assert (
+        "3.label.nii.gz" in reasons["3"]
+        and "affine differs from the image's by up to 2 mm" in reasons["3"]
+    )
     assert "4.label.nii.gz" in reasons["4"] and "not binary, values 0, 2" in reasons["4"]
     assert "5.img.nii.gz" in reasons["5"] and "NaN" in reasons["5"]
     m = load_manifest(tmp_path / "out")
     assert list(m["cases"]) == ["6"] and sorted(m["failed"]) == ["1", "2", "3", "4", "5"]
-    assert not any((tmp_path / "out" / split / cid).exists() for split in ("train", "val", "test") for cid in m["failed"])
+    assert not any(
+        (tmp_path / "out" / split / cid).exists()
+        for split in ("train", "val", "test")
+        for cid in m["failed"]
+    )
 
 
-def _to_grid(volume: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, shape) -> np.ndarray:
+def _to_grid(
+    volume: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, shape
+) -> np.ndarray:
     """Resample ``volume`` (voxel → world by ``src_affine``) onto a grid (``dst_affine``, ``shape``)
     with scipy, independently of vesselfm's own resampling."""
     # world = src @ i_src = dst @ i_dst  →  i_src = inv(src) @ dst @ i_dst
     m = np.linalg.inv(src_affine) @ dst_affine
-    return ndimage.affine_transform(volume.astype(np.float32), m[:3, :3], offset=m[:3, 3], output_shape=tuple(shape), order=1, mode="nearest")
+    return ndimage.affine_transform(
+        volume.astype(np.float32),
+        m[:3, :3],
+        offset=m[:3, 3],
+        output_shape=tuple(shape),
+        order=1,
+        mode="nearest",
+    )
 
 
 @pytest.mark.parametrize(
@@ -171,12 +244,30 @@ def _to_grid(volume: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray,
 )
 def test_manifest_geometry_maps_the_prepared_label_back(phantom_source, tmp_path, preprocess):
     out = tmp_path / "prepared"
-    prepare_dataset(phantom_source, out, split="random", options=PrepareOptions(preprocess=preprocess), workers=1, limit=3, progress=False)
+    prepare_dataset(
+        phantom_source,
+        out,
+        split="random",
+        options=PrepareOptions(preprocess=preprocess),
+        workers=1,
+        limit=3,
+        progress=False,
+    )
     for e in load_manifest(out)["cases"].values():
         mask = np.load(out / e["mask"])
         assert tuple(e["prepared_shape"]) != tuple(e["original_shape"])
-        np.testing.assert_allclose(e["prepared_spacing"], np.linalg.norm(np.asarray(e["prepared_affine"])[:3, :3], axis=0))
-        back = _to_grid(mask, np.asarray(e["prepared_affine"]), np.asarray(e["original_affine"]), e["original_shape"]) >= 0.5
+        np.testing.assert_allclose(
+            e["prepared_spacing"], np.linalg.norm(np.asarray(e["prepared_affine"])[:3, :3], axis=0)
+        )
+        back = (
+            _to_grid(
+                mask,
+                np.asarray(e["prepared_affine"]),
+                np.asarray(e["original_affine"]),
+                e["original_shape"],
+            )
+            >= 0.5
+        )
         original = np.asarray(nib.load(e["original_label"]).dataobj) > 0
         assert dice(back, original) > 0.8
         if np.all(np.asarray(e["prepared_shape"]) <= np.asarray(e["original_shape"])):
@@ -197,21 +288,42 @@ def test_zip_source_keeps_a_copy_of_the_label(phantom_source, tmp_path):
         assert e["image_source"].startswith(f"{archive}::1-200/")
         copy = out / e["original_label"]
         assert copy.is_file() and not Path(e["original_label"]).is_absolute()
-        assert np.array_equal(np.asarray(nib.load(copy).dataobj), np.asarray(nib.load(phantom_source / e["label_source"].split("::")[1]).dataobj))
+        assert np.array_equal(
+            np.asarray(nib.load(copy).dataobj),
+            np.asarray(nib.load(phantom_source / e["label_source"].split("::")[1]).dataobj),
+        )
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vesselfm.prepare", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "vesselfm.prepare", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_help(tmp_path):
     r = _cli("--help", cwd=tmp_path)
     assert r.returncode == 0
-    assert "source=<folder or zip> output=<dir>" in r.stdout and "split_file" in r.stdout and "workers" in r.stdout
+    assert (
+        "source=<folder or zip> output=<dir>" in r.stdout
+        and "split_file" in r.stdout
+        and "workers" in r.stdout
+    )
 
 
 def test_cli_prepares_and_fails_cleanly_when_no_case_survives(phantom_source, tmp_path):
-    r = _cli(f"source={phantom_source}", f"output={tmp_path / 'ok'}", "preprocess.in_plane_size=48", "workers=1", "limit=2", "progress=false", cwd=tmp_path)
+    r = _cli(
+        f"source={phantom_source}",
+        f"output={tmp_path / 'ok'}",
+        "preprocess.in_plane_size=48",
+        "workers=1",
+        "limit=2",
+        "progress=false",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "round-trip Dice" in r.stdout and "2 ready" in r.stdout
 
@@ -220,10 +332,18 @@ def test_cli_prepares_and_fails_cleanly_when_no_case_survives(phantom_source, tm
     for i in (1, 2):
         (raw / f"{i}.img.nii.gz").write_bytes(b"not a nifti")
         (raw / f"{i}.label.nii.gz").write_bytes(b"not a nifti")
-    r = _cli(f"source={raw.parent}", f"output={tmp_path / 'bad'}", "workers=1", "progress=false", cwd=tmp_path)
+    r = _cli(
+        f"source={raw.parent}",
+        f"output={tmp_path / 'bad'}",
+        "workers=1",
+        "progress=false",
+        cwd=tmp_path,
+    )
     assert r.returncode == 2
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "no case could be prepared" in errors[0] and "unreadable" in errors[0]
+    assert (
+        len(errors) == 1 and "no case could be prepared" in errors[0] and "unreadable" in errors[0]
+    )
     assert "Traceback" not in r.stderr
 
 
@@ -251,7 +371,9 @@ def test_round_trip_dice_around_the_vessels_equals_the_whole_grid(shape, small, 
     label = np.zeros(shape, dtype=bool)
     if where != "empty":
         lo = (0, 0, 0) if where == "border" else (10, 7, 4)
-        label[lo[0] : lo[0] + 21, lo[1] : lo[1] + 17, lo[2] : lo[2] + 9] = rng.random((21, 17, 9)) < 0.5
+        label[lo[0] : lo[0] + 21, lo[1] : lo[1] + 17, lo[2] : lo[2] + 9] = (
+            rng.random((21, 17, 9)) < 0.5
+        )
     mask = resample_label(label, small)
     assert round_trip_dice(label, mask) == _full_round_trip(label, mask)
     assert round_trip_dice(label, mask, int(label.sum())) == _full_round_trip(label, mask)
@@ -288,9 +410,13 @@ def test_forked_and_spawned_workers_prepare_the_same_files(phantom_source, tmp_p
         return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.npy"))}
 
     one = tmp_path / "one"
-    prepare_dataset(phantom_source, one, split="random", options=SMALL, workers=1, limit=2, progress=False)
+    prepare_dataset(
+        phantom_source, one, split="random", options=SMALL, workers=1, limit=2, progress=False
+    )
     forked = tmp_path / "forked"
-    prepare_dataset(phantom_source, forked, split="random", options=SMALL, workers=2, limit=2, progress=False)
+    prepare_dataset(
+        phantom_source, forked, split="random", options=SMALL, workers=2, limit=2, progress=False
+    )
     from vesselfm.data.prepare import _pool_context
 
     if sys.platform.startswith("linux"):  # earlier runs leave no thread behind: fork again
@@ -303,13 +429,24 @@ def test_forked_and_spawned_workers_prepare_the_same_files(phantom_source, tmp_p
     try:
         assert _pool_context()[0].get_start_method() == "spawn"
         spawned = tmp_path / "spawned"
-        prepare_dataset(phantom_source, spawned, split="random", options=SMALL, workers=2, limit=2, progress=False)
+        prepare_dataset(
+            phantom_source,
+            spawned,
+            split="random",
+            options=SMALL,
+            workers=2,
+            limit=2,
+            progress=False,
+        )
     finally:
         stop.set()
         thread.join()
     assert files(one) == files(forked) == files(spawned) and len(files(one)) == 6
 
     def entries(out: Path) -> dict[str, dict]:
-        return {cid: {k: v for k, v in e.items() if k != "seconds"} for cid, e in load_manifest(out)["cases"].items()}
+        return {
+            cid: {k: v for k, v in e.items() if k != "seconds"}
+            for cid, e in load_manifest(out)["cases"].items()
+        }
 
     assert entries(one) == entries(forked) == entries(spawned)

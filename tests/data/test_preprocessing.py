@@ -25,7 +25,9 @@ def test_normalisation_matches_monai_percentile_scaling():
     volume = rng.normal(0, 200, size=(24, 20, 16)).astype(np.float32)
     cfg = PreprocessConfig()
     ours = normalize_intensity(volume, intensity_range(volume, cfg), cfg)
-    ref = ScaleIntensityRangePercentiles(lower=1, upper=99, b_min=0, b_max=1, clip=True)(volume[None])[0]
+    ref = ScaleIntensityRangePercentiles(lower=1, upper=99, b_min=0, b_max=1, clip=True)(
+        volume[None]
+    )[0]
     np.testing.assert_allclose(ours, np.asarray(ref), atol=1e-5)
     torch_out = normalize_intensity(torch.from_numpy(volume), intensity_range(volume, cfg), cfg)
     np.testing.assert_allclose(torch_out.numpy(), ours, atol=1e-6)
@@ -49,7 +51,10 @@ def test_target_shape(cfg, expected):
     assert target_shape((512, 512, 230), (0.35, 0.35, 0.5), cfg) == expected
 
 
-@pytest.mark.parametrize("bad", [{"lower": 99, "upper": 1}, {"target_spacing": (1, 1)}, {"in_plane_size": 2}, {"nope": 1}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"lower": 99, "upper": 1}, {"target_spacing": (1, 1)}, {"in_plane_size": 2}, {"nope": 1}],
+)
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ValueError, match="preprocess"):
         PreprocessConfig.from_mapping(bad)
@@ -64,7 +69,9 @@ def test_resampled_affine_keeps_field_of_view():
     # The outer voxel faces (corners of the field of view) map to the same world points.
     for corner in ([-0.5, -0.5, -0.5], [s - 0.5 for s in shape]):
         old_world = affine @ np.r_[corner, 1.0]
-        new_corner = [(c + 0.5) * n / s - 0.5 for c, n, s in zip(corner, new_shape, shape)]
+        new_corner = [
+            (c + 0.5) * n / s - 0.5 for c, n, s in zip(corner, new_shape, shape, strict=True)
+        ]
         np.testing.assert_allclose(new @ np.r_[new_corner, 1.0], old_world, atol=1e-9)
 
 
@@ -99,7 +106,9 @@ def _area(volume: np.ndarray, shape) -> np.ndarray:
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
-@pytest.mark.parametrize("shape", [(16, 12, 10), (8, 6, 10), (11, 7, 10)], ids=["x2", "x4", "uneven"])
+@pytest.mark.parametrize(
+    "shape", [(16, 12, 10), (8, 6, 10), (11, 7, 10)], ids=["x2", "x4", "uneven"]
+)
 def test_image_resampling_equals_area_interpolation_in_any_memory_order(order, shape):
     rng = np.random.default_rng(3)
     ints = np.asarray(rng.integers(-1024, 3000, size=(32, 24, 10)), dtype=np.int16, order=order)
@@ -108,9 +117,13 @@ def test_image_resampling_equals_area_interpolation_in_any_memory_order(order, s
     if shape[0] in (16, 8):
         np.testing.assert_array_equal(resample_image(ints, shape), _area(ints, shape))
     else:
-        np.testing.assert_allclose(resample_image(ints, shape), _area(ints, shape), rtol=1e-6, atol=0)
+        np.testing.assert_allclose(
+            resample_image(ints, shape), _area(ints, shape), rtol=1e-6, atol=0
+        )
     floats = np.asarray(rng.normal(size=(32, 24, 10)), dtype=np.float32, order=order)
-    np.testing.assert_allclose(resample_image(floats, shape), _area(floats, shape), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        resample_image(floats, shape), _area(floats, shape), rtol=0, atol=1e-6
+    )
 
 
 def test_resampling_keeps_the_grid_when_the_shape_is_unchanged():
@@ -120,7 +133,15 @@ def test_resampling_keeps_the_grid_when_the_shape_is_unchanged():
 
 
 @pytest.mark.parametrize("threshold", [0.25, 0.5, 0.75])
-@pytest.mark.parametrize(("shape", "where"), [((20, 20, 12), "inside"), ((20, 20, 12), "border"), ((10, 20, 6), "inside"), ((17, 13, 12), "inside")])
+@pytest.mark.parametrize(
+    ("shape", "where"),
+    [
+        ((20, 20, 12), "inside"),
+        ((20, 20, 12), "border"),
+        ((10, 20, 6), "inside"),
+        ((17, 13, 12), "inside"),
+    ],
+)
 def test_label_resampling_around_the_vessels_equals_the_whole_grid(threshold, shape, where):
     rng = np.random.default_rng(5)
     label = np.zeros((40, 40, 12), dtype=np.uint8)

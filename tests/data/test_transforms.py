@@ -20,7 +20,10 @@ def sample() -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(0)
     img = ndimage.gaussian_filter(rng.random(SHAPE), 1.5).astype(np.float32)
     img = (img - img.min()) / (img.max() - img.min())
-    return {"image": torch.from_numpy(img)[None], "label": torch.from_numpy((img > 0.6).astype(np.float32))[None]}
+    return {
+        "image": torch.from_numpy(img)[None],
+        "label": torch.from_numpy((img > 0.6).astype(np.float32))[None],
+    }
 
 
 def _pair(name: str, seed: int, **kwargs):
@@ -42,7 +45,11 @@ AFFINE = {"keys": ["image", "label"], "mode": ["bilinear", "nearest"], "padding_
     "kwargs",
     [
         {"shear_range": [0.4, 0.4, 0.4]},  # the published one
-        {"shear_range": [0.3, 0.2, 0.4, 0.3], "translate_range": [4, 3, 0], "rotate_range": [0, 0, 0.5]},
+        {
+            "shear_range": [0.3, 0.2, 0.4, 0.3],
+            "translate_range": [4, 3, 0],
+            "rotate_range": [0, 0, 0.5],
+        },
         {"shear_range": [0.4] * 6, "padding_mode": "border"},  # Z depends on X, Y: 3D sampling
         {"scale_range": [0.2, 0.2, 0.2]},  # scales Z: 3D sampling
     ],
@@ -64,12 +71,20 @@ def test_rand_affine_actually_shears(sample):
     t = vt.RandAffined(prob=1.0, shear_range=[0.4, 0.4, 0.4], **AFFINE)
     t.set_random_state(1)
     out = _run(t, sample)
-    assert not torch.equal(out["image"], sample["image"]) and not torch.equal(out["label"], sample["label"])
+    assert not torch.equal(out["image"], sample["image"]) and not torch.equal(
+        out["label"], sample["label"]
+    )
 
 
 def test_rand_gaussian_smooth_equals_monai(sample):
     for seed in range(4):
-        kw = {"keys": ["image"], "prob": 0.7, "sigma_x": (0.0, 0.5), "sigma_y": (0.0, 0.5), "sigma_z": (0.2, 1.5)}
+        kw = {
+            "keys": ["image"],
+            "prob": 0.7,
+            "sigma_x": (0.0, 0.5),
+            "sigma_y": (0.0, 0.5),
+            "sigma_z": (0.2, 1.5),
+        }
         ours, ref = _pair("RandGaussianSmoothd", seed, **kw)
         for _ in range(3):
             a, b = _run(ours, sample), _run(ref, sample)
@@ -78,7 +93,9 @@ def test_rand_gaussian_smooth_equals_monai(sample):
 
 def test_rand_histogram_shift_equals_monai_exactly(sample):
     for seed in range(6):
-        ours, ref = _pair("RandHistogramShiftd", seed, keys=["image"], prob=0.7, num_control_points=(5, 10))
+        ours, ref = _pair(
+            "RandHistogramShiftd", seed, keys=["image"], prob=0.7, num_control_points=(5, 10)
+        )
         for _ in range(3):
             a, b = _run(ours, sample), _run(ref, sample)
             assert torch.equal(a["image"], b["image"])
@@ -105,7 +122,10 @@ def test_rand_gaussian_noise_draws_as_monai(sample):
             noise = _run(ours, sample)["image"] - sample["image"]
             assert noise.std() <= 0.0102 and (noise.std() == 0 or abs(noise.mean() - 0.3) < 1e-3)
     # the same seed gives the same noise
-    x, y = vt.RandGaussianNoised(keys=["image"], prob=1.0), vt.RandGaussianNoised(keys=["image"], prob=1.0)
+    x, y = (
+        vt.RandGaussianNoised(keys=["image"], prob=1.0),
+        vt.RandGaussianNoised(keys=["image"], prob=1.0),
+    )
     x.set_random_state(3)
     y.set_random_state(3)
     assert torch.equal(_run(x, sample)["image"], _run(y, sample)["image"])

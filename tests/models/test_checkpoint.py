@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -120,7 +119,9 @@ def test_bad_hf_uri(spec):
 
 
 def test_cli_offline_not_cached_exits_with_one_line(tmp_path):
-    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", VESSELFM_ROOT=str(tmp_path))
+    env = dict(
+        os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", VESSELFM_ROOT=str(tmp_path)
+    )
     env.pop("HF_HUB_CACHE", None)
     env.pop("VESSELFM_DEBUG", None)
     proc = subprocess.run(

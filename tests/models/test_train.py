@@ -44,7 +44,9 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def _cli(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "vesselfm.train", *args],
         cwd=tmp_path,
@@ -59,7 +61,13 @@ def test_fit_then_test_writes_checkpoints_and_metric_table(compose_cfg, tmp_path
     cfg = compose_cfg("train", SMALL)
     metrics, objects = train(cfg)
 
-    assert {"train/loss_epoch", "val/dice", "test/dice", "test/cldice", "test/betti_0_error"} <= set(metrics)
+    assert {
+        "train/loss_epoch",
+        "val/dice",
+        "test/dice",
+        "test/cldice",
+        "test/betti_0_error",
+    } <= set(metrics)
     out = Path(cfg.paths.output_dir)
     for name in REPORTS:
         assert (out / name).is_file(), name
@@ -131,7 +139,9 @@ def test_resume_after_kill_continues_step_count(tmp_path):
     done = _cli(tmp_path, *args, "ckpt_path=last")
     assert done.returncode == 0, done.stderr[-3000:]
     runs = sorted((tmp_path / "logs" / "phantom_demo" / "runs").iterdir())
-    final = torch.load(runs[-1] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    final = torch.load(
+        runs[-1] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
     steps_per_epoch = 2  # samples_per_epoch 4 / batch 2
     assert final["global_step"] == 4 * steps_per_epoch
     assert final["epoch"] == 3
@@ -159,7 +169,13 @@ def test_ddp_on_two_cpu_processes(tmp_path):
 
 
 def test_wandb_offline_keeps_the_run_locally(tmp_path):
-    result = _cli(tmp_path, *SMALL, "logger=wandb", "test=false", env=_env(tmp_path, WANDB_MODE="offline", WANDB_SILENT="true"))
+    result = _cli(
+        tmp_path,
+        *SMALL,
+        "logger=wandb",
+        "test=false",
+        env=_env(tmp_path, WANDB_MODE="offline", WANDB_SILENT="true"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (tmp_path / "logs" / "phantom_demo" / "runs").iterdir()
     offline = list((run / "wandb").glob("offline-run-*"))
@@ -184,23 +200,42 @@ def test_multirun_runs_one_job_per_value(tmp_path):
 def test_every_experiment_runs_with_fast_dev_run(tmp_path, experiment, fill_hf_cache):
     """Each experiment composes and runs one batch end to end (data and model shrunk for a CPU)."""
     env = _env(tmp_path, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
-    overrides = ["debug=fdr", "trainer.accelerator=cpu", "trainer.precision=32-true", "model=tiny", "inference.roi_size=[32,32,32]"]
+    overrides = [
+        "debug=fdr",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "model=tiny",
+        "inference.roi_size=[32,32,32]",
+    ]
     if experiment.startswith("imagecas"):
         prepared = tmp_path / "data" / "imagecas"
         prep = subprocess.run(
-            [sys.executable, "-c", (
-                "from vesselfm.data.phantom import write_phantom_dataset as w;"
-                "from vesselfm.data.prepare import PrepareOptions, prepare_dataset as p;"
-                "from vesselfm.data.preprocessing import PreprocessConfig;"
-                f"w('{tmp_path}/raw', 4, shape=(48, 48, 40), progress=False);"
-                # keep the phantoms' grid: ImageCAS's 256x256 in-plane would make a slow CPU test
-                f"p('{tmp_path}/raw', '{prepared}', split='random', split_ratios=(0.5, 0.25, 0.25), workers=1, progress=False,"
-                " options=PrepareOptions(preprocess=PreprocessConfig(in_plane_size=None)))"
-            )],
-            env=env, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-c",
+                (
+                    "from vesselfm.data.phantom import write_phantom_dataset as w;"
+                    "from vesselfm.data.prepare import PrepareOptions, prepare_dataset as p;"
+                    "from vesselfm.data.preprocessing import PreprocessConfig;"
+                    f"w('{tmp_path}/raw', 4, shape=(48, 48, 40), progress=False);"
+                    # keep the phantoms' grid: ImageCAS's 256x256 in-plane would make a slow CPU test
+                    f"p('{tmp_path}/raw', '{prepared}', split='random', split_ratios=(0.5, 0.25, 0.25), workers=1, progress=False,"
+                    " options=PrepareOptions(preprocess=PreprocessConfig(in_plane_size=None)))"
+                ),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert prep.returncode == 0, prep.stderr[-2000:]
-        overrides += [f"data.data_dir={prepared}", "data.patch_size=[32,32,32]", "data.batch_size=1", "data.num_workers=0", "data.persistent_workers=false"]
+        overrides += [
+            f"data.data_dir={prepared}",
+            "data.patch_size=[32,32,32]",
+            "data.batch_size=1",
+            "data.num_workers=0",
+            "data.persistent_workers=false",
+        ]
         if experiment == "imagecas_zeroshot":
             weights = tmp_path / "tiny.pt"
             torch.save(build_network(_tiny_net_cfg()).state_dict(), weights)

@@ -15,7 +15,14 @@ def _raise(err):
     return fn
 
 
-@pytest.mark.parametrize("err", [UserError("input=x.nii.gz: not a NIfTI\ndetail"), ValueError("bad"), FileNotFoundError("gone")])
+@pytest.mark.parametrize(
+    "err",
+    [
+        UserError("input=x.nii.gz: not a NIfTI\ndetail"),
+        ValueError("bad"),
+        FileNotFoundError("gone"),
+    ],
+)
 def test_user_errors_exit_with_one_line(err, capsys, monkeypatch):
     monkeypatch.delenv("VESSELFM_DEBUG", raising=False)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)

@@ -100,9 +100,13 @@ def test_notebook_runs_the_model_when_given_a_checkpoint(tmp_path: Path) -> None
         f'phantom_shape = (64, 64, 48)\noutput_dir = "{tmp_path / "out"}"\n'
         f'checkpoint = "{weights}"\nmodel = "tiny"'
     )
-    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(params, metadata={"tags": ["injected-parameters"]}))
+    nb.cells.insert(
+        index + 1, nbformat.v4.new_code_cell(params, metadata={"tags": ["injected-parameters"]})
+    )
     nb.cells.append(nbformat.v4.new_code_cell("print('PRED', pred_path)"))
-    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
 
     assert nb.cells[-1].outputs[0]["text"].strip() == f"PRED {tmp_path / 'out' / '1_pred.nii.gz'}"
     assert (tmp_path / "out" / "1_3d.html").is_file()

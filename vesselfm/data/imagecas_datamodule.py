@@ -53,7 +53,9 @@ class PreparedCase:
     original_spacing: tuple[float, float, float]
 
 
-def read_prepared_cases(data_dir: str | os.PathLike[str]) -> tuple[dict[str, list[PreparedCase]], PreprocessConfig]:
+def read_prepared_cases(
+    data_dir: str | os.PathLike[str],
+) -> tuple[dict[str, list[PreparedCase]], PreprocessConfig]:
     """The cases of a prepared set by split, and its preprocessing config.
 
     Raises:
@@ -67,7 +69,9 @@ def read_prepared_cases(data_dir: str | os.PathLike[str]) -> tuple[dict[str, lis
             f"python -m vesselfm.prepare source=<ImageCAS folder or zip> output={root}"
         )
     splits: dict[str, list[PreparedCase]] = {"train": [], "val": [], "test": []}
-    for case_id, e in sorted(manifest.get("cases", {}).items(), key=lambda kv: case_sort_key(kv[0])):
+    for case_id, e in sorted(
+        manifest.get("cases", {}).items(), key=lambda kv: case_sort_key(kv[0])
+    ):
         original_label = str(e["original_label"])
         if not Path(original_label).is_absolute():
             original_label = str(root / original_label)
@@ -114,7 +118,9 @@ class _Volumes:
         return arr
 
 
-def read_region(volume: np.ndarray, start: Sequence[int], size: Sequence[int], pad_value: float) -> np.ndarray:
+def read_region(
+    volume: np.ndarray, start: Sequence[int], size: Sequence[int], pad_value: float
+) -> np.ndarray:
     """``volume[start : start + size]`` copied out of a (memory-mapped) array, padded with
     ``pad_value`` where the region leaves the volume."""
     src, dst = [], []
@@ -209,7 +215,9 @@ class RandomPatchDataset(Dataset):
         image = read_region(self._volumes.get(case.image), start, size, pad_value=lo)
         label = read_region(self._volumes.get(case.mask), start, size, pad_value=0)
         data = {
-            "image": normalize_intensity(torch.from_numpy(image), case.intensity_range, self.preprocess)[None],
+            "image": normalize_intensity(
+                torch.from_numpy(image), case.intensity_range, self.preprocess
+            )[None],
             "label": torch.from_numpy(label).to(torch.float32)[None],
         }
         if self.transform is not None:
@@ -241,7 +249,9 @@ class VolumeDataset(Dataset):
         image = np.load(case.image)
         label = np.load(case.mask)
         return {
-            "image": torch.from_numpy(normalize_intensity(image, case.intensity_range, self.preprocess)[None]),
+            "image": torch.from_numpy(
+                normalize_intensity(image, case.intensity_range, self.preprocess)[None]
+            ),
             "label": torch.from_numpy(label[None].astype(np.float32)),
             "case": case.case_id,
             "spacing": torch.tensor(case.spacing, dtype=torch.float64),
@@ -325,7 +335,9 @@ class ImageCASDataModule(L.LightningDataModule):
             raise ValueError(f"data.foreground_ratio must be in [0, 1], got {foreground_ratio}")
         self.samples_per_epoch = None if samples_per_epoch is None else int(samples_per_epoch)
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
-            raise ValueError(f"data.samples_per_epoch must be >= 1 or null, got {samples_per_epoch}")
+            raise ValueError(
+                f"data.samples_per_epoch must be >= 1 or null, got {samples_per_epoch}"
+            )
         self.augment = _plain(augment)
         self.crop_margin = _triple(_plain(crop_margin), "crop_margin")
         self.num_shots = None if num_shots is None else int(num_shots)
@@ -460,10 +472,14 @@ class PhantomDataModule(ImageCASDataModule):
             raise ValueError(f"data.n_train must be >= 1 and n_val, n_test >= 0, got {self.n}")
         self.shape = _triple(_plain(shape), "shape")
         self.work_dir = Path(work_dir).expanduser()
-        prepared = Path(data_dir).expanduser() if data_dir is not None else self.work_dir / "prepared"
+        prepared = (
+            Path(data_dir).expanduser() if data_dir is not None else self.work_dir / "prepared"
+        )
         super().__init__(data_dir=prepared, seed=seed, **kwargs)
         pre = _plain(preprocess)
-        self._preprocess_config = pre if isinstance(pre, PreprocessConfig) else PreprocessConfig.from_mapping(pre)
+        self._preprocess_config = (
+            pre if isinstance(pre, PreprocessConfig) else PreprocessConfig.from_mapping(pre)
+        )
         self.prepare_workers = int(prepare_workers)
 
     @property
@@ -478,7 +494,9 @@ class PhantomDataModule(ImageCASDataModule):
         total = sum(self.n.values())
         for index in range(1, total + 1):
             if not all(p.is_file() for p in case_paths(raw, index)):
-                write_phantom_dataset(raw, 1, shape=self.shape, seed=self.seed, start_index=index, progress=False)
+                write_phantom_dataset(
+                    raw, 1, shape=self.shape, seed=self.seed, start_index=index, progress=False
+                )
         split_file = self.work_dir / "split.csv"
         rows = ["id,fold_1"]
         index = 1

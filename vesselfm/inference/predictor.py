@@ -101,7 +101,9 @@ def _parse_device(device: str | torch.device, key: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"inference.{key} must be auto, cpu, cuda or cuda:N, got {device!r}") from err
+        raise ValueError(
+            f"inference.{key} must be auto, cpu, cuda or cuda:N, got {device!r}"
+        ) from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise UserError(
             f"inference.{key}={device} but CUDA is not available here; use inference.{key}=auto or cpu"

@@ -23,7 +23,9 @@ VAL_METRICS = ("dice", "cldice")
 SCHEDULER_INTERVALS = ("epoch", "step")
 
 
-def warmup_cosine_lambda(warmup: int, total: int, base_lr: float, eta_min: float) -> Callable[[int], float]:
+def warmup_cosine_lambda(
+    warmup: int, total: int, base_lr: float, eta_min: float
+) -> Callable[[int], float]:
     """LR factor for linear warm-up over ``warmup`` units, then cosine decay to ``eta_min`` at ``total``."""
 
     def factor(i: int) -> float:
@@ -73,7 +75,9 @@ class VesselSegLitModule(L.LightningModule):
         self.scheduler_cfg = dict(scheduler or {})
         interval = self.scheduler_cfg.get("interval", "epoch")
         if interval not in SCHEDULER_INTERVALS:
-            raise ValueError(f"scheduler.interval must be one of {SCHEDULER_INTERVALS}, got {interval!r}")
+            raise ValueError(
+                f"scheduler.interval must be one of {SCHEDULER_INTERVALS}, got {interval!r}"
+            )
         self.inference_cfg = dict(inference or {})
         self.threshold = float(self.inference_cfg.get("threshold", 0.5))
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -101,7 +105,14 @@ class VesselSegLitModule(L.LightningModule):
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self.model(batch["image"])
         loss = self.loss_fn(logits, batch["label"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch["image"].shape[0],
+        )
         return loss
 
     def _predict(self, image: torch.Tensor) -> torch.Tensor:
@@ -140,7 +151,9 @@ class VesselSegLitModule(L.LightningModule):
             rows = [row for part in gathered for row in part]
         return sorted({r["case"]: r for r in rows}.values(), key=lambda r: r["case"])
 
-    def _log_means(self, stage: str, rows: list[dict[str, Any]], prog_bar: bool = False) -> list[dict[str, Any]]:
+    def _log_means(
+        self, stage: str, rows: list[dict[str, Any]], prog_bar: bool = False
+    ) -> list[dict[str, Any]]:
         """Log ``<stage>/<metric>``: the mean over the cases where the metric is defined.
 
         Every rank gathers all rows and logs the same values without a further reduction, so the
@@ -152,7 +165,12 @@ class VesselSegLitModule(L.LightningModule):
         rows = self._gather_rows(rows)
         for name, stats in summarize(rows).items():
             if stats.get("mean") is not None:
-                self.log(f"{stage}/{name}", float(stats["mean"]), prog_bar=prog_bar and name in VAL_METRICS, sync_dist=False)
+                self.log(
+                    f"{stage}/{name}",
+                    float(stats["mean"]),
+                    prog_bar=prog_bar and name in VAL_METRICS,
+                    sync_dist=False,
+                )
         return rows
 
     # ------------------------------------------------------------------ test (native resolution)
@@ -172,7 +190,9 @@ class VesselSegLitModule(L.LightningModule):
             native = resample_probabilities(prob[i, 0].float().cpu(), shape)
             label = np.asarray(nib.load(batch["original_label"][i]).dataobj)
             # prepare accepts (X, Y, Z, 1) labels; score them as the 3D volume they hold
-            label = label.reshape(label.shape[:3]) if label.ndim == 4 and label.shape[3] == 1 else label
+            label = (
+                label.reshape(label.shape[:3]) if label.ndim == 4 and label.shape[3] == 1 else label
+            )
             # the same mask infer would write: threshold, then inference.postprocess
             mask = self.predictor.binarize(native, spacing)
             values = compute_metrics(mask, label > 0, spacing=spacing, threshold=0.5, prob=native)
@@ -184,7 +204,11 @@ class VesselSegLitModule(L.LightningModule):
         rows = self._log_means("test", self._test_rows)
         if self.trainer.is_global_zero and self.output_dir is not None and rows:
             paths = write_reports(rows, self.output_dir)
-            log.info("test metrics for %d cases: %s", len(rows), ", ".join(str(p) for p in paths.values()))
+            log.info(
+                "test metrics for %d cases: %s",
+                len(rows),
+                ", ".join(str(p) for p in paths.values()),
+            )
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
@@ -192,23 +216,35 @@ class VesselSegLitModule(L.LightningModule):
         if not self.scheduler_cfg:
             return {"optimizer": optimizer}
         interval = self.scheduler_cfg.get("interval", "epoch")
-        total = self.trainer.max_epochs if interval == "epoch" else self.trainer.estimated_stepping_batches
+        total = (
+            self.trainer.max_epochs
+            if interval == "epoch"
+            else self.trainer.estimated_stepping_batches
+        )
         if total is None or total < 0:
             raise ValueError(
                 f"scheduler.interval={interval} needs trainer.max_epochs (or max_steps) to be set, got {total}"
             )
         base_lr = optimizer.param_groups[0]["lr"]
         factor = warmup_cosine_lambda(
-            int(self.scheduler_cfg.get("warmup", 0)), int(total), base_lr, float(self.scheduler_cfg.get("eta_min", 0.0))
+            int(self.scheduler_cfg.get("warmup", 0)),
+            int(total),
+            base_lr,
+            float(self.scheduler_cfg.get("eta_min", 0.0)),
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval, "frequency": 1}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval, "frequency": 1},
+        }
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what ``infer`` needs to reproduce training's preprocessing and threshold."""
         meta: dict[str, Any] = {**self.metadata, "threshold": self.threshold}
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = (
+            getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        )
         preprocess = getattr(datamodule, "preprocess", None)
         if preprocess is not None:
             meta["preprocess"] = preprocess.to_dict()

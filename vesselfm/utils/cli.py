@@ -61,7 +61,11 @@ def run_guarded(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
             raise
         key = getattr(err, "full_key", None) or "a required key"
         tool = getattr(fn, "__module__", "vesselfm.X")
-        print(f"error: {key}= is required: python -m {tool} {key}=... (see --help)", file=sys.stderr, flush=True)
+        print(
+            f"error: {key}= is required: python -m {tool} {key}=... (see --help)",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(EXIT_USER_ERROR)
     except USER_ERRORS as err:
         if _debug_requested(cfg):
@@ -90,6 +94,8 @@ def hydra_entrypoint(config_name: str) -> Callable[[Callable[[DictConfig], T]], 
         def task(cfg: DictConfig) -> T:
             return run_guarded(fn, cfg)
 
-        return hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(task)
+        return hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(
+            task
+        )
 
     return decorator

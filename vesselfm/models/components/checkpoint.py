@@ -124,14 +124,20 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
         if "weights_only" in str(err) and path.suffix == ".ckpt":
-            log.warning("%s holds non-tensor objects; loading with weights_only=False (trust it?)", path)
+            log.warning(
+                "%s holds non-tensor objects; loading with weights_only=False (trust it?)", path
+            )
             obj = torch.load(path, map_location="cpu", weights_only=False)
         else:
-            raise CheckpointError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from err
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: {str(err).splitlines()[0]}"
+            ) from err
 
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         full = obj["state_dict"]
-        state = {k[len(LIGHTNING_PREFIX) :]: v for k, v in full.items() if k.startswith(LIGHTNING_PREFIX)}
+        state = {
+            k[len(LIGHTNING_PREFIX) :]: v for k, v in full.items() if k.startswith(LIGHTNING_PREFIX)
+        }
         if not state:
             raise CheckpointError(
                 f"{path} is a Lightning checkpoint but has no keys prefixed '{LIGHTNING_PREFIX}' "
@@ -168,7 +174,11 @@ def load_weights(
     ]
     if missing or unexpected or misshaped:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape (ckpt vs model)", misshaped)):
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape (ckpt vs model)", misshaped),
+        ):
             if keys:
                 more = f" (+{len(keys) - max_keys} more)" if len(keys) > max_keys else ""
                 parts.append(f"{len(keys)} {label}: {', '.join(keys[:max_keys])}{more}")

@@ -40,9 +40,13 @@ def load_model(model_cfg: Mapping[str, Any]) -> nn.Module:
     spec = model_cfg.get("checkpoint")
     path = resolve_checkpoint(spec, model_cfg.get("revision"), model_cfg.get("cache_dir"))
     if path is None:
-        log.info("model=%s starts from random weights (model.checkpoint is null)", model_cfg.get("name"))
+        log.info(
+            "model=%s starts from random weights (model.checkpoint is null)", model_cfg.get("name")
+        )
     else:
-        load_weights(net, read_state_dict(path), model_name=str(model_cfg.get("name")), source=str(spec))
+        load_weights(
+            net, read_state_dict(path), model_name=str(model_cfg.get("name")), source=str(spec)
+        )
         log.info("model=%s loaded weights from %s", model_cfg.get("name"), spec)
     return net.eval()
 
