@@ -88,3 +88,17 @@ def test_wheel_ships_configs_and_runs_outside_the_checkout(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "experiment" in proc.stdout and "vesselfm_base" in proc.stdout
+
+
+def test_library_modules_import_neither_lightning_nor_hydra():
+    """Metrics, transforms, I/O and the predictor are plain code (DESIGN.md); the CLIs compose them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vesselfm.metrics, vesselfm.inference, vesselfm.data.transforms, "
+        "vesselfm.data.preprocessing, vesselfm.viz;"
+        "print(sorted(m for m in ('lightning', 'hydra', 'omegaconf') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -19,7 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from vesselfm.utils.cli import UserError
+from vesselfm.utils.errors import UserError
 from vesselfm.utils.io import atomic_path
 
 log = logging.getLogger(__name__)

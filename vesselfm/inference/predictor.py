@@ -43,8 +43,8 @@ from vesselfm.data.preprocessing import (
 )
 from vesselfm.inference.postprocess import PostprocessConfig, postprocess_mask
 from vesselfm.inference.tta import LogitMerger, TTAConfig, augmentations, intensity_transform
-from vesselfm.utils.cli import UserError
 from vesselfm.utils.config import checked_fields
+from vesselfm.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+from vesselfm.utils.errors import UserError
+
 log = logging.getLogger(__name__)
 
 CONFIG_PATH = "pkg://vesselfm.configs"
@@ -25,13 +27,6 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 EXIT_USER_ERROR = 2
 
 T = TypeVar("T")
-
-
-class UserError(RuntimeError):
-    """An error caused by the user's input or environment, reported as one line.
-
-    The message must name what was wrong, where (file or config key), and the fix.
-    """
 
 
 # Exceptions that, raised out of an entrypoint, are the user's to fix: bad values, missing or

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vesselfm.utils.cli import UserError
+from vesselfm.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
