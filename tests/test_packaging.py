@@ -100,5 +100,7 @@ def test_library_modules_import_neither_lightning_nor_hydra():
         "vesselfm.data.preprocessing, vesselfm.viz;"
         "print(sorted(m for m in ('lightning', 'hydra', 'omegaconf') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
