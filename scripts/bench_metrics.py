@@ -102,65 +102,6 @@ def make_pair(
     return prob, label.astype(np.uint8), spacing, source
 
 
-def reference_metrics(prob: np.ndarray, label: np.ndarray, spacing) -> dict:
-    """The whole-volume evaluator (vesselFM's, plus MONAI for the surface distances)."""
-    import torch
-    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
-    from skimage.measure import euler_number
-    from skimage.measure import label as cc_label
-    from skimage.morphology import skeletonize
-    from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
-
-    pred = (prob >= THRESHOLD).astype(np.uint8)
-    tn, fp, fn, tp = (
-        int(v) for v in confusion_matrix(label.ravel(), pred.ravel(), labels=[0, 1]).ravel()
-    )
-    roc = roc_auc_score(label.ravel(), prob.ravel())
-    ap = average_precision_score(label.ravel(), prob.ravel())
-
-    def cl_score(v, s):
-        return np.sum(v * s) / np.sum(s)
-
-    tprec = cl_score(label, skeletonize(pred))
-    tsens = cl_score(pred, skeletonize(label))
-
-    def betti(img):
-        padded = np.pad(img, pad_width=1)
-        _, b0 = cc_label(padded, return_num=True, connectivity=3)
-        chi = euler_number(padded, connectivity=3)
-        _, b2 = cc_label(1 - padded, return_num=True, connectivity=1)
-        b2 -= 1
-        return [b0, b0 + b2 - chi, b2]
-
-    bp, bl = betti(pred), betti(label)
-    t = [torch.from_numpy(x[None, None]) for x in (pred, label)]
-    hd = compute_hausdorff_distance(
-        *t, include_background=True, percentile=95, spacing=list(spacing)
-    )
-    asd = compute_average_surface_distance(
-        *t, include_background=True, symmetric=True, spacing=list(spacing)
-    )
-    return {
-        "accuracy": (tp + tn) / label.size,
-        "dice": 2 * tp / (2 * tp + fp + fn),
-        "jaccard_iou": tp / (tp + fp + fn),
-        "precision": tp / (tp + fp),
-        "recall_tpr_sensitivity": tp / (tp + fn),
-        "specificity": tn / (tn + fp),
-        "fpr": fp / (fp + tn),
-        "cldice": 2 * tprec * tsens / (tprec + tsens),
-        "roc_auc": roc,
-        "pr_auc_ap": ap,
-        "betti_0": bp[0],
-        "betti_1": bp[1],
-        "betti_2": bp[2],
-        "betti_0_error": abs(bp[0] - bl[0]),
-        "betti_1_error": abs(bp[1] - bl[1]),
-        "hd95_mm": float(hd),
-        "assd_mm": float(asd),
-    }
-
-
 def _worker(which: str, data: Path) -> None:
     """Child process: load the pair, run one evaluator, print JSON (time, peak memory, values)."""
     import warnings
@@ -176,7 +117,11 @@ def _worker(which: str, data: Path) -> None:
         import skimage.measure  # noqa: F401
         import sklearn.metrics  # noqa: F401
 
-        run = reference_metrics
+        from vesselfm.metrics.reference import reference_metrics
+
+        def run(prob, label, spacing):
+            return reference_metrics(prob, label, spacing, threshold=THRESHOLD)
+
     prob = np.load(data / "prob.npy")
     label = np.load(data / "label.npy")
     spacing = tuple(json.loads((data / "spacing.json").read_text()))

@@ -6,12 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from skimage.measure import euler_number
-from skimage.measure import label as cc_label
-from skimage.morphology import skeletonize
-from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
 from vesselfm.metrics import METRIC_NAMES, compute_metrics
+from vesselfm.metrics.reference import reference_metrics
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*always_return_as_numpy:FutureWarning")
 
@@ -38,55 +35,6 @@ def test_metric_names_are_the_published_table():
     )
 
 
-def _reference(prob: np.ndarray, label: np.ndarray, threshold: float, spacing) -> dict:
-    """The reference evaluator: every voxel through scikit-learn, skeletons and Betti numbers of
-    the whole volume through scikit-image (TopCoW's formulas), surfaces through MONAI."""
-    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
-
-    pred = prob >= threshold
-    tn, fp, fn, tp = confusion_matrix(label.ravel(), pred.ravel(), labels=[0, 1]).ravel()
-
-    def betti(m):
-        padded = np.pad(m.astype(np.uint8), 1)
-        _, b0 = cc_label(padded, return_num=True, connectivity=3)
-        chi = euler_number(padded, connectivity=3)
-        _, nbg = cc_label(1 - padded, return_num=True, connectivity=1)
-        return b0, b0 + (nbg - 1) - chi, nbg - 1
-
-    def cl(v, s):
-        return np.sum(v * s) / np.sum(s)
-
-    tprec = cl(label, skeletonize(pred))
-    tsens = cl(pred, skeletonize(label))
-    bp, bl = betti(pred), betti(label)
-    t = [torch.from_numpy(x[None, None].astype(np.float32)) for x in (pred, label)]
-    hd = compute_hausdorff_distance(
-        *t, include_background=True, percentile=95, spacing=list(spacing)
-    )
-    asd = compute_average_surface_distance(
-        *t, include_background=True, symmetric=True, spacing=list(spacing)
-    )
-    return {
-        "accuracy": (tp + tn) / label.size,
-        "dice": 2 * tp / (2 * tp + fp + fn),
-        "jaccard_iou": tp / (tp + fp + fn),
-        "precision": tp / (tp + fp),
-        "recall_tpr_sensitivity": tp / (tp + fn),
-        "specificity": tn / (tn + fp),
-        "fpr": fp / (fp + tn),
-        "cldice": 2 * tprec * tsens / (tprec + tsens),
-        "roc_auc": roc_auc_score(label.ravel(), prob.ravel()),
-        "pr_auc_ap": average_precision_score(label.ravel(), prob.ravel()),
-        "betti_0": bp[0],
-        "betti_1": bp[1],
-        "betti_2": bp[2],
-        "betti_0_error": abs(bp[0] - bl[0]),
-        "betti_1_error": abs(bp[1] - bl[1]),
-        "hd95_mm": float(hd),
-        "assd_mm": float(asd),
-    }
-
-
 @pytest.mark.parametrize("damage", ["cut", "no_branch", "extra_blob"])
 def test_equals_whole_volume_reference(tree, damage):
     spacing = (0.4, 0.4, 0.5)
@@ -96,7 +44,7 @@ def test_equals_whole_volume_reference(tree, damage):
     prob[rng.random(prob.shape) < 0.0005] = 0.9
     prob[30:33, 24:27, 30:33] = 0.8
     ours = compute_metrics(prob, tree.label, spacing=spacing, threshold=0.5)
-    ref = _reference(prob, tree.label, 0.5, spacing)
+    ref = reference_metrics(prob, tree.label, spacing, threshold=0.5)
     assert list(ours) == list(METRIC_NAMES)
     for name in METRIC_NAMES:
         if name.startswith("betti"):
