@@ -4,8 +4,11 @@ Variants, all on the same prepared phantom volume (default: a 512×512×200 phan
 
 - ``reference``: vesselFM's path, MONAI ``SlidingWindowInfererAdapt``, fp32, window batch 1,
   overlap 0.5, constant blending, under ``torch.no_grad``.
-- ``ours-same-fp32``: ``SlidingWindowPredictor`` at the same settings (fp32).
-- ``ours-same-bf16``: the same settings with bf16 autocast and channels-last windows.
+- ``ours-same-fp32``: ``SlidingWindowPredictor`` at the same settings (fp32), with its default
+  CPU path: the network run channels-last (``vesselfm.inference.cpu_kernels``).
+- ``ours-same-fp32-nchw`` (only when named in ``--variants``): the same without the channels-last
+  view (``inference.cpu.channels_last=false``), to see what the view alone gains.
+- ``ours-same-bf16``: the same settings with bf16 autocast.
 - ``ours-fast``: the fast preset: 128³ windows (the training patch), overlap 0.25, Gaussian
   blending, bf16, channels-last. Larger windows than the training patch (160³) were faster but
   lost 0.03 Dice against the label (``--quality`` with a trained checkpoint).
@@ -126,25 +129,29 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     # warm-up: one window per code path (oneDNN builds its kernels on first use)
+    from vesselfm.inference.cpu_kernels import channels_last_view
+
+    window = torch.rand(1, 1, 128, 128, 128, device=device)
     with torch.inference_mode():
-        net(torch.rand(1, 1, 128, 128, 128, device=device))
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            net(
-                torch.rand(1, 1, 160, 160, 160, device=device).contiguous(
-                    memory_format=torch.channels_last_3d
-                )
-            )
+        for network in (net, channels_last_view(net)):
+            network(window)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                network(window)
 
     variants = {
         "reference": lambda: reference_probabilities(net, x),
-        "ours-same-fp32": lambda: ours(net, FULL, "fp32", False, args.threads).predict_volume(x),
+        "ours-same-fp32": lambda: ours(net, FULL, "fp32", True, args.threads).predict_volume(x),
+        "ours-same-fp32-nchw": lambda: ours(net, FULL, "fp32", False, args.threads).predict_volume(
+            x
+        ),
         "ours-same-bf16": lambda: ours(net, FULL, "bf16", True, args.threads).predict_volume(x),
         "ours-fast": lambda: ours(net, FAST, "bf16", True, args.threads).predict_volume(x),
     }
     rows: dict[str, Any] = {}
     ref_mask = None
     for name, fn in variants.items():
-        if args.variants and name not in args.variants and name != "reference":
+        wanted = args.variants or [v for v in variants if v != "ours-same-fp32-nchw"]
+        if name not in wanted and name != "reference":
             continue
         prob, seconds = timed(fn)
         mask = (prob[0, 0] >= 0.5).cpu().numpy()
@@ -314,7 +321,8 @@ def main() -> None:
         "--variants",
         nargs="*",
         default=None,
-        help="subset of ours-same-fp32 ours-same-bf16 ours-fast",
+        help="subset of ours-same-fp32 ours-same-fp32-nchw ours-same-bf16 ours-fast "
+        "(default: all but ours-same-fp32-nchw)",
     )
     parser.add_argument("--only", choices=["speed", "quality", "rss"], default=None)
     parser.add_argument(

@@ -71,13 +71,16 @@ class CPUConfig:
         sw_batch_size: windows per forward pass. Batching gains nothing on a CPU and each 128³
             window of ``vesselfm_base`` needs about 2 GB of activations.
         threads: ``torch.set_num_threads`` for the run (``None``: torch's default).
-        channels_last: feed windows in ``channels_last_3d`` memory format.
+        channels_last: run the network channels-last through
+            :func:`~vesselfm.inference.cpu_kernels.channels_last_view` (same weights, same
+            windows; 1.3-1.5x faster per window in fp32 and bf16 on an AVX-512 CPU, logits equal
+            up to float rounding).
     """
 
     precision: str = "fp32"
     sw_batch_size: int = 1
     threads: int | None = None
-    channels_last: bool = False
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in CPU_PRECISIONS:
@@ -313,14 +316,16 @@ class SlidingWindowPredictor:
 
     # ------------------------------------------------------------------ prediction
     def _window_fn(self, device: torch.device) -> Any:
-        channels_last = device.type == "cpu" and self.cpu.channels_last
+        network = self.network
+        if device.type == "cpu" and self.cpu.channels_last:
+            from vesselfm.inference.cpu_kernels import channels_last_view
+
+            network = channels_last_view(network)  # shares the weights: built per pass
         autocast = self._autocast
 
         def forward(window: torch.Tensor) -> torch.Tensor:
-            if channels_last:
-                window = window.contiguous(memory_format=torch.channels_last_3d)
             with autocast(device):
-                out = self.network(window)
+                out = network(window)
             if isinstance(out, list | tuple):  # deep supervision: the full-resolution head
                 out = out[0]
             return out.float().contiguous()
