@@ -8,13 +8,16 @@ MONAI's own transforms, eagerly, as vesselFM's fine-tuning does).
 
 Both sides apply the published augmentation (configs/data/imagecas.yaml: same transforms,
 probabilities and ranges) to a normalised crop, in one worker process with one torch thread;
-the reference with the ``monai.transforms`` originals, ours with the subclasses in
-``vesselfm.data.transforms`` that compute the same transforms faster. Printed side by side,
-with and without augmentation (so that the gain from reading only the patch is visible on its
-own), alternating reference and ours ``--repeat`` times, with the load average. Two numbers per
-side: samples/s through a DataLoader with one worker (the target), and the milliseconds of work
-per sample in the worker alone (``dataset[i]`` in this process), whose difference is the cost of
-moving each batch from the worker to the main process (the same on both sides).
+the reference with the ``monai.transforms`` originals and float32 image and label batches (as
+vesselFM's fine-tuning), ours as ``ImageCASDataModule`` builds it: the subclasses in
+``vesselfm.data.transforms`` that compute the same transforms faster, and batches of float16
+images and uint8 labels (``data.transfer_dtype``; cast to float32 on the device). Printed side
+by side, with and without augmentation (so that the gain from reading only the patch is visible
+on its own), alternating reference and ours ``--repeat`` times, with the load average. Two
+numbers per side: samples/s through a DataLoader with one worker (the target), and the
+milliseconds of work per sample in the worker alone (``dataset[i]`` in this process); the
+difference is mostly the cost of moving each batch out of the worker (16 MB per 128³ sample in
+float32, 6 MB as float16 + uint8).
 
 ``--reference-float64`` adds the reference reading the files the reference preparation writes
 (``np.save`` of skimage's float64 output: 8 bytes per voxel for image and mask) instead of
@@ -141,11 +144,10 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from vesselfm.data.imagecas_datamodule import RandomPatchDataset, read_prepared_cases
+    from vesselfm.data.imagecas_datamodule import ImageCASDataModule, read_prepared_cases
     from vesselfm.data.phantom import write_phantom_dataset
     from vesselfm.data.prepare import PrepareOptions, load_manifest, prepare_dataset
     from vesselfm.data.preprocessing import PreprocessConfig
-    from vesselfm.data.transforms import train_transforms
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_loader_"))
     try:
@@ -196,9 +198,13 @@ def main() -> None:
                 for suffix, files in sides:
                     before = _load()
                     ref_tf = reference_transforms(patch) if augment else None
-                    ours_tf = train_transforms(True, patch) if augment else None
                     ref_ds = WholeVolumeReference(train, patch, n, pre, ref_tf, files)
-                    ours_ds = RandomPatchDataset(train, patch, n, 0.33, pre, transform=ours_tf)
+                    # ours as training builds it (data/imagecas.yaml defaults)
+                    dm = ImageCASDataModule(
+                        work / "prep", patch_size=patch, samples_per_epoch=n, augment=augment
+                    )
+                    dm.setup("fit")
+                    ours_ds = dm.train_set
                     ref, ours = rate(ref_ds, args.batch_size), rate(ours_ds, args.batch_size)
                     ref_ms, ours_ms = work_ms(ref_ds, min(n, 30)), work_ms(ours_ds, min(n, 30))
                     print(

@@ -83,8 +83,9 @@ def run(
     for step in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         batch = next(batches)
-        image = batch["image"].to(device, non_blocking=True)
-        label = batch["label"].to(device, non_blocking=True)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = dm.on_after_batch_transfer(batch, 0)  # as Lightning does: float32 on the device
+        image, label = batch["image"], batch["label"]
         sync()
         t1 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)

@@ -37,10 +37,42 @@ def test_train_batches_have_the_contracted_shapes_and_values(prepared):
     for b in batches:
         assert set(b) == {"image", "label"}
         assert b["image"].shape == b["label"].shape == (3, 1, 32, 32, 24)
-        assert b["image"].dtype == b["label"].dtype == torch.float32
-        assert set(torch.unique(b["label"]).tolist()) <= {0.0, 1.0}
+        # out of the workers: float16 images, uint8 labels (data.transfer_dtype)
+        assert b["image"].dtype == torch.float16 and b["label"].dtype == torch.uint8
+        assert set(torch.unique(b["label"]).tolist()) <= {0, 1}
         # normalised to [0, 1] (the published noise adds up to ~0.3 + noise on some crops)
         assert b["image"].min() >= -0.1 and b["image"].max() <= 1.5
+        # what training_step sees: float32, the same values
+        on_device = dm.on_after_batch_transfer(b, 0)
+        assert on_device["image"].dtype == on_device["label"].dtype == torch.float32
+        assert torch.equal(on_device["image"], b["image"].float())
+        assert torch.equal(on_device["label"], b["label"].float())
+
+
+def test_float32_transfer_gives_the_float16_batches_values_at_full_precision(prepared):
+    batches = {}
+    for dtype in ("float16", "float32"):
+        dm = ImageCASDataModule(
+            prepared,
+            patch_size=(32, 32, 24),
+            batch_size=2,
+            num_workers=0,
+            samples_per_epoch=2,
+            transfer_dtype=dtype,
+        )
+        dm.setup("fit")
+        torch.manual_seed(5)
+        batches[dtype] = next(iter(dm.train_dataloader()))
+    full, half = batches["float32"], batches["float16"]
+    assert full["image"].dtype == torch.float32 and full["label"].dtype == torch.uint8
+    assert torch.equal(full["label"], half["label"])
+    torch.testing.assert_close(half["image"].float(), full["image"], atol=1e-3, rtol=1e-3)
+    assert torch.equal(half["image"], full["image"].half())
+
+
+def test_a_bad_transfer_dtype_is_refused(prepared):
+    with pytest.raises(ValueError, match="data.transfer_dtype"):
+        ImageCASDataModule(prepared, transfer_dtype="int8")
 
 
 def test_val_and_test_batches_are_whole_volumes_with_native_geometry(prepared):
@@ -194,5 +226,5 @@ def test_train_items_are_plain_tensors_and_metadata_tracking_is_restored(prepare
     for i in range(4):
         item = dm.train_set[i]
         assert type(item["image"]) is torch.Tensor and type(item["label"]) is torch.Tensor
-        assert item["image"].shape == (1, 24, 24, 16) and item["image"].dtype == torch.float32
+        assert item["image"].shape == (1, 24, 24, 16) and item["image"].dtype == torch.float16
     assert get_track_meta()

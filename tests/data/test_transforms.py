@@ -76,6 +76,42 @@ def test_rand_affine_actually_shears(sample):
     )
 
 
+ZOOM = {"keys": ["image", "label"], "mode": ["trilinear", "nearest"], "padding_mode": "constant"}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_zoom": 1.0, "max_zoom": 1.3},  # the published one
+        {"min_zoom": [1.0, 1.1, 1.0], "max_zoom": [1.3, 1.2, 1.6]},  # one factor per axis
+        {"min_zoom": 0.8, "max_zoom": 1.2},  # may shrink: MONAI's code (pads)
+    ],
+    ids=["published", "per_axis", "shrinks"],
+)
+def test_rand_zoom_equals_monai(sample, kwargs):
+    zoomed = 0
+    for seed in range(5):
+        ours, ref = _pair("RandZoomd", seed, prob=0.7, **ZOOM, **kwargs)
+        for _ in range(3):  # consecutive calls: the random streams stay in step
+            a, b = _run(ours, sample), _run(ref, sample)
+            zoomed += ref._do_transform
+            assert a["image"].dtype == torch.float32 and a["image"].shape == b["image"].shape
+            np.testing.assert_allclose(a["image"].numpy(), b["image"].numpy(), rtol=0, atol=1e-5)
+            assert torch.equal(a["label"].float(), b["label"])
+    assert zoomed >= 5
+
+
+def test_rand_zoom_keeps_a_uint8_label_uint8(sample):
+    outs = []
+    for dtype in (torch.float32, torch.uint8):
+        t = vt.RandZoomd(prob=1.0, min_zoom=1.2, max_zoom=1.3, **ZOOM)
+        t.set_random_state(0)
+        outs.append(t({"image": sample["image"].clone(), "label": sample["label"].to(dtype)}))
+    assert outs[1]["label"].dtype == torch.uint8
+    assert torch.equal(outs[1]["label"].float(), outs[0]["label"])
+    assert not torch.equal(outs[0]["label"], sample["label"])
+
+
 def test_rand_gaussian_smooth_equals_monai(sample):
     for seed in range(4):
         kw = {
@@ -134,7 +170,7 @@ def test_rand_gaussian_noise_draws_as_monai(sample):
 def test_published_pipeline_uses_the_fast_subclasses_with_the_published_settings():
     targets = [c["_target_"] for c in DEFAULT_AUGMENTATIONS]
     assert targets == [
-        "monai.transforms.RandZoomd",
+        "vesselfm.data.transforms.RandZoomd",
         "vesselfm.data.transforms.RandAffined",
         "monai.transforms.RandFlipd",
         "monai.transforms.RandFlipd",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ import monai.transforms
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.utils import fall_back_tuple
+from monai.utils import ensure_tuple, fall_back_tuple
 
 KEYS = ["image", "label"]
 
@@ -38,7 +39,7 @@ KEYS = ["image", "label"]
 # brightness shift of the [0, 1] image on 20 % of the crops).
 DEFAULT_AUGMENTATIONS: list[dict[str, Any]] = [
     {
-        "_target_": "monai.transforms.RandZoomd",
+        "_target_": "vesselfm.data.transforms.RandZoomd",
         "keys": KEYS,
         "prob": 0.3,
         "min_zoom": 1.0,
@@ -130,13 +131,16 @@ def augmentation_configs(
 
 
 def train_transforms(
-    augment: bool | Sequence[Any] | Mapping[str, Any] | None, patch_size: Sequence[int]
+    augment: bool | Sequence[Any] | Mapping[str, Any] | None,
+    patch_size: Sequence[int],
+    label_dtype: torch.dtype = torch.float32,
 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """The training pipeline: the augmentations, a centre crop to ``patch_size``, float32 tensors.
+    """The training pipeline: the augmentations, a centre crop to ``patch_size``, tensors.
 
     Input: ``{"image": (1, X, Y, Z) float32 normalised, "label": (1, X, Y, Z) 0/1}`` (a crop
-    of at least ``patch_size``). Output: the same keys as float32 ``torch.Tensor`` of shape
-    ``(1, *patch_size)``, the label still 0/1.
+    of at least ``patch_size``; the label float or uint8). Output: the same keys as
+    ``torch.Tensor`` of shape ``(1, *patch_size)``: the image float32, the label 0/1 as
+    ``label_dtype``.
     """
     from monai.transforms import CenterSpatialCropd, Compose, EnsureTyped, SpatialPadd
 
@@ -144,7 +148,8 @@ def train_transforms(
     transforms += [
         CenterSpatialCropd(keys=KEYS, roi_size=list(patch_size)),
         SpatialPadd(keys=KEYS, spatial_size=list(patch_size)),
-        EnsureTyped(keys=KEYS, data_type="tensor", dtype=torch.float32, track_meta=False),
+        EnsureTyped(keys=["image"], data_type="tensor", dtype=torch.float32, track_meta=False),
+        EnsureTyped(keys=["label"], data_type="tensor", dtype=label_dtype, track_meta=False),
     ]
     return Compose(transforms)
 
@@ -194,6 +199,64 @@ def _slicewise_affine(
     slices = img.permute(3, 0, 1, 2)  # (Z, C, X, Y)
     out = F.grid_sample(slices, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
     return out.permute(1, 2, 3, 0).contiguous()
+
+
+def _zoom_axis(img: torch.Tensor, dim: int, zoom: float, linear: bool) -> torch.Tensor:
+    """Along ``dim``: ``F.interpolate(scale_factor=zoom, recompute_scale_factor=True)`` (legacy
+    ``nearest`` or linear, ``align_corners=False``) followed by MONAI's centre crop back to the
+    input size, computed for the kept voxels only. Same source coordinates as PyTorch's kernels
+    (float32 ``in / out`` scale, half-pixel centres for linear)."""
+    size = int(img.shape[dim])
+    full = int(math.floor(float(size) * zoom))
+    start = full // 2 - size // 2  # MONAI's centre crop of the zoomed axis
+    scale = torch.tensor(size, dtype=torch.float32) / full
+    dst = torch.arange(start, start + size, dtype=torch.float32)
+    if not linear:
+        return img.index_select(dim, (dst * scale).floor_().long().clamp_(max=size - 1))
+    src = (scale * (dst + 0.5) - 0.5).clamp_(min=0.0)
+    lo = src.floor().long().clamp_(max=size - 1)
+    hi = (lo + 1).clamp_(max=size - 1)
+    shape = [1] * img.dim()
+    shape[dim] = size
+    out = img.index_select(dim, lo)
+    return out.lerp_(img.index_select(dim, hi), (src - lo).view(shape))
+
+
+class RandZoomd(monai.transforms.RandZoomd):
+    """``monai.transforms.RandZoomd`` for zooms of at least 1 with ``keep_size`` (the published
+    1.0-1.3): the zoom and MONAI's centre crop computed as one separable resampling of the kept
+    voxels only (trilinear as three linear passes, nearest as three index selections), about 2x
+    faster on a 128³ patch for the image and 10x for a uint8 label. Same arguments and random
+    draws; ``nearest`` keys keep their dtype (a uint8 label stays uint8), linear ones are
+    float32. Zooms below 1, other modes, ``align_corners=True`` or lazy mode run MONAI's code."""
+
+    def _fast(self) -> bool:
+        rz = self.rand_zoom
+        return (
+            bool(rz.keep_size)
+            and min(ensure_tuple(rz.min_zoom)) >= 1.0
+            and all(str(m) in ("trilinear", "nearest") for m in self.mode)
+            and all(a in (None, False) for a in self.align_corners)
+            and all(t in (None, torch.float32, np.float32) for t in self.dtype)
+        )
+
+    def __call__(self, data: Mapping[Any, Any], lazy: bool | None = None) -> dict[Any, Any]:
+        d = dict(data)
+        first_key = self.first_key(d)
+        if (self.lazy if lazy is None else lazy) or first_key == () or not self._fast():
+            return super().__call__(data, lazy)
+        self.randomize(None)
+        self.rand_zoom.randomize(d[first_key])
+        for key, mode in self.key_iterator(d, self.mode):
+            img = torch.as_tensor(d[key]).as_subclass(torch.Tensor)
+            linear = str(mode) == "trilinear"
+            if linear:
+                img = img.to(torch.float32)
+            if self._do_transform:
+                for axis, zoom in enumerate(self.rand_zoom._zoom):
+                    img = _zoom_axis(img, axis + 1, float(zoom), linear)
+            d[key] = img
+        return d
 
 
 class RandAffined(monai.transforms.RandAffined):
@@ -370,6 +433,7 @@ __all__ = [
     "RandGaussianNoised",
     "RandGaussianSmoothd",
     "RandHistogramShiftd",
+    "RandZoomd",
     "augmentation_configs",
     "instantiate_transform",
     "locate",
