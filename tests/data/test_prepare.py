@@ -41,6 +41,8 @@ def test_random_split_layout_and_manifest(phantom_source, tmp_path):
         assert img.dtype == np.int16 and e["image_dtype"] == "int16"
         assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
         assert img.shape == mask.shape == tuple(e["prepared_shape"]) == (48, 48, 48)
+        # C order on disk (the NIfTI arrays are Fortran-ordered): crops come out contiguous
+        assert img.flags.c_contiguous and mask.flags.c_contiguous
         assert e["original_shape"] == [64, 64, 48]
         src = nib.load(e["image_source"])
         np.testing.assert_allclose(e["original_affine"], src.affine)

@@ -9,6 +9,7 @@ from monai.transforms import ScaleIntensityRangePercentiles
 
 from vesselfm.data.preprocessing import (
     PreprocessConfig,
+    c_order,
     intensity_range,
     normalize_intensity,
     resample_image,
@@ -174,3 +175,15 @@ def test_normalisation_does_not_modify_its_input():
     normalize_intensity(volume, (-50.0, 50.0), cfg)
     normalize_intensity(torch.from_numpy(volume), (-50.0, 50.0), cfg)
     np.testing.assert_array_equal(volume, before)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
+@pytest.mark.parametrize("order", ["F", "C", "strided"])
+def test_c_order_copies_into_c_order_with_the_same_values(dtype, order):
+    base = np.random.default_rng(0).integers(0, 200, (9, 7, 5)).astype(dtype)
+    vol = {"F": np.asfortranarray(base), "C": base, "strided": base[::2, :, 1:]}[order]
+    out = c_order(vol)
+    assert out.flags.c_contiguous and out.dtype == vol.dtype
+    np.testing.assert_array_equal(out, vol)
+    if order == "C":
+        assert out is vol

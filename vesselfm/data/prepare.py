@@ -51,6 +51,7 @@ from vesselfm.data.imagecas import (
 from vesselfm.data.preprocessing import (
     PreprocessConfig,
     bounding_box,
+    c_order,
     intensity_range,
     resample_image,
     resample_label,
@@ -381,7 +382,8 @@ def prepare_case(
         if not np.can_cast(image.dtype, dtype):  # an average of int16 values fits int16
             info = np.iinfo(dtype)
             np.clip(resampled, info.min, info.max, out=resampled)
-    stored = resampled.astype(dtype, copy=False)
+    # C order on disk: training crops come out C-contiguous, as the network takes them
+    stored = c_order(resampled.astype(dtype, copy=False))
     del resampled, image
     value_range = intensity_range(stored, cfg)
     mask = resample_label(label, new_shape, threshold=options.label_threshold)
@@ -393,7 +395,7 @@ def prepare_case(
     case_dir.mkdir(parents=True, exist_ok=True)
     clean_temporary_files(case_dir)
     _save_npy(case_dir / IMAGE_FILE, stored)
-    _save_npy(case_dir / MASK_FILE, mask)
+    _save_npy(case_dir / MASK_FILE, c_order(mask))
     _save_npy(
         case_dir / FG_FILE, foreground_samples(mask, FG_SAMPLES, seed=_stable_seed(case.case_id))
     )

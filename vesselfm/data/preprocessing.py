@@ -112,6 +112,21 @@ def _memory_order(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(sorted(range(x.ndim), key=lambda d: (-x.stride(d), d)))
 
 
+def c_order(volume: np.ndarray) -> np.ndarray:
+    """``volume`` (3D) as a C-contiguous array: the same one when it already is, else a copy.
+
+    A Fortran-ordered volume (a NIfTI array: X fastest) is reordered in two cache-friendly
+    steps (per-slice 2D transposes, then one transpose of the slice index against the rest),
+    about 2x faster than ``np.ascontiguousarray``."""
+    volume = np.asarray(volume)
+    if volume.flags.c_contiguous or volume.ndim != 3 or not volume.flags.f_contiguous:
+        return np.ascontiguousarray(volume)
+    x, y, z = volume.shape
+    zyx = torch.from_numpy(volume.transpose(2, 1, 0))  # C-contiguous view, axes (Z, Y, X)
+    zxy = zyx.transpose(1, 2).contiguous()
+    return zxy.reshape(z, x * y).t().contiguous().view(x, y, z).numpy()
+
+
 def _integer_factors(src: Sequence[int], shape: Sequence[int]) -> tuple[int, ...] | None:
     """Per-axis shrink factors when every axis shrinks by a whole number (or is kept), else ``None``."""
     if any(s < t or s % t for s, t in zip(src, shape, strict=True)):
