@@ -2,22 +2,26 @@
 faster augmentation vs the reference (load the whole img.npy/mask.npy, crop, then augment with
 MONAI's own transforms, eagerly, as vesselFM's fine-tuning does).
 
-    python scripts/bench_dataloader.py [--shape 256 256 275] [--patch 128] [--samples 60]
+    python scripts/bench_dataloader.py [--shape 256 256 275] [--patch 128] [--samples 120]
                                        [--batch-size 6] [--repeat 2] [--work /tmp/bench_loader]
-                                       [--reference-float64]
+                                       [--reference-float64] [--reference-keep-memory]
 
 Both sides apply the published augmentation (configs/data/imagecas.yaml: same transforms,
 probabilities and ranges) to a normalised crop, in one worker process with one torch thread;
 the reference with the ``monai.transforms`` originals and float32 image and label batches (as
-vesselFM's fine-tuning), ours as ``ImageCASDataModule`` builds it: the subclasses in
-``vesselfm.data.transforms`` that compute the same transforms faster, and batches of float16
-images and uint8 labels (``data.transfer_dtype``; cast to float32 on the device). Printed side
+vesselFM's fine-tuning), ours as ``ImageCASDataModule`` builds it (its own ``train_dataloader``
+with one worker): the subclasses in ``vesselfm.data.transforms`` that compute the same
+transforms faster, batches of float16 images and uint8 labels (``data.transfer_dtype``; cast to
+float32 on the device), and workers that keep freed memory for reuse
+(``keep_freed_memory``; ``--reference-keep-memory`` adds a row where the reference's worker
+does the same). Printed side
 by side, with and without augmentation (so that the gain from reading only the patch is visible
 on its own), alternating reference and ours ``--repeat`` times, with the load average. Two
 numbers per side: samples/s through a DataLoader with one worker (the target), and the
-milliseconds of work per sample in the worker alone (``dataset[i]`` in this process); the
-difference is mostly the cost of moving each batch out of the worker (16 MB per 128³ sample in
-float32, 6 MB as float16 + uint8).
+milliseconds of work per sample alone (``dataset[i]`` in this process, with glibc's default
+allocator for both sides); the difference is mostly the cost of moving each batch out of the
+worker (16 MB per 128³ sample in float32, 6 MB as float16 + uint8) and, for the reference, the
+page faults of its worker's allocations.
 
 ``--reference-float64`` adds the reference reading the files the reference preparation writes
 (``np.save`` of skimage's float64 output: 8 bytes per voxel for image and mask) instead of
@@ -82,19 +86,26 @@ def reference_transforms(patch):
     return train_transforms(configs, patch)
 
 
-def _worker_init(_: int) -> None:
+def _reference_worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def rate(dataset: Dataset, batch_size: int) -> float:
-    """Samples per second through a DataLoader with one worker (start-up and first batch not timed)."""
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=1,
-        worker_init_fn=_worker_init,
-        prefetch_factor=2,
+def _reference_worker_init_keeping_memory(worker_id: int) -> None:
+    from vesselfm.data.imagecas_datamodule import keep_freed_memory
+
+    _reference_worker_init(worker_id)
+    keep_freed_memory()
+
+
+def reference_loader(dataset: Dataset, batch_size: int, keep_memory: bool = False) -> DataLoader:
+    init = _reference_worker_init_keeping_memory if keep_memory else _reference_worker_init
+    return DataLoader(
+        dataset, batch_size=batch_size, num_workers=1, worker_init_fn=init, prefetch_factor=2
     )
+
+
+def rate(loader: DataLoader) -> float:
+    """Samples per second through ``loader`` (start-up and first batch not timed)."""
     it = iter(loader)
     next(it)
     t = time.perf_counter()
@@ -129,7 +140,7 @@ def main() -> None:
     )
     ap.add_argument("--cases", type=int, default=3)
     ap.add_argument("--patch", type=int, default=128)
-    ap.add_argument("--samples", type=int, default=60)
+    ap.add_argument("--samples", type=int, default=120)
     ap.add_argument(
         "--batch-size", type=int, default=6, help="the published fine-tune's batch size"
     )
@@ -141,6 +152,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--reference-float64", action="store_true", help="also: reference on float64 files"
+    )
+    ap.add_argument(
+        "--reference-keep-memory",
+        action="store_true",
+        help="also: reference with ours' allocator setting (keep_freed_memory) in its worker",
     )
     args = ap.parse_args()
 
@@ -194,18 +210,30 @@ def main() -> None:
                 ("crop only (augment=false)", False),
                 ("published augmentation", True),
             ):
-                sides = [("", None)] + ([(", reference on float64", f64)] if f64 else [])
-                for suffix, files in sides:
+                sides = [("", None, False)]
+                if args.reference_keep_memory:
+                    sides.append((", reference keeping freed memory", None, True))
+                if f64:
+                    sides.append((", reference on float64", f64, False))
+                for suffix, files, keep_memory in sides:
                     before = _load()
                     ref_tf = reference_transforms(patch) if augment else None
                     ref_ds = WholeVolumeReference(train, patch, n, pre, ref_tf, files)
-                    # ours as training builds it (data/imagecas.yaml defaults)
+                    # ours as training builds it (data/imagecas.yaml defaults), one worker
                     dm = ImageCASDataModule(
-                        work / "prep", patch_size=patch, samples_per_epoch=n, augment=augment
+                        work / "prep",
+                        patch_size=patch,
+                        batch_size=args.batch_size,
+                        num_workers=1,
+                        pin_memory=False,
+                        persistent_workers=False,
+                        samples_per_epoch=n,
+                        augment=augment,
                     )
                     dm.setup("fit")
                     ours_ds = dm.train_set
-                    ref, ours = rate(ref_ds, args.batch_size), rate(ours_ds, args.batch_size)
+                    ref_loader = reference_loader(ref_ds, args.batch_size, keep_memory)
+                    ref, ours = rate(ref_loader), rate(dm.train_dataloader())
                     ref_ms, ours_ms = work_ms(ref_ds, min(n, 30)), work_ms(ours_ds, min(n, 30))
                     print(
                         f"{f'{r}: {name}{suffix}':46s}{ref:9.1f}/s{ours:9.1f}/s{ours / ref:6.1f}x   "

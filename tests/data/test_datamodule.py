@@ -37,6 +37,7 @@ def test_train_batches_have_the_contracted_shapes_and_values(prepared):
     for b in batches:
         assert set(b) == {"image", "label"}
         assert b["image"].shape == b["label"].shape == (3, 1, 32, 32, 24)
+        assert b["image"].is_contiguous() and b["label"].is_contiguous()
         # out of the workers: float16 images, uint8 labels (data.transfer_dtype)
         assert b["image"].dtype == torch.float16 and b["label"].dtype == torch.uint8
         assert set(torch.unique(b["label"]).tolist()) <= {0, 1}
@@ -139,6 +140,17 @@ def test_crops_come_from_the_memory_map_and_pad_outside():
     assert np.all(out[0] == -7) and np.all(out[:, 2] == -7) and np.all(out[:, :, 2] == -7)
 
 
+def test_crops_of_a_fortran_ordered_file_come_out_in_c_order(tmp_path):
+    # sets prepared before img.npy was written in C order hold Fortran-ordered images
+    vol = np.asfortranarray(np.arange(9 * 8 * 7, dtype=np.int16).reshape(9, 8, 7))
+    np.save(tmp_path / "img.npy", vol)
+    mm = np.load(tmp_path / "img.npy", mmap_mode="r")
+    assert mm.flags.f_contiguous and not mm.flags.c_contiguous
+    out = read_region(mm, (2, 1, 3), (5, 6, 4), pad_value=0)
+    assert out.flags.c_contiguous
+    np.testing.assert_array_equal(out, vol[2:7, 1:7, 3:7])
+
+
 def test_workers_give_different_crops_and_num_shots_limits_cases(prepared):
     dm = ImageCASDataModule(
         prepared,
@@ -153,6 +165,73 @@ def test_workers_give_different_crops_and_num_shots_limits_cases(prepared):
     assert [c.case_id for c in dm.train_set.cases] == [c.case_id for c in dm._cases["train"][:2]]
     a, b = list(dm.train_dataloader())
     assert not torch.equal(a["image"], b["image"])
+
+
+_FAULTS_SCRIPT = """
+import resource, sys, torch
+from vesselfm.data.imagecas_datamodule import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def one_patch():
+    # a transform chain: 128^3 float32 tensors (8 MB each, 96 MB in all) alive at once, then freed
+    tensors = [torch.ones(2 << 20) for _ in range(12)]
+    del tensors
+for _ in range(3):  # warm up: the heap grows once
+    one_patch()
+before = faults()
+for _ in range(10):
+    one_patch()
+print((faults() - before) / 10)
+"""
+
+
+def test_workers_keep_freed_memory_instead_of_faulting_it_in_again():
+    import os
+    import subprocess
+    import sys
+
+    def faults_per_patch(mode: str) -> float:
+        # glibc's adaptive thresholds make its default depend on the process's history; pinned
+        # at their start value (mmap every block over 128 kB) the baseline faults every time
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS_SCRIPT, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
+        return float(out.stdout.strip())
+
+    # each 8 MB block mapped and unmapped: 2048 page faults apiece, 24 000 per patch
+    assert faults_per_patch("default") > 20000
+    # kept: the heap serves the same memory again
+    assert faults_per_patch("keep") < 100
+
+
+def test_loader_workers_keep_lightnings_per_worker_seeding(prepared, monkeypatch):
+    from torch.utils.data import Dataset
+
+    from vesselfm.data.imagecas_datamodule import loader_worker_init
+
+    class NumpyDraws(Dataset):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, index: int) -> int:
+            return int(np.random.randint(2**31))
+
+    dm = ImageCASDataModule(prepared, batch_size=1, num_workers=2, persistent_workers=False)
+    loader = dm._loader(NumpyDraws(), 1, False, 2)
+    assert loader.worker_init_fn is loader_worker_init
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")  # as seed_everything(workers=True) sets it
+    np.random.seed(0)
+    draws = [int(b) for b in loader]
+    # items 0, 2 come from worker 0 and 1, 3 from worker 1: without Lightning's seeding both
+    # forked workers would repeat the parent's numpy stream
+    assert draws[0] != draws[1]
 
 
 def test_yaml_augmentation_is_the_published_pipeline():

@@ -138,6 +138,18 @@ def test_rand_histogram_shift_equals_monai_exactly(sample):
     assert not torch.equal(a["image"], sample["image"])
 
 
+@pytest.mark.parametrize("points", [2, 5, 10])
+def test_histogram_map_equals_monai_inside_and_outside_the_control_points(sample, points):
+    # values below the first and above the last control point take MONAI's clamps
+    x = sample["image"] * 1.4 - 0.2
+    xp = torch.sort(torch.rand(points, generator=torch.Generator().manual_seed(points)))[0]
+    fp = torch.sort(torch.rand(points, generator=torch.Generator().manual_seed(99)))[0]
+    assert x.min() < xp[0] and x.max() > xp[-1]
+    ours = vt._TakeHistogramShift(num_control_points=max(points, 4)).interp(x, xp, fp)
+    ref = mt.RandHistogramShift(num_control_points=max(points, 4)).interp(x, xp, fp)
+    assert torch.equal(ours, torch.as_tensor(ref))
+
+
 def test_rand_gaussian_noise_draws_as_monai(sample):
     for seed in range(6):
         ours, ref = _pair("RandGaussianNoised", seed, keys=["image"], prob=0.5, mean=0.3, std=0.01)

@@ -198,7 +198,9 @@ def _slicewise_affine(
     at a fraction of the cost of 3D sampling."""
     slices = img.permute(3, 0, 1, 2)  # (Z, C, X, Y)
     out = F.grid_sample(slices, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
-    return out.permute(1, 2, 3, 0).contiguous()
+    # back to (C, X, Y, Z) as one 2D transpose (Z, C*X*Y): torch's 2D transposing copy is
+    # about 3x faster than the same copy written as a 4D permute
+    return out.reshape(out.shape[0], -1).t().contiguous().view(img.shape)
 
 
 def _zoom_axis(img: torch.Tensor, dim: int, zoom: float, linear: bool) -> torch.Tensor:
@@ -216,6 +218,14 @@ def _zoom_axis(img: torch.Tensor, dim: int, zoom: float, linear: bool) -> torch.
     src = (scale * (dst + 0.5) - 0.5).clamp_(min=0.0)
     lo = src.floor().long().clamp_(max=size - 1)
     hi = (lo + 1).clamp_(max=size - 1)
+    if dim == img.dim() - 1:
+        # the contiguous axis: a gather there is slow, a (size x size) two-tap matmul is not
+        weight = src - lo
+        taps = torch.zeros(size, size, dtype=img.dtype)
+        rows = torch.arange(size)
+        taps.index_put_((rows, lo), (1.0 - weight).to(img.dtype), accumulate=True)
+        taps.index_put_((rows, hi), weight.to(img.dtype), accumulate=True)
+        return (img.reshape(-1, size) @ taps.T).reshape(img.shape)
     shape = [1] * img.dim()
     shape[dim] = size
     out = img.index_select(dim, lo)
@@ -395,8 +405,8 @@ class RandGaussianNoised(monai.transforms.RandGaussianNoised):
 
 class _TakeHistogramShift(monai.transforms.RandHistogramShift):
     """The array transform inside :class:`RandHistogramShiftd`: MONAI's piecewise-linear map,
-    the same arithmetic (``m[i] * x + b[i]``), with ``take`` and ``where`` instead of advanced
-    indexing and boolean-mask assignment."""
+    the same arithmetic (``m[i] * x + b[i]``), with a counted segment index and
+    ``index_select`` instead of a binary search, advanced indexing and boolean-mask assignment."""
 
     def interp(self, x: Any, xp: Any, fp: Any) -> Any:
         if not isinstance(x, torch.Tensor):
@@ -405,15 +415,22 @@ class _TakeHistogramShift(monai.transforms.RandHistogramShift):
         m = (fp[1:] - fp[:-1]) / (xp[1:] - xp[:-1])
         b = fp[:-1] - (m * xp[:-1])
         flat = x.reshape(-1)
-        # searchsorted(xp, x) - 1 (side "left": how many control points lie below x), counted
-        # directly: with 5-10 control points that is several times faster than a binary search.
-        below = torch.zeros(flat.shape, dtype=torch.uint8)
-        for point in xp.reshape(-1).tolist():
-            below += flat > point
-        indices = (below.to(torch.int64) - 1).clamp_(0, len(m) - 1)
-        f = (torch.take(m, indices) * flat + torch.take(b, indices)).reshape(x.shape)
-        f = torch.where(x < xp[0], fp[0], f)
-        return torch.where(x > xp[-1], fp[-1], f)
+        # MONAI's segment, searchsorted(xp, x) - 1 clamped to [0, len(m) - 1], is the number of
+        # inner control points below x: counted directly (with 5-10 control points several
+        # times faster than a binary search), as uint8, then int32 for index_select.
+        segment = torch.zeros(flat.shape, dtype=torch.uint8)
+        for point in xp[1:-1].reshape(-1).tolist():
+            segment += flat > point
+        segment = segment.to(torch.int32)
+        f = m.index_select(0, segment).mul_(flat).add_(b.index_select(0, segment))
+        f = f.reshape(x.shape)
+        # MONAI's clamps outside [xp[0], xp[-1]], where some voxel lies outside at all
+        lowest, highest = torch.aminmax(flat)
+        if lowest < xp[0]:
+            f = torch.where(x < xp[0], fp[0], f)
+        if highest > xp[-1]:
+            f = torch.where(x > xp[-1], fp[-1], f)
+        return f
 
 
 class RandHistogramShiftd(monai.transforms.RandHistogramShiftd):
