@@ -234,6 +234,18 @@ def test_loader_workers_keep_lightnings_per_worker_seeding(prepared, monkeypatch
     assert draws[0] != draws[1]
 
 
+def test_augmented_items_repeat_with_torchs_seed(prepared):
+    def items(seed: int) -> list[torch.Tensor]:
+        dm = ImageCASDataModule(prepared, patch_size=(24, 24, 16), samples_per_epoch=4)
+        dm.setup("fit")
+        torch.manual_seed(seed)
+        return [dm.train_set[i]["image"] for i in range(4)]
+
+    first, again, other = items(0), items(0), items(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+
+
 def test_yaml_augmentation_is_the_published_pipeline():
     cfg = yaml.safe_load(
         (Path(str(files("vesselfm.configs"))) / "data" / "imagecas.yaml").read_text()
