@@ -9,8 +9,8 @@ Variants, all on the same prepared phantom volume (default: a 512×512×200 phan
 - ``ours-same-fp32-nchw`` (only when named in ``--variants``): the same without the channels-last
   view (``inference.cpu.channels_last=false``), to see what the view alone gains.
 - ``ours-same-bf16``: the same settings with bf16 autocast.
-- ``ours-fast``: the fast preset: 128³ windows (the training patch), overlap 0.25, Gaussian
-  blending, bf16, channels-last. Larger windows than the training patch (160³) were faster but
+- ``ours-fast``: the fast preset, ``inference=fast`` (``configs/inference/fast.yaml``, read
+  here): 128³ windows (the training patch), overlap 0.25, Gaussian blending, bf16, channels-last. Larger windows than the training patch (160³) were faster but
   lost 0.03 Dice against the label (``--quality`` with a trained checkpoint).
 
 For each: seconds, speed-up over the reference, Dice of its mask against the reference mask.
@@ -48,7 +48,25 @@ from vesselfm.data.preprocessing import PreprocessConfig  # noqa: E402
 from vesselfm.inference import SlidingWindowPredictor  # noqa: E402
 
 FULL = {"roi_size": (128, 128, 128), "overlap": 0.5, "mode": "constant"}
-FAST = {"roi_size": (128, 128, 128), "overlap": 0.25, "mode": "gaussian"}
+
+
+def _preset(name: str) -> dict[str, Any]:
+    """``configs/inference/<name>.yaml`` (over ``default.yaml``, as Hydra composes it)."""
+    from omegaconf import OmegaConf
+
+    folder = ROOT / "configs" / "inference"
+    cfg = OmegaConf.load(folder / "default.yaml")
+    if name != "default":
+        option = OmegaConf.load(folder / f"{name}.yaml")
+        option.pop("defaults", None)
+        cfg = OmegaConf.merge(cfg, option)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+# the fast preset as users get it: python -m vesselfm.infer ... inference=fast
+_FAST_CFG = _preset("fast")
+FAST = {k: _FAST_CFG[k] for k in ("overlap", "mode")} | {"roi_size": tuple(_FAST_CFG["roi_size"])}
+FAST_PRECISION = _FAST_CFG["cpu"]["precision"]
 
 
 def build(model: str, seed: int = 0) -> torch.nn.Module:
@@ -145,7 +163,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
             x
         ),
         "ours-same-bf16": lambda: ours(net, FULL, "bf16", True, args.threads).predict_volume(x),
-        "ours-fast": lambda: ours(net, FAST, "bf16", True, args.threads).predict_volume(x),
+        "ours-fast": lambda: ours(net, FAST, FAST_PRECISION, True, args.threads).predict_volume(x),
     }
     rows: dict[str, Any] = {}
     ref_mask = None
@@ -234,11 +252,11 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     presets = (
         ("full-fp32", {**full, "mode": "gaussian"}, "fp32"),
         ("full-bf16", {**full, "mode": "gaussian"}, "bf16"),
-        ("fast", fast, "bf16"),
+        ("fast", fast, FAST_PRECISION),
     )
     full_masks: list[np.ndarray] = []
     for name, preset, precision in presets:
-        predictor = ours(net, preset, precision, precision == "bf16", args.threads)
+        predictor = ours(net, preset, precision, True, args.threads)
         if preprocess is not None:
             predictor.preprocess = preprocess
         scores, agree, seconds = [], [], 0.0

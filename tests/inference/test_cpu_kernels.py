@@ -9,7 +9,9 @@ from torch import nn
 from vesselfm.inference.cpu_kernels import channels_last_view
 
 
-def _assert_channels_last_close(view: nn.Module, net: nn.Module, x: torch.Tensor, atol: float) -> None:
+def _assert_channels_last_close(
+    view: nn.Module, net: nn.Module, x: torch.Tensor, atol: float
+) -> None:
     with torch.inference_mode():
         want, got = net(x), view(x)
     assert got.shape == want.shape and got.dtype == want.dtype
@@ -70,7 +72,9 @@ def test_the_view_shares_the_weights_and_leaves_the_network_alone(tiny_net: nn.M
     before = [type(m) for m in tiny_net.modules()]
     view = channels_last_view(tiny_net)
     assert [type(m) for m in tiny_net.modules()] == before
-    assert {p.data_ptr() for p in view.parameters()} == {p.data_ptr() for p in tiny_net.parameters()}
+    assert {p.data_ptr() for p in view.parameters()} == {
+        p.data_ptr() for p in tiny_net.parameters()
+    }
     x = torch.randn(1, 1, 24, 24, 24)
     with torch.no_grad():
         first = next(tiny_net.parameters())

@@ -262,3 +262,20 @@ def test_predict_file_writes_and_skips(
     assert (out / "1_pred.stl").stat().st_size > 84
     assert not predictor.predict_file(scan_file, out, overwrite=True)["skipped"]
     assert sorted(p.name for p in out.iterdir()) == ["1_pred.nii.gz", "1_pred.stl", "1_prob.nii.gz"]
+
+
+def test_the_fast_preset_is_the_default_with_overlap_and_bf16_changed(
+    tiny_net: nn.Module, compose_cfg: Callable[..., DictConfig]
+) -> None:
+    def predictor(option: str) -> SlidingWindowPredictor:
+        cfg = compose_cfg("infer", ["input=scan.nii.gz", f"inference={option}"])
+        return SlidingWindowPredictor.from_config(
+            tiny_net, OmegaConf.to_container(cfg.inference, resolve=True)
+        )
+
+    default, fast = predictor("default"), predictor("fast")
+    assert (default.overlap, default.cpu.precision) == (0.5, "fp32")
+    assert (fast.overlap, fast.cpu.precision) == (0.25, "bf16")
+    assert fast.roi_size == default.roi_size == (128, 128, 128)
+    assert fast.mode == default.mode == "gaussian"
+    assert fast.cpu.channels_last and fast.cpu.sw_batch_size == 1
