@@ -138,9 +138,8 @@ def run_demo(cfg: DictConfig, net: Any, datamodule: Any, cases: int) -> list[dic
         if not image.is_file():
             log.warning("demo: case %s has no scan on disk (%s); skipped", case_id, image)
             continue
-        written = predictor.predict_file(
-            image, out_dir, save_mesh=True, overwrite=True, case=case_id
-        )
+        # no mesh here: visualise_case writes <case>_pred.stl (and the ground truth's)
+        written = predictor.predict_file(image, out_dir, overwrite=True, case=case_id)
         views = visualise_case(
             written["pred"],
             out_dir,
@@ -148,12 +147,12 @@ def run_demo(cfg: DictConfig, net: Any, datamodule: Any, cases: int) -> list[dic
             image_path=image,
             case_id=case_id,
         )
-        results.append({**written, "views": views})
+        results.append({**written, "mesh": views.get("pred_stl"), "views": views})
         log.info(
             "demo case %s: mask %s, mesh %s, 3D view %s",
             case_id,
             written["pred"],
-            written.get("mesh"),
+            views.get("pred_stl"),
             views.get("html"),
         )
     return results

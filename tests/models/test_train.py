@@ -94,7 +94,10 @@ def test_zero_shot_test_path_writes_the_three_files(compose_cfg, tmp_path):
     cfg = compose_cfg("train", SMALL)
     weights = tmp_path / "weights.pt"
     torch.save(build_network(cfg.model.net).state_dict(), weights)
-    cfg = compose_cfg("train", [*SMALL, "train=false", f"model.checkpoint={weights}"])
+    # with the demo (phantom_demo's demo.cases=1, which SMALL turns off)
+    overrides = [o for o in SMALL if o != "demo=null"]
+    cfg = compose_cfg("train", [*overrides, "train=false", f"model.checkpoint={weights}"])
+    assert cfg.demo.cases == 1
 
     metrics, objects = train(cfg)
 
@@ -103,6 +106,13 @@ def test_zero_shot_test_path_writes_the_three_files(compose_cfg, tmp_path):
     assert "test/dice" in metrics and "val/dice" not in metrics
     assert objects["trainer"].global_step == 0
     assert (out / "metrics.csv").read_text().splitlines()[0].startswith("case,")
+    # the demo: the test case segmented as infer would, its meshes and its 3D view
+    (demo,) = objects["demo"]
+    case = demo["case"]
+    assert demo["pred"] == out / "demo" / f"{case}_pred.nii.gz" and demo["pred"].is_file()
+    assert demo["mesh"] == out / "demo" / f"{case}_pred.stl" and demo["mesh"].is_file()
+    assert {p.name for p in (out / "demo").glob("*.stl")} == {f"{case}_pred.stl", f"{case}_gt.stl"}
+    assert (out / "demo" / f"{case}_3d.html").is_file()
 
 
 def test_same_seed_same_metrics(compose_cfg):
