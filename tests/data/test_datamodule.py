@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from importlib.resources import files
 from pathlib import Path
 
@@ -187,10 +188,12 @@ print((faults() - before) / 10)
 """
 
 
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="glibc's malloc: keep_freed_memory is Linux-only"
+)
 def test_workers_keep_freed_memory_instead_of_faulting_it_in_again():
     import os
     import subprocess
-    import sys
 
     def faults_per_patch(mode: str) -> float:
         # glibc's adaptive thresholds make its default depend on the process's history; pinned
@@ -212,7 +215,10 @@ def test_workers_keep_freed_memory_instead_of_faulting_it_in_again():
 
 
 def test_loader_workers_keep_lightnings_per_worker_seeding(prepared, monkeypatch):
-    from torch.utils.data import Dataset
+    from functools import partial
+
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+    from torch.utils.data import DataLoader, Dataset
 
     from vesselfm.data.imagecas_datamodule import loader_worker_init
 
@@ -223,15 +229,54 @@ def test_loader_workers_keep_lightnings_per_worker_seeding(prepared, monkeypatch
         def __getitem__(self, index: int) -> int:
             return int(np.random.randint(2**31))
 
+    def draws(loader: DataLoader) -> list[int]:
+        torch.manual_seed(0)  # the workers' base seed
+        return [int(b) for b in loader]
+
     dm = ImageCASDataModule(prepared, batch_size=1, num_workers=2, persistent_workers=False)
-    loader = dm._loader(NumpyDraws(), 1, False, 2)
-    assert loader.worker_init_fn is loader_worker_init
+    ours = dm._loader(NumpyDraws(), 1, False, 2)
+    assert ours.worker_init_fn.func is loader_worker_init
+    lightnings = DataLoader(
+        NumpyDraws(), num_workers=2, worker_init_fn=partial(pl_worker_init_function, rank=None)
+    )
+    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)
+    torchs_own = draws(ours)
     monkeypatch.setenv("PL_SEED_WORKERS", "1")  # as seed_everything(workers=True) sets it
-    np.random.seed(0)
-    draws = [int(b) for b in loader]
-    # items 0, 2 come from worker 0 and 1, 3 from worker 1: without Lightning's seeding both
-    # forked workers would repeat the parent's numpy stream
-    assert draws[0] != draws[1]
+    # with it, the workers draw exactly what Lightning's own worker_init_fn gives them
+    assert draws(ours) == draws(lightnings) != torchs_own
+
+
+def test_a_label_made_fractional_by_the_augmentation_is_refused(prepared):
+    linear_label = [
+        {
+            "_target_": "vesselfm.data.transforms.RandZoomd",
+            "keys": ["image", "label"],
+            "prob": 1.0,
+            "min_zoom": 1.2,
+            "max_zoom": 1.3,
+            "mode": ["trilinear", "trilinear"],
+        }
+    ]
+    dm = ImageCASDataModule(
+        prepared, patch_size=(24, 24, 16), samples_per_epoch=2, augment=linear_label
+    )
+    dm.setup("fit")
+    with pytest.raises(ValueError, match="label key mode nearest"):
+        dm.train_set[0]
+    # the published pipeline's nearest label passes
+    dm = ImageCASDataModule(prepared, patch_size=(24, 24, 16), samples_per_epoch=8)
+    dm.setup("fit")
+    assert all(dm.train_set[i]["label"].dtype == torch.uint8 for i in range(8))
+
+
+def test_a_loader_in_the_main_process_repeats_its_batches_with_torchs_seed(prepared):
+    dm = ImageCASDataModule(prepared, patch_size=(24, 24, 16), num_workers=0, batch_size=2)
+    dm.setup("fit")
+    runs = []
+    for _ in range(2):  # the same dataset object, as in two fits in one process
+        torch.manual_seed(3)
+        runs.append([b["image"] for b in dm.train_dataloader()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
 
 
 def test_augmented_items_repeat_with_torchs_seed(prepared):

@@ -177,7 +177,7 @@ def test_normalisation_does_not_modify_its_input():
     np.testing.assert_array_equal(volume, before)
 
 
-@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32, ">i2"])
 @pytest.mark.parametrize("order", ["F", "C", "strided"])
 def test_c_order_copies_into_c_order_with_the_same_values(dtype, order):
     base = np.random.default_rng(0).integers(0, 200, (9, 7, 5)).astype(dtype)

@@ -138,7 +138,7 @@ def test_rand_histogram_shift_equals_monai_exactly(sample):
     assert not torch.equal(a["image"], sample["image"])
 
 
-@pytest.mark.parametrize("points", [2, 5, 10])
+@pytest.mark.parametrize("points", [2, 5, 10, 300])
 def test_histogram_map_equals_monai_inside_and_outside_the_control_points(sample, points):
     # values below the first and above the last control point take MONAI's clamps
     x = sample["image"] * 1.4 - 0.2

@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -166,15 +167,26 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <<
     )
 
 
-def loader_worker_init(worker_id: int) -> None:
-    """``worker_init_fn`` of the DataModule's loaders: :func:`keep_freed_memory`, then
-    Lightning's per-worker seeding when ``seed_everything(workers=True)`` asked for it (Lightning
-    adds its own only to loaders that have no ``worker_init_fn``)."""
+def loader_worker_init(worker_id: int, rank: int | None = None) -> None:
+    """``worker_init_fn`` of the DataModule's loaders.
+
+    Args:
+        worker_id: the DataLoader worker's index.
+        rank: the process's global rank, for Lightning's per-worker seeds.
+
+    Runs :func:`keep_freed_memory`, then Lightning's per-worker seeding when
+    ``seed_everything(workers=True)`` asked for it (Lightning adds its own only to loaders that
+    have no ``worker_init_fn``), then seeds the dataset's transforms from the worker's torch RNG
+    (``RandomPatchDataset.seed_transforms``).
+    """
     keep_freed_memory()
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         from lightning.fabric.utilities.seed import pl_worker_init_function
 
-        pl_worker_init_function(worker_id)
+        pl_worker_init_function(worker_id, rank=rank)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset, "seed_transforms"):
+        info.dataset.seed_transforms()
 
 
 def _without_metadata(transform: Any, data: dict[str, Any]) -> dict[str, Any]:
@@ -203,9 +215,13 @@ class RandomPatchDataset(Dataset):
 
     Randomness comes from torch's RNG (seeded per DataLoader worker and per epoch by
     Lightning / ``seed_everything``), so crops differ across workers and epochs and repeat
-    with the same seed. The transforms' own random states are seeded from it once per process
-    (each worker), at its first item: MONAI's ``set_random_state`` builds a new NumPy
-    ``RandomState`` for every transform, about 1.4 ms per patch for the published pipeline.
+    with the same seed. The transforms' own random states are seeded from it by
+    :meth:`seed_transforms`: as each loader worker starts, when the DataModule makes a loader
+    that reads in the main process, and otherwise at the first item in a process; not per item,
+    since MONAI's ``set_random_state`` builds a new NumPy ``RandomState`` for every transform
+    (about 1.4 ms per patch for the published pipeline). Indexing one dataset by hand twice
+    after the same ``torch.manual_seed`` therefore repeats the crops but not the augmentation
+    unless :meth:`seed_transforms` is called in between.
 
     Items are ``{"image": (1, *patch_size) image_dtype, "label": (1, *patch_size) label_dtype}``;
     the label enters ``transform`` as uint8 (as stored).
@@ -254,6 +270,14 @@ class RandomPatchDataset(Dataset):
         random = np.array([rng.integers(0, max(int(h), 0) + 1) for h in shape - patch])
         return np.where(fits, random, -((patch - shape) // 2)), False
 
+    def seed_transforms(self, seed: int | None = None) -> None:
+        """Seed the transforms' random states with ``seed`` (default: a draw from torch's RNG)."""
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        if self.transform is not None and hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(seed=seed)
+        self._transform_seeded_in = os.getpid()
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         rng = np.random.default_rng(seed)
@@ -271,14 +295,20 @@ class RandomPatchDataset(Dataset):
             "label": torch.from_numpy(label)[None],
         }
         if self.transform is not None:
-            if self._transform_seeded_in != os.getpid() and hasattr(
-                self.transform, "set_random_state"
-            ):
-                self.transform.set_random_state(seed=seed)
-                self._transform_seeded_in = os.getpid()
+            if self._transform_seeded_in != os.getpid():
+                self.seed_transforms(seed)
             data = _without_metadata(self.transform, data)
         image = torch.as_tensor(data["image"]).as_subclass(torch.Tensor)
         label = torch.as_tensor(data["label"]).as_subclass(torch.Tensor)
+        if (
+            label.is_floating_point()
+            and not self.label_dtype.is_floating_point
+            and bool(torch.frac(label).any())
+        ):  # the cast would truncate it
+            raise ValueError(
+                "data.augment made the training label fractional (a transform interpolates the "
+                "label linearly): give the label key mode nearest"
+            )
         return {"image": image.to(self.image_dtype), "label": label.to(self.label_dtype)}
 
 
@@ -413,7 +443,9 @@ class ImageCASDataModule(L.LightningDataModule):
             )
         self.transfer_dtype = TRANSFER_DTYPES[transfer_dtype]
         # Build the transforms now: a bad _target_ fails before any data is touched.
-        self._train_transform = train_transforms(self.augment, self.patch_size, torch.uint8)
+        # labels leave the pipeline as they come (uint8, or float32 after an affine) and are
+        # checked and cast to uint8 by the dataset
+        self._train_transform = train_transforms(self.augment, self.patch_size, None)
         self._cases: dict[str, list[PreparedCase]] | None = None
         self._preprocess: PreprocessConfig | None = None
         self.train_set: RandomPatchDataset | None = None
@@ -483,7 +515,7 @@ class ImageCASDataModule(L.LightningDataModule):
             shuffle=shuffle,
             num_workers=workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
-            worker_init_fn=loader_worker_init if workers > 0 else None,
+            worker_init_fn=partial(loader_worker_init, rank=self._rank()) if workers > 0 else None,
             **kwargs,
         )
 
@@ -498,9 +530,15 @@ class ImageCASDataModule(L.LightningDataModule):
                     batch[key] = value.to(torch.float32)
         return batch
 
+    def _rank(self) -> int | None:
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else int(trainer.global_rank)
+
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
+        if self.num_workers == 0:  # items come from this process: seed its transforms now
+            self.train_set.seed_transforms()
         return self._loader(self.train_set, self.batch_size, True, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:

@@ -119,7 +119,12 @@ def c_order(volume: np.ndarray) -> np.ndarray:
     steps (per-slice 2D transposes, then one transpose of the slice index against the rest),
     about 2x faster than ``np.ascontiguousarray``."""
     volume = np.asarray(volume)
-    if volume.flags.c_contiguous or volume.ndim != 3 or not volume.flags.f_contiguous:
+    if (
+        volume.flags.c_contiguous
+        or volume.ndim != 3
+        or not volume.flags.f_contiguous
+        or not volume.dtype.isnative  # torch takes native byte order only
+    ):
         return np.ascontiguousarray(volume)
     x, y, z = volume.shape
     zyx = torch.from_numpy(volume.transpose(2, 1, 0))  # C-contiguous view, axes (Z, Y, X)

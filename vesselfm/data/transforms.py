@@ -133,14 +133,14 @@ def augmentation_configs(
 def train_transforms(
     augment: bool | Sequence[Any] | Mapping[str, Any] | None,
     patch_size: Sequence[int],
-    label_dtype: torch.dtype = torch.float32,
+    label_dtype: torch.dtype | None = torch.float32,
 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """The training pipeline: the augmentations, a centre crop to ``patch_size``, tensors.
 
     Input: ``{"image": (1, X, Y, Z) float32 normalised, "label": (1, X, Y, Z) 0/1}`` (a crop
     of at least ``patch_size``; the label float or uint8). Output: the same keys as
-    ``torch.Tensor`` of shape ``(1, *patch_size)``: the image float32, the label 0/1 as
-    ``label_dtype``.
+    ``torch.Tensor`` of shape ``(1, *patch_size)``: the image float32, the label as
+    ``label_dtype`` (``None``: the dtype the augmentations leave it in).
     """
     from monai.transforms import CenterSpatialCropd, Compose, EnsureTyped, SpatialPadd
 
@@ -423,9 +423,10 @@ class _TakeHistogramShift(monai.transforms.RandHistogramShift):
         flat = x.reshape(-1)
         # MONAI's segment, searchsorted(xp, x) - 1 clamped to [0, len(m) - 1], is the number of
         # inner control points below x: counted directly (with 5-10 control points several
-        # times faster than a binary search), as uint8, then int32 for index_select.
-        segment = torch.zeros(flat.shape, dtype=torch.uint8)
-        for point in xp[1:-1].reshape(-1).tolist():
+        # times faster than a binary search), as uint8 (up to 255 points), then int32.
+        inner = xp[1:-1].reshape(-1).tolist()
+        segment = torch.zeros(flat.shape, dtype=torch.uint8 if len(inner) < 256 else torch.int32)
+        for point in inner:
             segment += flat > point
         segment = segment.to(torch.int32)
         f = m.index_select(0, segment).mul_(flat).add_(b.index_select(0, segment))
