@@ -155,6 +155,25 @@ def test_cpu_stitching_and_explicit_cpu_device(tiny_net: nn.Module) -> None:
     assert a.device == torch.device("cpu")
 
 
+def test_cpu_prediction_runs_the_channels_last_view_by_default(
+    tiny_net: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vesselfm.inference.cpu_kernels as kernels
+
+    built, original = [], kernels.channels_last_view
+
+    def spy(network: nn.Module) -> nn.Module:
+        built.append(network)
+        return original(network)
+
+    monkeypatch.setattr(kernels, "channels_last_view", spy)
+    x = torch.rand(1, 1, 40, 36, 24)
+    SlidingWindowPredictor(tiny_net, roi_size=32).predict_volume(x)
+    assert built == [tiny_net]
+    SlidingWindowPredictor(tiny_net, roi_size=32, cpu={"channels_last": False}).predict_volume(x)
+    assert built == [tiny_net]
+
+
 def test_cpu_bf16_and_channels_last_stay_close(tiny_net: nn.Module) -> None:
     x = torch.rand(1, 1, 32, 32, 32)
     ref = SlidingWindowPredictor(tiny_net, roi_size=32).predict_volume(x)

@@ -173,8 +173,18 @@ class _ChannelsLastInput(nn.Module):
 def channels_last_view(network: nn.Module) -> nn.Module:
     """``network`` with channels-last windows and the swaps above, sharing its parameters.
 
+    Args:
+        network: a 3D network taking batched ``(N, C, D, H, W)`` windows (e.g. DynUNet).
+
+    Returns:
+        A module whose forward equals ``network``'s up to float rounding.
+
     Build it where it is used (it is cheap: no tensor is copied); the view follows later
-    changes to the weights but not to the module tree.
+    changes to the weights but not to the module tree or to train/eval mode, and the swapped
+    layers do not run hooks registered on the originals. Example::
+
+        with torch.inference_mode():
+            logits = channels_last_view(net.eval())(window)
     """
     return _ChannelsLastInput(_swap(network))
 

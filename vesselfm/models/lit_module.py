@@ -103,8 +103,11 @@ class VesselSegLitModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self.model(batch["image"])
-        loss = self.loss_fn(logits, batch["label"])
+        # ImageCASDataModule's batches travel as float16/uint8 and are cast back in its
+        # on_after_batch_transfer; loaders used without it still train in float32
+        image, label = batch["image"].float(), batch["label"].float()
+        logits = self.model(image)
+        loss = self.loss_fn(logits, label)
         self.log(
             "train/loss",
             loss,
