@@ -215,7 +215,7 @@ def _zoom_axis(img: torch.Tensor, dim: int, zoom: float, linear: bool) -> torch.
     dst = torch.arange(start, start + size, dtype=torch.float32)
     if not linear:
         index = (dst * scale).floor_().long().clamp_(max=size - 1)
-        if dim == img.dim() - 1 and img.dim() > 1:
+        if dim == img.dim() - 1:
             # a gather along the contiguous axis is slow: select rows of the 2D transpose
             rows = img.reshape(-1, size).t().contiguous().index_select(0, index)
             return rows.t().contiguous().view(img.shape)

@@ -14,7 +14,8 @@ not do well in eager PyTorch:
   ``im2col`` path for small inputs: a matrix product over the channel axis (a broadcast product
   for one input channel) computes the same sums;
 - the first convolution (one input channel) also takes the slow path and returns ``NCDHW``:
-  computed as the product of its 27-voxel neighbourhoods with the kernel.
+  computed as a channels-last 2D convolution over the depth slices, each slice's depth
+  neighbours taken as its input channels.
 
 :func:`channels_last_view` builds, around the same parameters (nothing is copied, so a model
 that is still training is always seen with its current weights), a module tree whose forward
