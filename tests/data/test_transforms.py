@@ -67,6 +67,69 @@ def test_rand_affine_equals_monai(sample, kwargs):
             assert set(torch.unique(a["label"]).tolist()) <= {0.0, 1.0}
 
 
+def _sparse_label(dtype=torch.uint8) -> torch.Tensor:
+    """A thin tube and a few stray voxels: about 0.2 % of the grid, as a vessel label."""
+    label = torch.zeros((1, *SHAPE), dtype=dtype)
+    for i in range(SHAPE[2]):
+        label[0, 8 + i, 20 - i // 2, i] = 1
+    label[0, 0, 0, 0] = label[0, -1, -1, -1] = label[0, 30, 3, 12] = 1
+    return label
+
+
+AFFINE_CASES = [
+    {"shear_range": [0.4, 0.4, 0.4]},
+    {
+        "shear_range": [0.3, 0.2, 0.4, 0.3],
+        "translate_range": [4, 3, 0],
+        "rotate_range": [0, 0, 0.5],
+    },
+    {"shear_range": [0.4] * 6},
+    {"scale_range": [0.2, 0.2, 0.2], "rotate_range": [0.3, 0.2, 0.1]},
+]
+
+
+@pytest.mark.parametrize("kwargs", AFFINE_CASES, ids=["published", "in_plane", "3d_shear", "3d"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_sparse_label_resampling_equals_the_dense_one_and_monai(sample, kwargs, dtype, monkeypatch):
+    label = _sparse_label(dtype)
+    assert vt._sparse_enough(label)
+    data = {"image": sample["image"], "label": label}
+    outs = {}
+    for name, share in (("sparse", 1.0), ("dense", 0.0)):
+        monkeypatch.setattr(vt, "SPARSE_NEAREST_MAX_SHARE", share)
+        outs[name] = []
+        for seed in range(4):
+            t = vt.RandAffined(prob=1.0, **{**AFFINE, **kwargs})
+            t.set_random_state(seed)
+            outs[name].append(_run(t, data)["label"])
+    for seed, (a, b) in enumerate(zip(outs["sparse"], outs["dense"], strict=True)):
+        assert a.dtype == dtype and torch.equal(a, b)
+        ref = mt.RandAffined(prob=1.0, **{**AFFINE, **kwargs})
+        ref.set_random_state(seed)
+        assert torch.equal(a.float(), _run(ref, data)["label"])
+        assert 0 < a.sum() and not torch.equal(a, label)
+
+
+def test_sparse_resampling_keeps_channels_and_values():
+    label = torch.cat([_sparse_label(), 3 * _sparse_label().flip(1)])
+    affine = np.eye(4)
+    affine[0, 1], affine[1, 0], affine[0, 3] = 0.31, -0.23, 1.37
+    out = vt._sparse_nearest_affine(label, affine)
+    spatial = tuple(label.shape[1:])
+    dense = vt._slicewise_affine(
+        label, vt._slice_grid(affine, spatial), "nearest", "zeros", label.dtype
+    )
+    assert torch.equal(out, dense) and set(torch.unique(out[1]).tolist()) == {0, 3}
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.bool_, np.float32])
+@pytest.mark.parametrize("size", [64, 61])
+def test_flat_nonzero_equals_numpy(dtype, size):
+    a = (np.random.default_rng(size).random((size, 7)) < 0.05).astype(dtype)
+    a[0, 0] = a[-1, -1] = 1
+    np.testing.assert_array_equal(vt._flat_nonzero(a), np.flatnonzero(a))
+
+
 def test_rand_affine_actually_shears(sample):
     t = vt.RandAffined(prob=1.0, shear_range=[0.4, 0.4, 0.4], **AFFINE)
     t.set_random_state(1)
