@@ -11,8 +11,9 @@ probabilities and ranges) to a normalised crop, in one worker process with one t
 the reference with the ``monai.transforms`` originals and float32 image and label batches (as
 vesselFM's fine-tuning), ours as ``ImageCASDataModule`` builds it (its own ``train_dataloader``
 with one worker): the subclasses in ``vesselfm.data.transforms`` that compute the same
-transforms faster, batches of float16 images and uint8 labels (``data.transfer_dtype``; cast to
-float32 on the device), and workers that keep freed memory for reuse
+transforms faster, batches of float16 images and labels packed 8 voxels to a byte
+(``data.transfer_dtype``, ``data.label_bits``; float32 again on the device), and workers that
+keep freed memory for reuse
 (``keep_freed_memory``; ``--reference-keep-memory`` adds a row where the reference's worker
 does the same). Printed side
 by side, with and without augmentation (so that the gain from reading only the patch is visible
@@ -20,7 +21,7 @@ on its own), alternating reference and ours ``--repeat`` times, with the load av
 numbers per side: samples/s through a DataLoader with one worker (the target), and the
 milliseconds of work per sample alone (``dataset[i]`` in this process, with glibc's default
 allocator for both sides); the difference is mostly the cost of moving each batch out of the
-worker (16 MB per 128³ sample in float32, 6 MB as float16 + uint8) and, for the reference, the
+worker (16 MB per 128³ sample in float32, 4.25 MB as float16 + bits) and, for the reference, the
 page faults of its worker's allocations.
 
 ``--reference-float64`` adds the reference reading the files the reference preparation writes

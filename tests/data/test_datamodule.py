@@ -11,7 +11,13 @@ import pytest
 import torch
 import yaml
 
-from vesselfm.data.imagecas_datamodule import ImageCASDataModule, PhantomDataModule, read_region
+from vesselfm.data.imagecas_datamodule import (
+    ImageCASDataModule,
+    PhantomDataModule,
+    collate_label_bits,
+    read_region,
+    unpacked_batch,
+)
 from vesselfm.data.prepare import PrepareOptions, load_manifest, prepare_dataset
 from vesselfm.data.preprocessing import PreprocessConfig, normalize_intensity
 from vesselfm.data.transforms import DEFAULT_AUGMENTATIONS
@@ -27,13 +33,23 @@ def prepared(phantom_source, tmp_path_factory) -> Path:
     return out
 
 
-def test_train_batches_have_the_contracted_shapes_and_values(prepared):
+def _first_batches(prepared, seed=5, **kwargs):
     dm = ImageCASDataModule(
-        prepared, patch_size=(32, 32, 24), batch_size=3, num_workers=0, samples_per_epoch=6
+        prepared,
+        patch_size=(32, 32, 24),
+        batch_size=3,
+        num_workers=0,
+        samples_per_epoch=6,
+        **kwargs,
     )
     dm.setup("fit")
+    torch.manual_seed(seed)  # the same crops and augmentation for each configuration
+    return dm, list(dm.train_dataloader())
+
+
+def test_train_batches_have_the_contracted_shapes_and_values(prepared):
+    dm, batches = _first_batches(prepared, label_bits=False)
     assert dm.preprocess == PreprocessConfig(in_plane_size=None)
-    batches = list(dm.train_dataloader())
     assert len(batches) == 2
     for b in batches:
         assert set(b) == {"image", "label"}
@@ -41,7 +57,7 @@ def test_train_batches_have_the_contracted_shapes_and_values(prepared):
         assert b["image"].is_contiguous() and b["label"].is_contiguous()
         # out of the workers: float16 images, uint8 labels (data.transfer_dtype)
         assert b["image"].dtype == torch.float16 and b["label"].dtype == torch.uint8
-        assert set(torch.unique(b["label"]).tolist()) <= {0, 1}
+        assert set(torch.unique(b["label"]).tolist()) == {0, 1}
         # normalised to [0, 1] (the published noise adds up to ~0.3 + noise on some crops)
         assert b["image"].min() >= -0.1 and b["image"].max() <= 1.5
         # what training_step sees: float32, the same values
@@ -51,20 +67,36 @@ def test_train_batches_have_the_contracted_shapes_and_values(prepared):
         assert torch.equal(on_device["label"], b["label"].float())
 
 
+def test_labels_travel_as_bits_and_arrive_as_the_same_labels(prepared):
+    dm, packed = _first_batches(prepared)  # data.label_bits: true, the default
+    _, plain = _first_batches(prepared, label_bits=False)
+    for b, ref in zip(packed, plain, strict=True):
+        assert set(b) == {"image", "label_bits"}
+        assert b["label_bits"].dtype == torch.uint8 and b["label_bits"].shape == (3, 1, 32, 32, 3)
+        assert torch.equal(b["image"], ref["image"])
+        on_device = dm.on_after_batch_transfer(b, 0)
+        assert set(on_device) == {"image", "label"}
+        assert on_device["label"].dtype == torch.float32
+        assert torch.equal(on_device["label"], ref["label"].float())
+
+
+@pytest.mark.parametrize("depth", [24, 13, 1])
+def test_label_bits_round_trip(depth):
+    labels = torch.rand(2, 1, 5, 3, depth, generator=torch.Generator().manual_seed(depth)) < 0.3
+    labels = labels.to(torch.uint8)
+    batch = collate_label_bits([{"image": torch.zeros(1, 5, 3, depth), "label": x} for x in labels])
+    assert batch["label_bits"].shape == (2, 1, 5, 3, -(-depth // 8))
+    assert torch.equal(unpacked_batch(batch)["label"], labels.float())
+    with pytest.raises(ValueError, match="label_bits"):
+        collate_label_bits(
+            [{"image": torch.zeros(1), "label": torch.tensor([2], dtype=torch.uint8)}]
+        )
+
+
 def test_float32_transfer_gives_the_float16_batches_values_at_full_precision(prepared):
     batches = {}
     for dtype in ("float16", "float32"):
-        dm = ImageCASDataModule(
-            prepared,
-            patch_size=(32, 32, 24),
-            batch_size=2,
-            num_workers=0,
-            samples_per_epoch=2,
-            transfer_dtype=dtype,
-        )
-        dm.setup("fit")
-        torch.manual_seed(5)
-        batches[dtype] = next(iter(dm.train_dataloader()))
+        _, (batches[dtype], _) = _first_batches(prepared, transfer_dtype=dtype, label_bits=False)
     full, half = batches["float32"], batches["float16"]
     assert full["image"].dtype == torch.float32 and full["label"].dtype == torch.uint8
     assert torch.equal(full["label"], half["label"])
@@ -364,3 +396,18 @@ def test_train_items_are_plain_tensors_and_metadata_tracking_is_restored(prepare
         assert type(item["image"]) is torch.Tensor and type(item["label"]) is torch.Tensor
         assert item["image"].shape == (1, 24, 24, 16) and item["image"].dtype == torch.float16
     assert get_track_meta()
+
+
+def test_training_step_unpacks_label_bits_without_the_datamodule_hook(prepared):
+    from torch import nn
+
+    from vesselfm.models.lit_module import VesselSegLitModule
+
+    dm, (packed, _) = _first_batches(prepared)
+    module = VesselSegLitModule(
+        nn.Conv3d(1, 1, 3, padding=1), nn.BCEWithLogitsLoss(), torch.optim.SGD
+    )
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    torch.manual_seed(0)
+    on_device = dm.on_after_batch_transfer(packed, 0)
+    assert torch.equal(module.training_step(packed, 0), module.training_step(on_device, 0))

@@ -204,6 +204,44 @@ def _without_metadata(transform: Any, data: dict[str, Any]) -> dict[str, Any]:
         set_track_meta(previous)
 
 
+def collate_label_bits(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``collate_fn`` of the training loader with ``data.label_bits``: images (and any other
+    key) stacked as ``default_collate`` does; the 0/1 labels packed 8 voxels to a byte along the
+    last axis (``np.packbits``) as ``label_bits`` ``(B, 1, X, Y, ceil(Z / 8))`` uint8, an eighth
+    of the bytes to move out of the worker. :func:`unpack_label_bits` restores them."""
+    from torch.utils.data import default_collate
+
+    batch = default_collate([{k: v for k, v in s.items() if k != "label"} for s in samples])
+    labels = np.stack([np.asarray(s["label"]) for s in samples])
+    if labels.dtype != np.uint8 or labels.max(initial=0) > 1:
+        raise ValueError(
+            "data.label_bits needs 0/1 uint8 training labels; set data.label_bits=false to "
+            "move other labels as they are"
+        )
+    batch["label_bits"] = torch.from_numpy(np.packbits(labels, axis=-1))
+    return batch
+
+
+def unpack_label_bits(
+    bits: torch.Tensor, depth: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The labels :func:`collate_label_bits` packed: ``(..., ceil(depth / 8))`` uint8 to
+    ``(..., depth)`` 0/1 of ``dtype``, on ``bits``' device."""
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=bits.device)
+    unpacked = (bits.unsqueeze(-1) >> shifts) & 1  # np.packbits' order: first voxel, high bit
+    return unpacked.flatten(-2)[..., :depth].to(dtype)
+
+
+def unpacked_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """``batch`` with ``label_bits`` (if present) unpacked into a float32 ``label`` shaped as
+    ``image``."""
+    batch = dict(batch)
+    bits = batch.pop("label_bits", None)
+    if isinstance(bits, torch.Tensor):
+        batch["label"] = unpack_label_bits(bits, int(batch["image"].shape[-1]))
+    return batch
+
+
 class RandomPatchDataset(Dataset):
     """Random training patches with foreground oversampling.
 
@@ -289,8 +327,9 @@ class RandomPatchDataset(Dataset):
         image = read_region(self._volumes.get(case.image), start, size, pad_value=lo)
         label = read_region(self._volumes.get(case.mask), start, size, pad_value=0)
         data = {
-            "image": normalize_intensity(
-                torch.from_numpy(image), case.intensity_range, self.preprocess
+            # normalised in NumPy: its int16 -> float32 cast is ~4x faster than torch's
+            "image": torch.from_numpy(
+                normalize_intensity(image, case.intensity_range, self.preprocess)
             )[None],
             "label": torch.from_numpy(label)[None],
         }
@@ -390,6 +429,9 @@ class ImageCASDataModule(L.LightningDataModule):
             precision. :meth:`on_after_batch_transfer` casts both to float32 on the device, so
             ``training_step`` sees float32. float16 keeps 11 significant bits of the [0, 1]
             normalised intensity (about 0.5 HU of a 1000 HU window), finer than bf16 autocast.
+        label_bits: training labels leave the workers packed 8 voxels to a byte
+            (``label_bits``, see :func:`collate_label_bits`), unpacked to a float32 ``label``
+            by :meth:`on_after_batch_transfer` on the device; ``False``: as uint8 ``label``.
     """
 
     def __init__(
@@ -408,6 +450,7 @@ class ImageCASDataModule(L.LightningDataModule):
         seed: int = 0,
         prefetch_factor: int | None = 2,
         transfer_dtype: str = "float16",
+        label_bits: bool = True,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None
@@ -442,6 +485,7 @@ class ImageCASDataModule(L.LightningDataModule):
                 f"data.transfer_dtype must be one of {sorted(TRANSFER_DTYPES)}, got {transfer_dtype!r}"
             )
         self.transfer_dtype = TRANSFER_DTYPES[transfer_dtype]
+        self.label_bits = bool(label_bits)
         # Build the transforms now: a bad _target_ fails before any data is touched.
         # labels leave the pipeline as they come (uint8, or float32 after an affine) and are
         # checked and cast to uint8 by the dataset
@@ -503,8 +547,9 @@ class ImageCASDataModule(L.LightningDataModule):
             len(self._cases.get("test", [])),
         )
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, workers: int) -> DataLoader:
-        kwargs: dict[str, Any] = {}
+    def _loader(
+        self, dataset: Dataset, batch_size: int, shuffle: bool, workers: int, **kwargs: Any
+    ) -> DataLoader:
         if workers > 0:
             kwargs["persistent_workers"] = self.persistent_workers
             if self.prefetch_factor is not None:
@@ -520,10 +565,11 @@ class ImageCASDataModule(L.LightningDataModule):
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Training batches arrive as ``transfer_dtype`` images and uint8 labels: float32 here,
-        on the device (Lightning calls this after moving the batch)."""
+        """Training batches arrive as ``transfer_dtype`` images and packed (``label_bits``) or
+        uint8 labels: float32 ``image`` and ``label`` here, on the device (Lightning calls this
+        after moving the batch)."""
         if isinstance(batch, Mapping):
-            batch = dict(batch)
+            batch = unpacked_batch(batch)
             for key in ("image", "label"):
                 value = batch.get(key)
                 if isinstance(value, torch.Tensor) and value.dtype != torch.float32:
@@ -539,7 +585,8 @@ class ImageCASDataModule(L.LightningDataModule):
             self.setup("fit")
         if self.num_workers == 0:  # items come from this process: seed its transforms now
             self.train_set.seed_transforms()
-        return self._loader(self.train_set, self.batch_size, True, self.num_workers)
+        collate = {"collate_fn": collate_label_bits} if self.label_bits else {}
+        return self._loader(self.train_set, self.batch_size, True, self.num_workers, **collate)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_set is None:

@@ -103,8 +103,12 @@ class VesselSegLitModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        # ImageCASDataModule's batches travel as float16/uint8 and are cast back in its
-        # on_after_batch_transfer; loaders used without it still train in float32
+        # ImageCASDataModule's batches travel as float16 images and packed labels, restored in
+        # its on_after_batch_transfer; loaders used without it still train in float32
+        if "label_bits" in batch:
+            from vesselfm.data.imagecas_datamodule import unpacked_batch
+
+            batch = unpacked_batch(batch)
         image, label = batch["image"].float(), batch["label"].float()
         logits = self.model(image)
         loss = self.loss_fn(logits, label)
