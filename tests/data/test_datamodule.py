@@ -171,6 +171,10 @@ def test_crops_come_from_the_memory_map_and_pad_outside():
     assert out.shape == (3, 3, 3)
     np.testing.assert_array_equal(out[1:, :2, :2], vol[0:2, 3:5, 4:6])
     assert np.all(out[0] == -7) and np.all(out[:, 2] == -7) and np.all(out[:, :, 2] == -7)
+    as_float = read_region(vol, (-1, 3, 4), (3, 3, 3), pad_value=-7, dtype=np.float32)
+    assert as_float.dtype == np.float32 and np.array_equal(as_float, out)
+    inside = read_region(vol, (1, 1, 1), (2, 2, 2), pad_value=-1, dtype=np.float32)
+    assert inside.dtype == np.float32 and np.array_equal(inside, vol[1:3, 1:3, 1:3])
 
 
 def test_crops_of_a_fortran_ordered_file_come_out_in_c_order(tmp_path):

@@ -175,6 +175,10 @@ def test_normalisation_does_not_modify_its_input():
     normalize_intensity(volume, (-50.0, 50.0), cfg)
     normalize_intensity(torch.from_numpy(volume), (-50.0, 50.0), cfg)
     np.testing.assert_array_equal(volume, before)
+    # copy=False: the same values, in the float32 array given
+    expected = normalize_intensity(volume, (-50.0, 50.0), cfg)
+    out = normalize_intensity(volume, (-50.0, 50.0), cfg, copy=False)
+    assert out is volume and np.array_equal(volume, expected)
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32, ">i2"])

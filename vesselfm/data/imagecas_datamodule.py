@@ -120,10 +120,15 @@ class _Volumes:
 
 
 def read_region(
-    volume: np.ndarray, start: Sequence[int], size: Sequence[int], pad_value: float
+    volume: np.ndarray,
+    start: Sequence[int],
+    size: Sequence[int],
+    pad_value: float,
+    dtype: np.dtype | type | None = None,
 ) -> np.ndarray:
-    """``volume[start : start + size]`` copied out of a (memory-mapped) array into C order,
-    padded with ``pad_value`` where the region leaves the volume."""
+    """``volume[start : start + size]`` copied out of a (memory-mapped) array into C order (as
+    ``dtype``, in the same copy; default: the volume's), padded with ``pad_value`` where the
+    region leaves the volume."""
     src, dst = [], []
     for s, n, dim in zip(start, size, volume.shape, strict=True):
         lo, hi = max(0, s), min(dim, s + n)
@@ -132,8 +137,8 @@ def read_region(
     region = np.asarray(volume[tuple(src)])
     if region.shape == tuple(size):
         # a Fortran-ordered file (prepared before C order was the rule) is reordered here
-        return c_order(np.array(region))
-    out = np.full(tuple(size), pad_value, dtype=volume.dtype)
+        return c_order(np.array(region, dtype=dtype))
+    out = np.full(tuple(size), pad_value, dtype=dtype or volume.dtype)
     out[tuple(dst)] = region
     return out
 
@@ -324,12 +329,12 @@ class RandomPatchDataset(Dataset):
         start, _ = self._start(case, rng)
         start = start - np.asarray(self.margin)
         lo = case.intensity_range[0]
-        image = read_region(self._volumes.get(case.image), start, size, pad_value=lo)
+        # read as float32 and normalised in place, in NumPy (its int16 cast is ~4x faster)
+        image = read_region(self._volumes.get(case.image), start, size, lo, dtype=np.float32)
         label = read_region(self._volumes.get(case.mask), start, size, pad_value=0)
         data = {
-            # normalised in NumPy: its int16 -> float32 cast is ~4x faster than torch's
             "image": torch.from_numpy(
-                normalize_intensity(image, case.intensity_range, self.preprocess)
+                normalize_intensity(image, case.intensity_range, self.preprocess, copy=False)
             )[None],
             "label": torch.from_numpy(label)[None],
         }

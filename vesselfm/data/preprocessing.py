@@ -262,11 +262,13 @@ def normalize_intensity(
     volume: np.ndarray | torch.Tensor,
     value_range: tuple[float, float],
     config: PreprocessConfig,
+    copy: bool = True,
 ) -> np.ndarray | torch.Tensor:
     """Map ``value_range`` linearly onto ``[b_min, b_max]`` (and clip), as MONAI's
     ``ScaleIntensityRangePercentiles`` does, with the percentiles given (computed once per scan).
 
-    Returns float32, NumPy or torch as given.
+    Returns float32, NumPy or torch as given; ``copy=False`` works in place on a float32
+    NumPy array.
     """
     lo, hi = value_range
     scale = (config.b_max - config.b_min) / (hi - lo) if hi > lo else 0.0
@@ -274,7 +276,7 @@ def normalize_intensity(
     if isinstance(volume, torch.Tensor):
         out = volume.to(torch.float32, copy=True).sub_(lo).mul_(scale).add_(config.b_min)
         return out.clamp_(config.b_min, config.b_max) if config.clip else out
-    out = np.array(volume, dtype=np.float32)
+    out = np.array(volume, dtype=np.float32) if copy else np.asarray(volume, dtype=np.float32)
     out -= np.float32(lo)
     out *= np.float32(scale)
     out += np.float32(config.b_min)
