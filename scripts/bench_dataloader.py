@@ -5,6 +5,7 @@ MONAI's own transforms, eagerly, as vesselFM's fine-tuning does).
     python scripts/bench_dataloader.py [--shape 256 256 275] [--patch 128] [--samples 120]
                                        [--batch-size 6] [--repeat 2] [--work /tmp/bench_loader]
                                        [--reference-float64] [--reference-keep-memory]
+                                       [--per-transform]
 
 Both sides apply the published augmentation (configs/data/imagecas.yaml: same transforms,
 probabilities and ranges) to a normalised crop, in one worker process with one torch thread;
@@ -130,6 +131,48 @@ def work_ms(dataset: Dataset, samples: int) -> float:
         torch.set_num_threads(threads)
 
 
+def per_transform(dataset: Dataset, calls: int = 20) -> None:
+    """Each vesselfm subclass against its MONAI original on the same crops: milliseconds per
+    call with probability 1, one thread, MONAI without metadata tracking (as ours runs)."""
+    import monai.transforms as mt
+    from monai.data import set_track_meta
+
+    import vesselfm.data.transforms as vt
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    set_track_meta(False)
+    crops = []
+    for i in range(10):
+        item = dataset[i]
+        crops.append({"image": item["image"].float(), "label": item["label"]})
+    print(
+        f"per transform, ms per call on {tuple(crops[0]['image'].shape[1:])} crops (probability 1):"
+    )
+    print(f"{'':24s}{'MONAI':>9s}{'ours':>9s}{'ratio':>8s}")
+    try:
+        for config in vt.augmentation_configs(True):
+            name = config["_target_"].rsplit(".", 1)[1]
+            if not config["_target_"].startswith("vesselfm."):
+                continue
+            kwargs = {k: v for k, v in config.items() if k != "_target_"} | {"prob": 1.0}
+            times = []
+            for module in (mt, vt):
+                t = getattr(module, name)(**kwargs)
+                t.set_random_state(seed=0)
+                t(dict(crops[0]))
+                start = time.perf_counter()
+                for i in range(calls):
+                    t(dict(crops[i % len(crops)]))
+                times.append((time.perf_counter() - start) / calls * 1e3)
+            print(
+                f"{name:24s}{times[0]:9.2f}{times[1]:9.2f}{times[0] / times[1]:7.1f}x", flush=True
+            )
+    finally:
+        set_track_meta(True)
+        torch.set_num_threads(threads)
+
+
 def _load() -> str:
     return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -153,6 +196,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--reference-float64", action="store_true", help="also: reference on float64 files"
+    )
+    ap.add_argument(
+        "--per-transform",
+        action="store_true",
+        help="also: each faster transform against its MONAI original, per call",
     )
     ap.add_argument(
         "--reference-keep-memory",
@@ -198,6 +246,12 @@ def main() -> None:
                     np.save(paths[0], np.load(c.image).astype(np.float64))
                     np.save(paths[1], np.load(c.mask).astype(np.float64))
                 f64[c.case_id] = paths
+        if args.per_transform:
+            dm = ImageCASDataModule(
+                work / "prep", patch_size=patch, augment=False, num_workers=0, samples_per_epoch=10
+            )
+            dm.setup("fit")
+            per_transform(dm.train_set)
         print(
             f"machine: {os.cpu_count()} CPU cores; {len(train)} prepared cases {tuple(args.shape)} (int16), "
             f"patch {patch}, 1 DataLoader worker, 1 torch thread, batch {args.batch_size}, {n} samples each"

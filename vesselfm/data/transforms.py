@@ -12,8 +12,9 @@ Python copy used when ``augment=True`` is passed from code (a test keeps the two
 
 Five of its entries are the subclasses defined here (:class:`RandZoomd`, :class:`RandAffined`,
 :class:`RandGaussianSmoothd`, :class:`RandGaussianNoised`, :class:`RandHistogramShiftd`): the
-MONAI transforms of the same name, with the same arguments and random draws, computed 1.5-8x
-faster on a 128³ patch (``tests/data/test_transforms.py`` compares each with MONAI).
+MONAI transforms of the same name, with the same arguments and random draws, computed 3-14x
+faster on a 128³ training crop (``scripts/bench_dataloader.py --per-transform``;
+``tests/data/test_transforms.py`` compares each with MONAI).
 
 No Lightning, no Hydra: ``_target_`` entries are resolved here with :func:`locate`.
 """
@@ -358,9 +359,9 @@ def _zoom_in_plane(img: torch.Tensor, zoom_x: float, zoom_y: float) -> torch.Ten
 class RandZoomd(monai.transforms.RandZoomd):
     """``monai.transforms.RandZoomd`` for zooms of at least 1 with ``keep_size`` (the published
     1.0-1.3): the zoom and MONAI's centre crop computed as one separable resampling of the kept
-    voxels only (trilinear as three linear passes, nearest as three index selections): about
-    1.5x faster than MONAI on a 128³ float32 image and as fast on a uint8 label. Same arguments
-    and random draws; ``nearest`` keys keep their dtype (a uint8 label stays uint8, where MONAI
+    voxels only (trilinear as one channels-last bilinear pass over X and Y and a linear pass
+    over Z, nearest as three index selections): about 4x faster than MONAI on a 128³ crop
+    (image and uint8 label). Same arguments and random draws; ``nearest`` keys keep their dtype (a uint8 label stays uint8, where MONAI
     returns float32), linear ones are float32. Zooms below 1, other modes,
     ``align_corners=True`` or lazy mode run MONAI's code."""
 
@@ -399,10 +400,12 @@ class RandZoomd(monai.transforms.RandZoomd):
 
 class RandAffined(monai.transforms.RandAffined):
     """``monai.transforms.RandAffined``; when the random affine keeps the last axis (the
-    published shear: ``shear_range`` of up to 4 values, no rotation), resampled as 2D slices,
-    about 8x faster on a 128³ patch. Same arguments and random draws; ``nearest`` keys keep
-    their dtype (a uint8 label stays uint8, where MONAI returns float32), the others are
-    float32. Other ranges, modes or an output ``spatial_size`` run MONAI's own code."""
+    published shear: ``shear_range`` of up to 4 values, no rotation), resampled as 2D slices;
+    a sparse ``nearest`` key with zeros padding (a vessel label) from its nonzero voxels only
+    (:func:`_sparse_nearest_affine`, any affine). About 14x faster than MONAI on a 128³ crop
+    (image and uint8 label). Same arguments and random draws; ``nearest`` keys keep their dtype
+    (a uint8 label stays uint8, where MONAI returns float32), the others are float32. Other
+    ranges, modes or an output ``spatial_size`` run MONAI's resampling."""
 
     def _fast(self, d: Mapping[Any, Any], first_key: Any) -> bool:
         ra = self.rand_affine
@@ -505,7 +508,7 @@ def _filter_axis(img: torch.Tensor, kernel: Sequence[float], dim: int) -> torch.
 
 class RandGaussianSmoothd(monai.transforms.RandGaussianSmoothd):
     """``monai.transforms.RandGaussianSmoothd`` with the same kernels applied by shifted adds
-    (MONAI pads and convolves with autograd on): about 5x faster. Same arguments and draws."""
+    (MONAI pads and convolves with autograd on): about 7x faster. Same arguments and draws."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -532,7 +535,7 @@ class _TorchGaussianNoise(monai.transforms.RandGaussianNoise):
 
 class RandGaussianNoised(monai.transforms.RandGaussianNoised):
     """``monai.transforms.RandGaussianNoised`` (same probability, mean and std draw) with the
-    noise field drawn by torch in float32: about 4x faster on a 128³ patch."""
+    noise field drawn by torch in float32: about 3x faster on a 128³ patch."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -577,7 +580,7 @@ class _TakeHistogramShift(monai.transforms.RandHistogramShift):
 
 
 class RandHistogramShiftd(monai.transforms.RandHistogramShiftd):
-    """``monai.transforms.RandHistogramShiftd`` giving the same values about 4x faster on a
+    """``monai.transforms.RandHistogramShiftd`` giving the same values about 5x faster on a
     128³ patch (see :class:`_TakeHistogramShift`). Same arguments and random draws."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
