@@ -10,6 +10,9 @@ Example:
     >>> dm = ImageCASDataModule("/data/imagecas_prepared", patch_size=(128, 128, 128))  # doctest: +SKIP
     >>> dm.setup("fit")  # doctest: +SKIP
     >>> batch = next(iter(dm.train_dataloader()))  # doctest: +SKIP
+    >>> sorted(batch), batch["image"].dtype  # float16 images, bit-packed labels  # doctest: +SKIP
+    (['image', 'label_bits'], torch.float16)
+    >>> batch = dm.on_after_batch_transfer(batch, 0)  # as Lightning does  # doctest: +SKIP
     >>> batch["image"].shape, batch["label"].dtype  # doctest: +SKIP
     (torch.Size([6, 1, 128, 128, 128]), torch.float32)
 """
@@ -492,7 +495,7 @@ class ImageCASDataModule(L.LightningDataModule):
         self.transfer_dtype = TRANSFER_DTYPES[transfer_dtype]
         self.label_bits = bool(label_bits)
         # Build the transforms now: a bad _target_ fails before any data is touched.
-        # labels leave the pipeline as they come (uint8, or float32 after an affine) and are
+        # labels leave the pipeline as uint8 (float32 after a MONAI resampling) and are
         # checked and cast to uint8 by the dataset
         self._train_transform = train_transforms(self.augment, self.patch_size, None)
         self._cases: dict[str, list[PreparedCase]] | None = None
