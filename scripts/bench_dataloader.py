@@ -284,6 +284,7 @@ def main() -> None:
                         persistent_workers=False,
                         samples_per_epoch=n,
                         augment=augment,
+                        label_bits=True,
                     )
                     dm.setup("fit")
                     ours_ds = dm.train_set

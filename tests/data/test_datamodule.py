@@ -68,7 +68,7 @@ def test_train_batches_have_the_contracted_shapes_and_values(prepared):
 
 
 def test_labels_travel_as_bits_and_arrive_as_the_same_labels(prepared):
-    dm, packed = _first_batches(prepared)  # data.label_bits: true, the default
+    dm, packed = _first_batches(prepared, label_bits=True)  # configs/data/imagecas.yaml's
     _, plain = _first_batches(prepared, label_bits=False)
     for b, ref in zip(packed, plain, strict=True):
         assert set(b) == {"image", "label_bits"}
@@ -407,7 +407,8 @@ def test_training_step_unpacks_label_bits_without_the_datamodule_hook(prepared):
 
     from vesselfm.models.lit_module import VesselSegLitModule
 
-    dm, (packed, _) = _first_batches(prepared)
+    dm, (packed, _) = _first_batches(prepared, label_bits=True)
+    assert "label_bits" in packed
     module = VesselSegLitModule(
         nn.Conv3d(1, 1, 3, padding=1), nn.BCEWithLogitsLoss(), torch.optim.SGD
     )

@@ -92,16 +92,23 @@ AFFINE_CASES = [
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_sparse_label_resampling_equals_the_dense_one_and_monai(sample, kwargs, dtype, monkeypatch):
     label = _sparse_label(dtype)
-    assert vt._sparse_enough(label)
     data = {"image": sample["image"], "label": label}
     outs = {}
     for name, share in (("sparse", 1.0), ("dense", 0.0)):
-        monkeypatch.setattr(vt, "SPARSE_NEAREST_MAX_SHARE", share)
+        monkeypatch.setattr(vt, "SPARSE_NEAREST_MAX_CANDIDATES", share)
+        calls = []
+        monkeypatch.setattr(
+            vt,
+            "_sparse_nearest_affine",
+            lambda *a, f=vt._sparse_nearest_affine, c=calls: c.append(f(*a)) or c[-1],
+        )
         outs[name] = []
         for seed in range(4):
             t = vt.RandAffined(prob=1.0, **{**AFFINE, **kwargs})
             t.set_random_state(seed)
             outs[name].append(_run(t, data)["label"])
+        # the sparse path ran (and gave the label) only where allowed to
+        assert calls and all((c is not None) == (name == "sparse") for c in calls)
     for seed, (a, b) in enumerate(zip(outs["sparse"], outs["dense"], strict=True)):
         assert a.dtype == dtype and torch.equal(a, b)
         ref = mt.RandAffined(prob=1.0, **{**AFFINE, **kwargs})
@@ -110,16 +117,56 @@ def test_sparse_label_resampling_equals_the_dense_one_and_monai(sample, kwargs, 
         assert 0 < a.sum() and not torch.equal(a, label)
 
 
+def _dense_nearest(label, affine):
+    grid = vt._slice_grid(affine, tuple(label.shape[1:]))
+    return vt._slicewise_affine(label, grid, "nearest", "zeros", label.dtype)
+
+
+SHEAR = np.eye(4)
+SHEAR[0, 1], SHEAR[1, 0], SHEAR[0, 3] = 0.31, -0.23, 1.37
+
+
 def test_sparse_resampling_keeps_channels_and_values():
     label = torch.cat([_sparse_label(), 3 * _sparse_label().flip(1)])
-    affine = np.eye(4)
-    affine[0, 1], affine[1, 0], affine[0, 3] = 0.31, -0.23, 1.37
-    out = vt._sparse_nearest_affine(label, affine)
-    spatial = tuple(label.shape[1:])
-    dense = vt._slicewise_affine(
-        label, vt._slice_grid(affine, spatial), "nearest", "zeros", label.dtype
-    )
-    assert torch.equal(out, dense) and set(torch.unique(out[1]).tolist()) == {0, 3}
+    out = vt._sparse_nearest_affine(label, SHEAR)
+    assert torch.equal(out, _dense_nearest(label, SHEAR))
+    assert set(torch.unique(out[1]).tolist()) == {0, 3}
+
+
+@pytest.mark.parametrize("layout", ["permuted", "fortran"])
+def test_sparse_resampling_of_a_non_contiguous_label(layout):
+    label = _sparse_label()
+    if layout == "permuted":  # a view whose memory is (C, Y, X, Z)
+        label = label.transpose(1, 2).contiguous().transpose(1, 2)
+    else:
+        label = torch.from_numpy(np.asfortranarray(label.numpy()))
+    assert not label.is_contiguous()
+    out = vt._sparse_nearest_affine(label, SHEAR)
+    assert out.sum() > 0 and torch.equal(out, _dense_nearest(label.contiguous(), SHEAR))
+
+
+def test_sparse_resampling_declines_what_would_not_pay():
+    label = _sparse_label()
+    shrink = np.diag([0.1, 0.1, 0.1, 1.0])  # hundreds of candidates per nonzero voxel
+    assert vt._sparse_nearest_affine(label, shrink) is None
+    assert vt._sparse_nearest_affine(label, np.diag([0.0, 1.0, 1.0, 1.0])) is None  # singular
+    dense = torch.zeros((1, *SHAPE), dtype=torch.uint8)
+    dense[0, ::2] = 1  # half the voxels
+    assert vt._sparse_nearest_affine(dense, SHEAR) is None
+
+
+def test_bfloat16_inputs_take_the_numpy_paths(sample):
+    label = _sparse_label(torch.bfloat16)
+    out = vt._sparse_nearest_affine(label, SHEAR)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out.float(), _dense_nearest(_sparse_label(), SHEAR).float())
+    zoomed = vt._zoom_axis(label, 3, 1.2, False)
+    assert torch.equal(zoomed.float(), vt._zoom_axis(_sparse_label(), 3, 1.2, False).float())
+    x = sample["image"].to(torch.bfloat16)
+    xp, fp = torch.tensor([0.0, 0.3, 0.6, 1.0]), torch.tensor([0.0, 0.5, 0.7, 1.0])
+    ours = vt._TakeHistogramShift(num_control_points=4).interp(x, xp.to(x.dtype), fp.to(x.dtype))
+    ref = mt.RandHistogramShift(num_control_points=4).interp(x, xp.to(x.dtype), fp.to(x.dtype))
+    assert torch.equal(ours, torch.as_tensor(ref))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.bool_, np.float32])
@@ -272,7 +319,10 @@ def test_the_patch_crop_and_pad_run_only_where_the_size_differs(sample):
         out["image"][0, :, 2:38].numpy(), sample["image"][0, 4:36].numpy()
     )
     assert float(out["image"][0, :, :2].abs().sum()) == 0.0
-    same = train_transforms(False, SHAPE)({k: v.clone() for k, v in sample.items()})
+    same_size = train_transforms(False, SHAPE)
+    fit = same_size.transforms[0]
+    fit.crop = fit.pad = None  # not called where the sizes already match
+    same = same_size({k: v.clone() for k, v in sample.items()})
     assert torch.equal(same["image"], sample["image"]) and torch.equal(
         same["label"], sample["label"]
     )

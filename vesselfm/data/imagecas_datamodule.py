@@ -9,9 +9,7 @@ prepared volumes with the geometry needed to score at native resolution.
 Example:
     >>> dm = ImageCASDataModule("/data/imagecas_prepared", patch_size=(128, 128, 128))  # doctest: +SKIP
     >>> dm.setup("fit")  # doctest: +SKIP
-    >>> batch = next(iter(dm.train_dataloader()))  # doctest: +SKIP
-    >>> sorted(batch), batch["image"].dtype  # float16 images, bit-packed labels  # doctest: +SKIP
-    (['image', 'label_bits'], torch.float16)
+    >>> batch = next(iter(dm.train_dataloader()))  # float16 image, uint8 label  # doctest: +SKIP
     >>> batch = dm.on_after_batch_transfer(batch, 0)  # as Lightning does  # doctest: +SKIP
     >>> batch["image"].shape, batch["label"].dtype  # doctest: +SKIP
     (torch.Size([6, 1, 128, 128, 128]), torch.float32)
@@ -437,9 +435,12 @@ class ImageCASDataModule(L.LightningDataModule):
             precision. :meth:`on_after_batch_transfer` casts both to float32 on the device, so
             ``training_step`` sees float32. float16 keeps 11 significant bits of the [0, 1]
             normalised intensity (about 0.5 HU of a 1000 HU window), finer than bf16 autocast.
-        label_bits: training labels leave the workers packed 8 voxels to a byte
-            (``label_bits``, see :func:`collate_label_bits`), unpacked to a float32 ``label``
-            by :meth:`on_after_batch_transfer` on the device; ``False``: as uint8 ``label``.
+        label_bits: ``True`` (``data.label_bits``, on in ``configs/data/imagecas.yaml``):
+            training labels leave the workers packed 8 voxels to a byte, as ``label_bits``
+            (:func:`collate_label_bits`; a third fewer bytes per batch), and
+            :meth:`on_after_batch_transfer` (or :func:`unpacked_batch`) gives the float32
+            ``label`` back; a loop that reads the loader's batches itself must call one of them.
+            ``False`` (the default here): uint8 ``label``.
     """
 
     def __init__(
@@ -458,7 +459,7 @@ class ImageCASDataModule(L.LightningDataModule):
         seed: int = 0,
         prefetch_factor: int | None = 2,
         transfer_dtype: str = "float16",
-        label_bits: bool = True,
+        label_bits: bool = False,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None
