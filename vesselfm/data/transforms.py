@@ -287,12 +287,12 @@ def _sparse_nearest_affine(img: torch.Tensor, affine: np.ndarray) -> torch.Tenso
         if not len(source[0]):
             continue
         # candidate output voxels (N sources x K offsets), axis by axis, and whether inside
+        centred = [source[j] - centre[j] - t[j] for j in range(3)]
         candidates, inside = [], True
         for k in range(3):
             if kept[k]:
                 c = source[k][:, None] + offsets[k]
             else:
-                centred = [source[j] - centre[j] - t[j] for j in range(3)]
                 pre = sum(inverse[k, j] * centred[j] for j in range(3)) + centre[k]
                 c = np.ceil(pre - half[k] - 1e-6).astype(np.int64)[:, None] + offsets[k]
             candidates.append(c)
