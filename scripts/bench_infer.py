@@ -8,10 +8,17 @@ Variants, all on the same prepared phantom volume (default: a 512×512×200 phan
   CPU path: the network run channels-last (``vesselfm.inference.cpu_kernels``).
 - ``ours-same-fp32-nchw`` (only when named in ``--variants``): the same without the channels-last
   view (``inference.cpu.channels_last=false``), to see what the view alone gains.
-- ``ours-same-bf16``: the same settings with bf16 autocast.
+- ``ours-same-bf16``: the same settings with bf16 autocast. Not run where bf16 is emulated (an
+  AVX2-only CPU, where one 128³ window takes minutes): the row prints
+  ``not run: bf16 is emulated on this CPU``.
+- ``ours-default``: the default preset as ``vesselfm.infer`` runs it
+  (``configs/inference/default.yaml``: overlap 0.5, Gaussian blending, precision ``auto``), the
+  baseline ``inference=fast`` must never be slower than.
 - ``ours-fast``: the fast preset, ``inference=fast`` (``configs/inference/fast.yaml``, read
-  here): 128³ windows (the training patch), overlap 0.25, Gaussian blending, bf16, channels-last. Larger windows than the training patch (160³) were faster but
-  lost 0.03 Dice against the label (``--quality`` with a trained checkpoint).
+  here): 128³ windows (the training patch), overlap 0.25, Gaussian blending, precision
+  ``auto`` (bf16 where the device computes it natively, else fp32), channels-last. Larger
+  windows than the training patch (160³) were faster but lost 0.03 Dice against the label
+  (``--quality`` with a trained checkpoint).
 
 For each: seconds, speed-up over the reference, Dice of its mask against the reference mask.
 ``--quality`` fits ``model=tiny`` on one phantom for a few steps and compares the full preset's
@@ -23,6 +30,9 @@ Usage:
     python scripts/bench_infer.py                       # vesselfm_base, random weights
     python scripts/bench_infer.py --model tiny --shape 256 256 96 --rss --quality
     python scripts/bench_infer.py --only rss
+    python scripts/bench_infer.py --device cuda
+
+The first line names the device (CPU model, ATen capability, native bf16 or not, cores, threads).
 """
 
 from __future__ import annotations
@@ -46,6 +56,12 @@ sys.path.insert(0, str(ROOT))
 
 from vesselfm.data.preprocessing import PreprocessConfig  # noqa: E402
 from vesselfm.inference import SlidingWindowPredictor  # noqa: E402
+from vesselfm.utils.hardware import (  # noqa: E402
+    apply_threads,
+    describe_device,
+    emulated_note,
+    resolve_precision,
+)
 
 FULL = {"roi_size": (128, 128, 128), "overlap": 0.5, "mode": "constant"}
 
@@ -63,10 +79,14 @@ def _preset(name: str) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-# the fast preset as users get it: python -m vesselfm.infer ... inference=fast
-_FAST_CFG = _preset("fast")
-FAST = {k: _FAST_CFG[k] for k in ("overlap", "mode")} | {"roi_size": tuple(_FAST_CFG["roi_size"])}
-FAST_PRECISION = _FAST_CFG["cpu"]["precision"]
+def _windows(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: cfg[k] for k in ("overlap", "mode")} | {"roi_size": tuple(cfg["roi_size"])}
+
+
+# the default and the fast preset as users get them: python -m vesselfm.infer ... [inference=fast]
+_DEFAULT_CFG, _FAST_CFG = _preset("default"), _preset("fast")
+DEFAULT, DEFAULT_PRECISION = _windows(_DEFAULT_CFG), _DEFAULT_CFG["cpu"]["precision"]
+FAST, FAST_PRECISION = _windows(_FAST_CFG), _FAST_CFG["cpu"]["precision"]
 
 
 def build(model: str, seed: int = 0) -> torch.nn.Module:
@@ -142,9 +162,12 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     )
     x = torch.from_numpy(prep)[None, None].to(device)
     print(
-        f"model={args.model} on {device} ({torch.get_num_threads()} threads), raw {image.shape} -> prepared {tuple(prep.shape)}",
+        f"model={args.model} on {describe_device(device.type)}; raw {image.shape} -> prepared "
+        f"{tuple(prep.shape)}; precision {DEFAULT_PRECISION} -> "
+        f"{resolve_precision(DEFAULT_PRECISION, device.type)} (default and fast presets)",
         flush=True,
     )
+    bf16_note = emulated_note("bf16", device.type)
 
     # warm-up: one window per code path (oneDNN builds its kernels on first use)
     from vesselfm.inference.cpu_kernels import channels_last_view
@@ -153,25 +176,36 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     with torch.inference_mode():
         for network in (net, channels_last_view(net)):
             network(window)
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                network(window)
+            if bf16_note is None:
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    network(window)
 
+    # name: (windows, precision key, channels-last)
     variants = {
-        "reference": lambda: reference_probabilities(net, x),
-        "ours-same-fp32": lambda: ours(net, FULL, "fp32", True, args.threads).predict_volume(x),
-        "ours-same-fp32-nchw": lambda: ours(net, FULL, "fp32", False, args.threads).predict_volume(
-            x
-        ),
-        "ours-same-bf16": lambda: ours(net, FULL, "bf16", True, args.threads).predict_volume(x),
-        "ours-fast": lambda: ours(net, FAST, FAST_PRECISION, True, args.threads).predict_volume(x),
+        "ours-same-fp32": (FULL, "fp32", True),
+        "ours-same-fp32-nchw": (FULL, "fp32", False),
+        "ours-same-bf16": (FULL, "bf16", True),
+        "ours-default": (DEFAULT, DEFAULT_PRECISION, True),
+        "ours-fast": (FAST, FAST_PRECISION, True),
     }
+    wanted = args.variants or [v for v in variants if v != "ours-same-fp32-nchw"]
+    runs = {"reference": lambda: reference_probabilities(net, x)}
     rows: dict[str, Any] = {}
+    for name in (v for v in variants if v in wanted):
+        preset, precision, channels_last = variants[name]
+        note = emulated_note(resolve_precision(precision, device.type), device.type)
+        if note:
+            rows[name] = {"not_run": note}
+        else:
+            runs[name] = lambda p=preset, q=precision, c=channels_last: ours(
+                net, p, q, c, args.threads
+            ).predict_volume(x)
     ref_mask = None
-    for name, fn in variants.items():
-        wanted = args.variants or [v for v in variants if v != "ours-same-fp32-nchw"]
-        if name not in wanted and name != "reference":
+    for name in ["reference", *wanted]:
+        if name in rows:
+            print(f"{name:16s} {rows[name]['not_run']}", flush=True)
             continue
-        prob, seconds = timed(fn)
+        prob, seconds = timed(runs[name])
         mask = (prob[0, 0] >= 0.5).cpu().numpy()
         ref_mask = mask if ref_mask is None else ref_mask
         rows[name] = {"seconds": seconds, "dice_vs_reference": dice(mask, ref_mask)}
@@ -179,6 +213,12 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         rows[name]["speedup"] = ratio
         print(
             f"{name:16s} {seconds:8.1f} s  x{ratio:4.2f}  Dice vs reference {rows[name]['dice_vs_reference']:.5f}",
+            flush=True,
+        )
+    default, fast = rows.get("ours-default", {}), rows.get("ours-fast", {})
+    if "seconds" in default and "seconds" in fast:
+        print(
+            f"inference=fast against the default preset: {default['seconds'] / fast['seconds']:.2f}x",
             flush=True,
         )
     return rows
@@ -256,6 +296,11 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     )
     full_masks: list[np.ndarray] = []
     for name, preset, precision in presets:
+        note = emulated_note(resolve_precision(precision, "cpu"), "cpu")
+        if note:
+            out[name] = {"not_run": note}
+            print(f"quality {name:9s}: {note}", flush=True)
+            continue
         predictor = ours(net, preset, precision, True, args.threads)
         if preprocess is not None:
             predictor.preprocess = preprocess
@@ -310,8 +355,7 @@ def rss(args: argparse.Namespace) -> dict[str, Any]:
         path = Path(tmp) / "big.nii.gz"
         nib.save(nib.Nifti1Image(image, affine), str(path))
         cmd = [sys.executable, __file__, "--rss-child", str(path), "--model", args.model]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
+        cmd += ["--threads", str(args.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
@@ -333,13 +377,17 @@ def main() -> None:
     parser.add_argument(
         "--shape", type=int, nargs=3, default=[512, 512, 200], help="raw phantom shape"
     )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--threads",
+        default="auto",
+        help="torch threads: auto (the cores this process may use) or N",
+    )
     parser.add_argument(
         "--variants",
         nargs="*",
         default=None,
-        help="subset of ours-same-fp32 ours-same-fp32-nchw ours-same-bf16 ours-fast "
+        help="subset of ours-same-fp32 ours-same-fp32-nchw ours-same-bf16 ours-default ours-fast "
         "(default: all but ours-same-fp32-nchw)",
     )
     parser.add_argument("--only", choices=["speed", "quality", "rss"], default=None)
@@ -375,8 +423,7 @@ def main() -> None:
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.threads = apply_threads(args.threads)
     if args.rss_child:
         rss_child(args.rss_child, args.model, args.threads)
         return

@@ -7,10 +7,16 @@ the DiceCE loss with AdamW, for each precision, side by side in one process:
 - on a GPU: ``32-true`` vs ``16-mixed`` (autocast fp16 + GradScaler) and ``bf16-mixed``;
 - on a CPU: ``32-true`` vs ``bf16-mixed``.
 
+A bf16 row on a device that only emulates bf16 (an AVX2-only CPU: about 40x slower than fp32)
+is not run; it prints ``not run: bf16 is emulated on this CPU``. The first line names the device
+(CPU model, ATen capability, cores and threads), and ``trainer.precision=auto`` says which row a
+run would use.
+
 The data share is the time the loop waits for the next batch over the whole step time.
 
     python scripts/bench_train.py                       # base model, 128^3, batch 2
     python scripts/bench_train.py --model tiny --patch 64 --steps 20
+    python scripts/bench_train.py --device cuda
 """
 
 from __future__ import annotations
@@ -128,31 +134,50 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=3)
     parser.add_argument("--shape", type=int, nargs=3, default=(256, 256, 160), help="phantom shape")
     parser.add_argument("--precisions", nargs="*", default=None)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
+    parser.add_argument(
+        "--threads",
+        default="auto",
+        help="torch threads: auto (the cores this process may use) or N",
+    )
     args = parser.parse_args()
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from vesselfm.utils.hardware import (
+        apply_threads,
+        describe_device,
+        emulated_note,
+        resolve_trainer_precision,
+    )
+
+    apply_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
     args.steps = args.steps or (20 if device.type == "cuda" else 3)
     precisions = args.precisions or (
         ["32-true", "16-mixed", "bf16-mixed"]
         if device.type == "cuda"
         else ["32-true", "bf16-mixed"]
     )
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({torch.get_num_threads()} threads)"
-    )
     print(
-        f"device: {name}; model={args.model}, patch {args.patch}^3, batch {args.batch}, {args.workers} loader worker(s)"
+        f"device: {describe_device(device.type)}; model={args.model}, patch {args.patch}^3, "
+        f"batch {args.batch}, {args.workers} loader worker(s); trainer.precision=auto -> "
+        f"{resolve_trainer_precision('auto', device.type)}",
+        flush=True,
     )
 
+    skipped = {p: note for p in precisions if (note := emulated_note(p, device.type))}
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = _prepared_set(Path(tmp), args.cases, tuple(args.shape))
-        results = {p: run(p, args, data_dir, device) for p in precisions}
+        results = {p: run(p, args, data_dir, device) for p in precisions if p not in skipped}
 
-    base = results[precisions[0]]["s_per_step"]
+    base = next(iter(results.values()))["s_per_step"] if results else None
     print(f"{'precision':<12} {'steps/s':>8} {'s/step':>8} {'data share':>11} {'speed-up':>9}")
-    for p, r in results.items():
+    for p in precisions:
+        if p in skipped:
+            print(f"{p:<12} {skipped[p]}")
+            continue
+        r = results[p]
         print(
             f"{p:<12} {r['steps_per_s']:>8.3f} {r['s_per_step']:>8.2f} {r['data_share']:>10.1%} {base / r['s_per_step']:>8.2f}x"
         )

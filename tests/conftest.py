@@ -49,6 +49,24 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 
 
 @pytest.fixture()
+def fake_cpu(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """A function that makes torch's CPU probes report a given machine (see vesselfm.utils.hardware).
+
+    ``fake_cpu("AVX2")``: an AVX2-only CPU; ``fake_cpu("AVX512", avx512_bf16=True)``: one with
+    native bf16. ``ONEDNN_MAX_CPU_ISA`` and ``DNNL_MAX_CPU_ISA`` are cleared.
+    """
+
+    def _fake(capability: str = "AVX2", avx512_bf16: bool = False, amx: bool = False) -> None:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+
+    return _fake
+
+
+@pytest.fixture()
 def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty Hugging Face cache directory, used offline (``HF_HUB_OFFLINE=1``)."""
     cache = tmp_path / "hf_home"

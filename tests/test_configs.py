@@ -77,15 +77,24 @@ def test_callbacks_instantiate(compose_cfg, option):
 
 
 @pytest.mark.parametrize("option", [o for o in _options("trainer") if o != "ddp"] + ["ddp"])
-def test_trainers_instantiate_on_cpu(compose_cfg, option):
+def test_trainers_instantiate_on_cpu(compose_cfg, option, fake_cpu):
+    from vesselfm.utils.hardware import resolve_trainer_precision
+
+    fake_cpu("AVX2")
     cfg = compose_cfg(
         "train", [f"trainer={option}", "trainer.accelerator=cpu", "trainer.devices=1"]
     )
-    overrides = {"precision": "32-true"} if "16" in str(cfg.trainer.get("precision")) else {}
-    if option == "ddp":
-        overrides["strategy"] = "auto"
-    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, **overrides)
+    # every trainer option picks its precision from the hardware, as train() resolves it
+    assert cfg.trainer.precision == "auto"
+    precision = resolve_trainer_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    trainer = instantiate(
+        cfg.trainer, logger=False, enable_checkpointing=False, precision=precision
+    )
     assert trainer.max_epochs == cfg.trainer.max_epochs
+    assert trainer.precision == "32-true"
+    assert type(trainer.strategy).__name__ == (
+        "DDPStrategy" if option == "ddp" else "SingleDeviceStrategy"
+    )
 
 
 @pytest.mark.parametrize("option", _options("loss"))

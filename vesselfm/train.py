@@ -59,6 +59,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     from vesselfm.models import load_model
     from vesselfm.models.lit_module import VesselSegLitModule
+    from vesselfm.utils.hardware import resolve_trainer_precision
 
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -79,7 +80,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     )
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    precision = resolve_trainer_precision(
+        cfg.trainer.get("precision", "auto"), cfg.trainer.get("accelerator", "auto")
+    )
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision
+    )
 
     objects = {
         "cfg": cfg,

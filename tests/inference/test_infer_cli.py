@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -64,6 +65,9 @@ def test_end_to_end_subprocess_keeps_shape_and_affine(scan_file: Path, tmp_path:
     assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
     assert "1 segmented, 0 skipped" in proc.stderr
     assert not list(tmp_path.glob("**/.*.tmp*"))  # no temporary files left
+    # the hardware-dependent choices are logged with their reasons
+    assert re.search(r"inference\.cpu\.precision auto -> (fp32|bf16): this CPU ", proc.stderr)
+    assert re.search(r"threads=auto -> \d+ torch threads", proc.stderr)
 
 
 def test_bad_input_exits_2_with_one_line_and_no_file(tmp_path: Path) -> None:

@@ -90,6 +90,17 @@ def test_fit_then_test_writes_checkpoints_and_metric_table(compose_cfg, tmp_path
     assert raw["vesselfm"]["model_name"] == "tiny" and raw["vesselfm"]["threshold"] == 0.5
 
 
+@pytest.mark.parametrize(("avx512_bf16", "expected"), [(False, "32-true"), (True, "bf16-mixed")])
+def test_trainer_precision_auto_is_resolved_before_the_trainer_is_built(
+    compose_cfg, fake_cpu, avx512_bf16, expected
+):
+    fake_cpu("AVX512", avx512_bf16=avx512_bf16)
+    cfg = compose_cfg("train", [*SMALL, "train=false", "test=false"])
+    assert cfg.trainer.precision == "auto"  # phantom_demo's, as written
+    _, objects = train(cfg)
+    assert objects["trainer"].precision == expected
+
+
 def test_zero_shot_test_path_writes_the_three_files(compose_cfg, tmp_path):
     cfg = compose_cfg("train", SMALL)
     weights = tmp_path / "weights.pt"

@@ -728,7 +728,10 @@ def prepare_dataset(
                     last_write = time.monotonic()
         else:
             ctx, threads = _pool_context()
-            threads = threads or max(1, (os.cpu_count() or 1) // workers)
+            if not threads:  # spawned workers share out the run's threads (the `threads` key)
+                import torch
+
+                threads = max(1, torch.get_num_threads() // workers)
             with cf.ProcessPoolExecutor(
                 max_workers=min(workers, len(todo)),
                 mp_context=ctx,

@@ -45,6 +45,7 @@ from vesselfm.inference.postprocess import PostprocessConfig, postprocess_mask
 from vesselfm.inference.tta import LogitMerger, TTAConfig, augmentations, intensity_transform
 from vesselfm.utils.config import checked_fields
 from vesselfm.utils.errors import UserError
+from vesselfm.utils.hardware import INFERENCE_PRECISIONS, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ PRECISIONS: dict[str, torch.dtype | None] = {
     "fp16": torch.float16,
     "fp32": None,
 }
-CPU_PRECISIONS = ("bf16", "fp32")
+CPU_PRECISIONS = ("auto", "bf16", "fp32")
 BLEND_MODES = ("constant", "gaussian")
 PADDING_MODES = ("constant", "reflect", "replicate", "circular")
 _OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
@@ -66,8 +67,11 @@ class CPUConfig:
     """Settings used instead of ``precision``/``sw_batch_size`` when the network runs on a CPU.
 
     Attributes:
-        precision: ``"fp32"`` or ``"bf16"`` autocast. bf16 is 2-4× faster on CPUs with
-            AVX512-BF16/AMX, but moves logits by ~0.1, flipping voxels whose logit is near 0.
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` autocast. bf16 is 2-4× faster on CPUs
+            with AVX512-BF16/AMX, but moves logits by ~0.1, flipping voxels whose logit is near
+            0; on CPUs without them it is emulated and 10-40× slower than fp32. ``"auto"``:
+            bf16 where the CPU computes it natively, else fp32
+            (:func:`vesselfm.utils.hardware.resolve_precision`).
         sw_batch_size: windows per forward pass. Batching gains nothing on a CPU and each 128³
             window of ``vesselfm_base`` needs about 2 GB of activations.
         threads: ``torch.set_num_threads`` for the run (``None``: torch's default).
@@ -77,7 +81,7 @@ class CPUConfig:
             up to float rounding).
     """
 
-    precision: str = "fp32"
+    precision: str = "auto"
     sw_batch_size: int = 1
     threads: int | None = None
     channels_last: bool = True
@@ -158,7 +162,8 @@ class SlidingWindowPredictor:
             is moved on first use.
         sw_device: where the full-volume output is stitched: ``None``/``"auto"`` = ``device``,
             ``"cpu"`` for volumes too large for the GPU.
-        precision: autocast on CUDA, ``"bf16"``, ``"fp16"`` or ``"fp32"`` (off).
+        precision: autocast on CUDA, ``"auto"``, ``"bf16"``, ``"fp16"`` or ``"fp32"`` (off).
+            ``"auto"``: bf16 where the GPU computes it natively, else fp16.
         threshold: probability at or above which a voxel is vessel.
         tta: a :class:`~vesselfm.inference.tta.TTAConfig` or its mapping (default: off).
         postprocess: a :class:`~vesselfm.inference.postprocess.PostprocessConfig` or its
@@ -187,7 +192,7 @@ class SlidingWindowPredictor:
         padding_mode: str = "constant",
         device: str | torch.device | None = None,
         sw_device: str | torch.device | None = None,
-        precision: str = "bf16",
+        precision: str = "auto",
         threshold: float = 0.5,
         tta: TTAConfig | Mapping[str, Any] | None = None,
         postprocess: PostprocessConfig | Mapping[str, Any] | None = None,
@@ -213,11 +218,12 @@ class SlidingWindowPredictor:
                 f"inference.padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}"
             )
         self.padding_mode = padding_mode
-        if precision not in PRECISIONS:
+        if precision not in INFERENCE_PRECISIONS:
             raise ValueError(
-                f"inference.precision must be one of {tuple(PRECISIONS)}, got {precision!r}"
+                f"inference.precision must be one of {INFERENCE_PRECISIONS}, got {precision!r}"
             )
         self.precision = precision
+        self._resolved_precision: dict[str, str] = {}
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"inference.threshold must be in [0, 1], got {threshold}")
         self.threshold = float(threshold)
@@ -301,15 +307,23 @@ class SlidingWindowPredictor:
     def _effective_batch(self, device: torch.device) -> int:
         return int(self.cpu.sw_batch_size) if device.type == "cpu" else self.sw_batch_size
 
+    def resolved_precision(self, device: torch.device) -> str:
+        """``"bf16"``, ``"fp16"`` or ``"fp32"``: the precision key for ``device`` with ``auto``
+        resolved for its hardware (logged once per predictor and device type)."""
+        if device.type not in self._resolved_precision:
+            key, value = (
+                ("inference.cpu.precision", self.cpu.precision)
+                if device.type == "cpu"
+                else ("inference.precision", self.precision)
+            )
+            self._resolved_precision[device.type] = resolve_precision(value, device.type, key)
+        return self._resolved_precision[device.type]
+
     def _autocast(self, device: torch.device) -> Any:
         # fp32 switches autocast off explicitly: inside a Lightning step under bf16-mixed or
         # 16-mixed, a bare nullcontext would keep the trainer's autocast and validation would not
         # predict the way infer does.
-        if device.type == "cpu":
-            if self.cpu.precision == "bf16":
-                return torch.autocast("cpu", dtype=torch.bfloat16)
-            return torch.autocast("cpu", enabled=False)
-        dtype = PRECISIONS[self.precision]
+        dtype = PRECISIONS[self.resolved_precision(device)]
         if dtype is None:
             return torch.autocast(device.type, enabled=False)
         return torch.autocast(device.type, dtype=dtype)

@@ -48,8 +48,13 @@ def _debug_requested(cfg: DictConfig | None) -> bool:
 
 
 def run_guarded(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
-    """Call ``fn(cfg)``; turn user errors into one line on stderr and exit status 2."""
+    """Set torch's threads from ``cfg.threads``, call ``fn(cfg)``; turn user errors into one
+    line on stderr and exit status 2."""
     try:
+        if "threads" in cfg:  # every packaged entrypoint config has it
+            from vesselfm.utils.hardware import apply_threads
+
+            apply_threads(cfg.threads)
         return fn(cfg)
     except MissingMandatoryValue as err:
         if _debug_requested(cfg):

@@ -1,0 +1,264 @@
+"""Precision and threads chosen from the hardware the run is on.
+
+Every precision key accepts ``auto`` (``trainer.precision``, ``inference.precision``,
+``inference.cpu.precision``): bf16 where the hardware computes it natively, else fp32 on a CPU
+and fp16 on a GPU. On a CPU without native bf16 (AVX2-only, or AVX-512 without the BF16
+extension) oneDNN emulates bf16, and a training step runs about 40x slower than in fp32; that is
+what ``auto`` avoids. An explicit ``bf16`` there still runs, with one warning.
+
+The CPU probe honours the AVX2 emulation of an AVX-512 machine
+(``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``): bf16 counts as native only when
+``torch.backends.cpu.get_cpu_capability()`` reports an AVX-512 level, ``ONEDNN_MAX_CPU_ISA`` does
+not cap oneDNN below ``AVX512_CORE_BF16``, and the CPU has AVX512-BF16 or AMX.
+
+``threads`` (every entrypoint's top-level key) sets torch's intra-op threads. ``auto`` is the
+number of cores this process may use (its CPU affinity, capped by a cgroup CPU quota as in a
+container): it depends on the machine, never on its load at start-up, so the same seed gives the
+same metrics run after run.
+
+Hydra- and Lightning-free: the predictor, the training entrypoint and the benchmarks share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# oneDNN's ISA levels (ONEDNN_MAX_CPU_ISA, formerly DNNL_MAX_CPU_ISA) at which bf16 matrix work is
+# native: AVX512_CORE_BF16 and every level above it. Below it (SSE41 ... AVX512_CORE_VNNI) oneDNN
+# emulates bf16. A value we do not know counts as capped: wrongly assuming native bf16 costs up
+# to 40x, wrongly assuming fp32 about 2x.
+ONEDNN_BF16_LEVELS = frozenset(
+    {
+        "ALL",
+        "DEFAULT",
+        "AVX512_CORE_BF16",
+        "AVX512_CORE_FP16",
+        "AVX512_CORE_AMX",
+        "AVX512_CORE_AMX_FP16",
+        "AVX10_1_512",
+        "AVX10_1_512_AMX",
+        "AVX10_1_512_AMX_FP16",
+        "AVX10_2_512",
+        "AVX10_2_512_AMX_2",
+    }
+)
+
+# the precision names of the inference keys, and Lightning's trainer values per resolved name
+INFERENCE_PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+TRAINER_AUTO = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}
+# how much slower emulated bf16 ran than fp32 on a 2-core AVX2 AMD EPYC (issue #14): a tiny-model
+# training step 43 s against 1.0 s, a 128^3 window of vesselfm_base over 5 min against about 10 s
+EMULATED_BF16_SLOWDOWN = "10-40x"
+
+
+@dataclass(frozen=True)
+class Bf16Support:
+    """Whether a device computes bf16 natively, and the reason in words for the log.
+
+    Attributes:
+        native: ``True`` where bf16 matrix work runs in hardware.
+        reason: e.g. ``"this CPU has no native bf16 (AVX2)"``.
+    """
+
+    native: bool
+    reason: str
+
+
+def cpu_bf16_support() -> Bf16Support:
+    """Whether this CPU computes bf16 natively, from torch's own probes (see the module)."""
+    capability = str(torch.backends.cpu.get_cpu_capability())
+    if not capability.upper().startswith("AVX512"):
+        return Bf16Support(False, f"this CPU has no native bf16 ({capability})")
+    for variable in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        cap = os.environ.get(variable, "").strip().upper()
+        if cap and cap not in ONEDNN_BF16_LEVELS:
+            return Bf16Support(False, f"oneDNN is capped below AVX512_CORE_BF16 ({variable}={cap})")
+    if torch.cpu._is_amx_tile_supported():
+        return Bf16Support(True, f"this CPU has AMX ({capability})")
+    if torch.cpu._is_avx512_bf16_supported():
+        return Bf16Support(True, f"this CPU has AVX512-BF16 ({capability})")
+    return Bf16Support(
+        False, f"this CPU has no native bf16 ({capability} without AVX512-BF16 or AMX)"
+    )
+
+
+def cuda_bf16_support() -> Bf16Support:
+    """Whether the current CUDA GPU computes bf16 natively (compute capability 8.0 and up)."""
+    name = torch.cuda.get_device_name()
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        return Bf16Support(True, f"{name} supports bf16")
+    return Bf16Support(False, f"{name} has no native bf16")
+
+
+def bf16_support(device_type: str) -> Bf16Support:
+    """:func:`cpu_bf16_support` or :func:`cuda_bf16_support` for ``"cpu"``/``"cuda"``."""
+    if device_type == "cpu":
+        return cpu_bf16_support()
+    if device_type == "cuda":
+        return cuda_bf16_support()
+    return Bf16Support(False, f"bf16 is not probed on {device_type}")
+
+
+def resolve_precision(requested: str, device_type: str, key: str = "inference.precision") -> str:
+    """The precision a run uses on ``device_type``: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+
+    ``auto``: bf16 where the device computes it natively; else fp32 on a CPU and fp16 on a GPU
+    (fp32 on other devices). The choice is logged with its reason; callers resolve once per run. An explicit ``bf16`` on
+    a device without native bf16 is kept, with one warning naming the slowdown and the override.
+
+    Args:
+        requested: ``"auto"``, ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+        device_type: ``"cpu"``, ``"cuda"``, ...
+        key: the config key, for the messages.
+
+    Raises:
+        ValueError: ``requested`` is not one of the names above.
+    """
+    value = str(requested).strip().lower()
+    if value not in INFERENCE_PRECISIONS:
+        raise ValueError(f"{key} must be one of {INFERENCE_PRECISIONS}, got {requested!r}")
+    if value == "auto":
+        support = bf16_support(device_type)
+        if support.native:
+            chosen = "bf16"
+        else:
+            chosen = "fp16" if device_type == "cuda" else "fp32"
+        log.info("%s auto -> %s: %s", key, chosen, support.reason)
+        return chosen
+    if value == "bf16" and device_type == "cpu":
+        support = cpu_bf16_support()
+        if not support.native:
+            log.warning(
+                "%s=bf16 but %s: bf16 is emulated and runs about %s slower than fp32; "
+                "set %s=auto (or fp32)",
+                key,
+                support.reason,
+                EMULATED_BF16_SLOWDOWN,
+                key,
+            )
+    return value
+
+
+def resolve_trainer_precision(precision: Any, accelerator: Any) -> Any:
+    """``trainer.precision`` as Lightning takes it, with ``auto`` resolved for the accelerator.
+
+    ``auto`` → ``"bf16-mixed"`` where the device computes bf16 natively, else ``"32-true"`` on a
+    CPU and ``"16-mixed"`` on a GPU. Explicit values are returned unchanged (a bf16 value on a
+    CPU without native bf16 is warned about once).
+
+    Args:
+        precision: the ``trainer.precision`` value (``"auto"``, ``"32-true"``, ``"bf16-mixed"``,
+            ``16``, ...).
+        accelerator: ``trainer.accelerator`` (``"auto"``, ``"cpu"``, ``"gpu"``, ``"cuda"``, ...).
+    """
+    device_type = _accelerator_device(accelerator)
+    if str(precision).strip().lower() == "auto":
+        return TRAINER_AUTO[resolve_precision("auto", device_type, "trainer.precision")]
+    if "bf16" in str(precision).lower():
+        resolve_precision("bf16", device_type, "trainer.precision")
+    return precision
+
+
+def _accelerator_device(accelerator: Any) -> str:
+    name = str(accelerator or "auto").strip().lower()
+    if name in {"gpu", "cuda"}:
+        return "cuda"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def emulated_note(precision: str, device_type: str) -> str | None:
+    """``"not run: bf16 is emulated on this CPU"`` for a bf16 precision (``"bf16"``,
+    ``"bf16-mixed"``, ...) the device does not compute natively; ``None`` where it may run.
+    The benchmarks print it instead of running a row for hours."""
+    if "bf16" not in str(precision).lower() or bf16_support(device_type).native:
+        return None
+    return f"not run: bf16 is emulated on this {'GPU' if device_type == 'cuda' else device_type.upper()}"
+
+
+def describe_device(device_type: str) -> str:
+    """The machine in words, for the figures a benchmark prints (CPU model, capability, cores)."""
+    support = bf16_support(device_type)
+    bf16 = "native bf16" if support.native else "no native bf16"
+    if device_type == "cuda":
+        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}, {bf16})"
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        import platform
+
+        model = platform.processor() or model
+    return (
+        f"{model}, {torch.backends.cpu.get_cpu_capability()}, {bf16}, {available_cpus()} cores "
+        f"for this process, {torch.get_num_threads()} torch threads"
+    )
+
+
+# ---------------------------------------------------------------------------- threads
+def _cgroup_cpu_quota() -> float | None:
+    """Cores allowed by a cgroup CPU quota (v2 ``cpu.max``, v1 ``cfs_quota_us``), or ``None``."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def available_cpus() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def resolve_threads(threads: Any, key: str = "threads") -> int:
+    """``threads`` as a count: ``auto`` (or ``None``) → :func:`available_cpus`.
+
+    Raises:
+        ValueError: neither ``auto`` nor a positive integer.
+    """
+    if threads is None or str(threads).strip().lower() == "auto":
+        return available_cpus()
+    try:
+        count = int(threads)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1 or str(threads).strip() != str(count):
+        raise ValueError(f"{key} must be auto or a positive integer, got {threads!r}")
+    return count
+
+
+def apply_threads(threads: Any, key: str = "threads") -> int:
+    """Set torch's intra-op threads from ``threads`` (see :func:`resolve_threads`) and log it."""
+    count = resolve_threads(threads, key)
+    torch.set_num_threads(count)
+    how = "the cores this process may use" if count != threads else "as set"
+    log.info("%s=%s -> %d torch threads (%s)", key, threads, count, how)
+    return count
