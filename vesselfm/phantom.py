@@ -44,6 +44,7 @@ def _options(cfg: DictConfig) -> dict[str, Any]:
         "stenoses": cfg.stenoses,
         "calcifications": cfg.calcifications,
         "streaks": bool(cfg.streaks),
+        "overwrite": bool(cfg.get("overwrite", False)),
     }
     if spacing is not None:
         options["spacing"] = spacing

@@ -145,13 +145,20 @@ def test_trainer_auto_on_a_cpu(monkeypatch, fake_cpu, avx512_bf16, expected, acc
     assert resolve_trainer_precision("auto", accelerator) == expected
 
 
+def test_trainer_auto_logs_the_lightning_value_and_why(fake_cpu, caplog):
+    fake_cpu("AVX2")
+    with caplog.at_level(logging.INFO, logger=hardware.__name__):
+        assert resolve_trainer_precision("auto", "cpu") == "32-true"
+    assert "trainer.precision auto -> 32-true: this CPU has no native bf16 (AVX2)" in caplog.text
+
+
 def test_trainer_explicit_values_stay_as_written(fake_cpu, caplog):
     fake_cpu("AVX2")
     assert resolve_trainer_precision("16-mixed", "gpu") == "16-mixed"
     assert resolve_trainer_precision(32, "cpu") == 32
     with caplog.at_level(logging.WARNING, logger=hardware.__name__):
         assert resolve_trainer_precision("bf16-mixed", "cpu") == "bf16-mixed"
-    assert "trainer.precision=bf16 but this CPU has no native bf16 (AVX2)" in caplog.text
+    assert "trainer.precision=bf16-mixed but this CPU has no native bf16 (AVX2)" in caplog.text
     assert "trainer.precision=auto" in caplog.text
 
 

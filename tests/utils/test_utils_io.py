@@ -8,6 +8,7 @@ import stat
 import pytest
 
 from vesselfm.utils.io import atomic_path
+from vesselfm.utils.outputs import RECORD_NAME
 
 
 def test_atomic_path_renames_on_success_with_umask_permissions(tmp_path):
@@ -20,7 +21,8 @@ def test_atomic_path_renames_on_success_with_umask_permissions(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
-    assert [p.name for p in target.parent.iterdir()] == [target.name]
+    # the file and the output record naming it, nothing else
+    assert sorted(p.name for p in target.parent.iterdir()) == [RECORD_NAME, target.name]
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):

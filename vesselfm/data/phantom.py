@@ -51,6 +51,7 @@ from scipy import ndimage
 from scipy.interpolate import PchipInterpolator
 from scipy.spatial import cKDTree
 
+from vesselfm.utils.errors import UserError
 from vesselfm.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -1361,13 +1362,16 @@ def write_phantom_dataset(
     seed: int = 0,
     start_index: int = 1,
     progress: bool = True,
+    overwrite: bool = False,
     **options: object,
 ) -> list[tuple[Path, Path]]:
     """Write cases ``start_index .. start_index + n - 1`` in the ImageCAS layout.
 
     ``<output>/1-200/1.img.nii.gz`` and ``1.label.nii.gz``, ..., ``<output>/201-400/201...``.
     Case ``i`` is ``generate_phantom(shape, case_seed(seed, i), **options)``, so it is the same
-    whatever ``n`` is. Every file is written atomically (existing files are replaced).
+    whatever ``n`` is. Every file is written atomically and recorded as ours
+    (:mod:`vesselfm.utils.outputs`): phantoms written earlier are replaced, but a folder holding
+    files vesselfm did not write (real scans, say) is refused before anything is written.
 
     Args:
         output: the dataset folder (created).
@@ -1376,6 +1380,8 @@ def write_phantom_dataset(
         seed: dataset seed.
         start_index: index of the first case, >= 1.
         progress: show a tqdm progress bar.
+        overwrite: write even where ``output`` holds files vesselfm did not write (those with
+            the names of the phantoms are replaced).
         **options: passed to ``generate_phantom`` (``spacing``, ``noise_std``, ``stenoses``,
             ``calcifications``, ``streaks``).
 
@@ -1384,8 +1390,11 @@ def write_phantom_dataset(
 
     Raises:
         ValueError: a bad ``n``, ``start_index``, shape, seed or option.
+        UserError: ``output`` holds files vesselfm did not write, and not ``overwrite``.
     """
     from tqdm.auto import tqdm
+
+    from vesselfm.utils.outputs import foreign_files_in
 
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive number of cases, got {n!r}; e.g. n=10")
@@ -1401,6 +1410,16 @@ def write_phantom_dataset(
         raise ValueError(f"unknown phantom option(s) {unknown}; allowed: {sorted(allowed)}")
     shape = _check_shape(shape)
     seed = _check_seed(seed)
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"output={output} is a file; give a folder for the phantom dataset")
+    # a generator never writes into someone else's data: checked before the first file
+    foreign = [] if overwrite else foreign_files_in(output)
+    if foreign:
+        raise UserError(
+            f"output={output} holds {len(foreign)} file(s) vesselfm did not write (e.g. "
+            f"{foreign[0]}); write the phantoms into an empty or new folder, or pass overwrite=true"
+        )
 
     paths = []
     for index in tqdm(

@@ -74,7 +74,8 @@ class CPUConfig:
             (:func:`vesselfm.utils.hardware.resolve_precision`).
         sw_batch_size: windows per forward pass. Batching gains nothing on a CPU and each 128³
             window of ``vesselfm_base`` needs about 2 GB of activations.
-        threads: ``torch.set_num_threads`` for the run (``None``: torch's default).
+        threads: ``torch.set_num_threads`` for the run, restored after it (``None``: the
+            process's setting, which the entrypoints set from their ``threads`` key).
         channels_last: run the network channels-last through
             :func:`~vesselfm.inference.cpu_kernels.channels_last_view` (same weights, same
             windows; 1.3-1.5x faster per window in fp32 and bf16 on an AVX-512 CPU, logits equal

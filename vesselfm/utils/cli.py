@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 CONFIG_PATH = "pkg://vesselfm.configs"
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 EXIT_USER_ERROR = 2
+# the shell's convention: 128 + the signal's number
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 T = TypeVar("T")
 
@@ -47,15 +51,57 @@ def _debug_requested(cfg: DictConfig | None) -> bool:
         return False
 
 
-def run_guarded(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
-    """Set torch's threads from ``cfg.threads``, call ``fn(cfg)``; turn user errors into one
-    line on stderr and exit status 2."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that every ``finally`` (temporary files) runs."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _settings(cfg: DictConfig) -> dict[str, Any]:
+    """The run's settings for the output record (the config without Hydra's own node)."""
+    from omegaconf import OmegaConf
+
     try:
+        settings = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - an unresolvable interpolation: record it unresolved
+        settings = OmegaConf.to_container(cfg, resolve=False)
+    settings.pop("hydra", None)
+    return settings
+
+
+def run_guarded(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
+    """Set torch's threads from ``cfg.threads``, name the run for the output record, call
+    ``fn(cfg)``; turn user errors into one line on stderr and exit status 2, and Ctrl-C or
+    SIGTERM into one line and exit status 130 / 143 (temporary files removed)."""
+    import signal
+
+    tool = getattr(fn, "__module__", "vesselfm")
+    previous = None
+    try:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
         if "threads" in cfg:  # every packaged entrypoint config has it
             from vesselfm.utils.hardware import apply_threads
 
             apply_threads(cfg.threads)
+        from vesselfm.utils.outputs import start_run
+
+        start_run(tool, _settings(cfg))
         return fn(cfg)
+    except KeyboardInterrupt as err:
+        if _debug_requested(cfg):
+            raise
+        terminated = isinstance(err, Terminated)
+        what = "terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)"
+        print(
+            f"error: {tool} {what}; finished outputs are kept, unfinished ones were removed; "
+            "rerun the same command to go on",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
     except MissingMandatoryValue as err:
         if _debug_requested(cfg):
             raise
@@ -74,6 +120,9 @@ def run_guarded(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
         log.debug("user error", exc_info=True)
         print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def hydra_entrypoint(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[[], Any]]:

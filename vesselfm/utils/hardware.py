@@ -108,12 +108,36 @@ def bf16_support(device_type: str) -> Bf16Support:
     return Bf16Support(False, f"bf16 is not probed on {device_type}")
 
 
+def _choose(value: str, device_type: str, key: str, names: dict[str, Any]) -> Any:
+    """``names[...]`` for ``value`` (``"auto"`` resolved, the choice logged with its reason);
+    a bf16 value on a CPU that emulates bf16 is kept, with one warning."""
+    if value == "auto":
+        support = bf16_support(device_type)
+        chosen = "bf16" if support.native else ("fp16" if device_type == "cuda" else "fp32")
+        log.info("%s auto -> %s: %s", key, names[chosen], support.reason)
+        return names[chosen]
+    if "bf16" in value and device_type == "cpu":
+        support = cpu_bf16_support()
+        if not support.native:
+            log.warning(
+                "%s=%s but %s: bf16 is emulated and runs about %s slower than fp32; "
+                "set %s=auto (or fp32)",
+                key,
+                value,
+                support.reason,
+                EMULATED_BF16_SLOWDOWN,
+                key,
+            )
+    return names.get(value, value)
+
+
 def resolve_precision(requested: str, device_type: str, key: str = "inference.precision") -> str:
     """The precision a run uses on ``device_type``: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
 
     ``auto``: bf16 where the device computes it natively; else fp32 on a CPU and fp16 on a GPU
-    (fp32 on other devices). The choice is logged with its reason; callers resolve once per run. An explicit ``bf16`` on
-    a device without native bf16 is kept, with one warning naming the slowdown and the override.
+    (fp32 on other devices). The choice is logged with its reason (callers resolve once per
+    run). An explicit ``bf16`` on a CPU without native bf16 is kept, with one warning naming the
+    slowdown and the override.
 
     Args:
         requested: ``"auto"``, ``"bf16"``, ``"fp16"`` or ``"fp32"``.
@@ -126,46 +150,25 @@ def resolve_precision(requested: str, device_type: str, key: str = "inference.pr
     value = str(requested).strip().lower()
     if value not in INFERENCE_PRECISIONS:
         raise ValueError(f"{key} must be one of {INFERENCE_PRECISIONS}, got {requested!r}")
-    if value == "auto":
-        support = bf16_support(device_type)
-        if support.native:
-            chosen = "bf16"
-        else:
-            chosen = "fp16" if device_type == "cuda" else "fp32"
-        log.info("%s auto -> %s: %s", key, chosen, support.reason)
-        return chosen
-    if value == "bf16" and device_type == "cpu":
-        support = cpu_bf16_support()
-        if not support.native:
-            log.warning(
-                "%s=bf16 but %s: bf16 is emulated and runs about %s slower than fp32; "
-                "set %s=auto (or fp32)",
-                key,
-                support.reason,
-                EMULATED_BF16_SLOWDOWN,
-                key,
-            )
-    return value
+    return _choose(value, device_type, key, {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"})
 
 
 def resolve_trainer_precision(precision: Any, accelerator: Any) -> Any:
     """``trainer.precision`` as Lightning takes it, with ``auto`` resolved for the accelerator.
 
     ``auto`` → ``"bf16-mixed"`` where the device computes bf16 natively, else ``"32-true"`` on a
-    CPU and ``"16-mixed"`` on a GPU. Explicit values are returned unchanged (a bf16 value on a
-    CPU without native bf16 is warned about once).
+    CPU and ``"16-mixed"`` on a GPU (logged, e.g. ``trainer.precision auto -> 32-true: this CPU
+    has no native bf16 (AVX2)``). Explicit values are returned unchanged; a bf16 value on a CPU
+    without native bf16 is warned about.
 
     Args:
         precision: the ``trainer.precision`` value (``"auto"``, ``"32-true"``, ``"bf16-mixed"``,
             ``16``, ...).
         accelerator: ``trainer.accelerator`` (``"auto"``, ``"cpu"``, ``"gpu"``, ``"cuda"``, ...).
     """
-    device_type = _accelerator_device(accelerator)
-    if str(precision).strip().lower() == "auto":
-        return TRAINER_AUTO[resolve_precision("auto", device_type, "trainer.precision")]
-    if "bf16" in str(precision).lower():
-        resolve_precision("bf16", device_type, "trainer.precision")
-    return precision
+    value = str(precision).strip().lower()
+    chosen = _choose(value, _accelerator_device(accelerator), "trainer.precision", TRAINER_AUTO)
+    return chosen if value == "auto" else precision
 
 
 def _accelerator_device(accelerator: Any) -> str:

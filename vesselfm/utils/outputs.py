@@ -1,0 +1,246 @@
+"""The output record: which files in a folder vesselfm wrote, so that it never overwrites others.
+
+Every file vesselfm writes goes through :func:`vesselfm.utils.io.atomic_path`, which records it
+in ``.vesselfm-outputs.json`` in the file's own folder: its content hash and size, and the run
+that wrote it (the tool, its settings, the checkpoint's hash). A file that is not in its folder's
+record, or whose content no longer matches the recorded hash, was not written by vesselfm (or was
+changed since): the entrypoints refuse to overwrite it unless the user says ``overwrite=true``.
+
+The record is plain JSON::
+
+    {"version": 1,
+     "runs": {"<run id>": {"tool": "vesselfm.infer", "started": "...", "settings": {...},
+                           "checkpoint": {"source": "...", "sha256": "..."}}},
+     "files": {"1_pred.nii.gz": {"sha256": "...", "size": 1234, "run": "<run id>"}}}
+
+Updates are merged under an exclusive lock on the folder, so several processes (prepare's
+workers, DDP ranks) can record into one folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from vesselfm.utils.errors import UserError
+
+RECORD_NAME = ".vesselfm-outputs.json"
+RECORD_VERSION = 1
+# the run the files of this process are recorded under (set by the entrypoints)
+_RUN: dict[str, Any] = {}
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    """The SHA-256 of a file's content, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def start_run(
+    tool: str,
+    settings: Mapping[str, Any] | None = None,
+    checkpoint: Mapping[str, Any] | None = None,
+) -> str:
+    """Name the run that the files written from now on belong to; returns its id.
+
+    Args:
+        tool: e.g. ``"vesselfm.infer"``.
+        settings: the run's settings as plain JSON-able values (the resolved config).
+        checkpoint: e.g. ``{"source": "hf://...", "sha256": "..."}`` for the weights used.
+    """
+    _RUN.clear()
+    _RUN.update(
+        id=uuid.uuid4().hex[:12],
+        tool=tool,
+        started=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        settings=_jsonable(settings or {}),
+        checkpoint=_jsonable(checkpoint) if checkpoint else None,
+    )
+    return _RUN["id"]
+
+
+def set_run_checkpoint(checkpoint: Mapping[str, Any]) -> None:
+    """Add the checkpoint (source and hash) to the current run, once the weights are known."""
+    if not _RUN:
+        start_run("vesselfm")
+    _RUN["checkpoint"] = _jsonable(checkpoint)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _current_run() -> dict[str, Any]:
+    if not _RUN:
+        start_run("vesselfm (Python API)")
+    return dict(_RUN)
+
+
+def record_path(folder: str | os.PathLike[str]) -> Path:
+    """``<folder>/.vesselfm-outputs.json``."""
+    return Path(folder) / RECORD_NAME
+
+
+def read_record(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The record of ``folder`` (an empty one where there is none).
+
+    Raises:
+        UserError: the record exists but is not ours or is damaged.
+    """
+    path = record_path(folder)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {"version": RECORD_VERSION, "runs": {}, "files": {}}
+    try:
+        record = json.loads(text)
+        if not isinstance(record.get("files"), dict) or not isinstance(record.get("runs"), dict):
+            raise ValueError("no 'files'/'runs' tables")
+    except (ValueError, AttributeError) as err:
+        raise UserError(
+            f"{path}: not a vesselfm output record ({err}); move it away (every file in "
+            f"{Path(folder)} then counts as not written by vesselfm)"
+        ) from err
+    return record
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (flock on the directory: no lock file left behind)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no other writer is expected
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def record_files(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """Record files (all in one folder) as written by the current run."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        return
+    folder = paths[0].parent
+    entries = {}
+    for p in paths:
+        stat = p.stat()
+        entries[p.name] = {
+            "sha256": file_sha256(p),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+        }
+    run = _current_run()
+    run_id = run.pop("id")
+    with _locked(folder):
+        record = read_record(folder)
+        record["version"] = RECORD_VERSION
+        record["runs"][run_id] = run
+        for name, entry in entries.items():
+            record["files"][name] = {**entry, "run": run_id}
+        # runs no file refers to any more are dropped
+        used = {e.get("run") for e in record["files"].values()}
+        record["runs"] = {k: v for k, v in record["runs"].items() if k in used}
+        _write_record(folder, record)
+
+
+def _write_record(folder: Path, record: Mapping[str, Any]) -> None:
+    # called under _locked(folder); the rename keeps readers from seeing half a record
+    tmp = folder / f".{RECORD_NAME}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, record_path(folder))
+
+
+def forget_files(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """Drop files (all in one folder) from their record, e.g. after removing them."""
+    paths = [Path(p) for p in paths]
+    if not paths or not record_path(paths[0].parent).exists():
+        return
+    folder = paths[0].parent
+    with _locked(folder):
+        record = read_record(folder)
+        for p in paths:
+            record["files"].pop(p.name, None)
+        _write_record(folder, record)
+
+
+def written_by_us(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is in its folder's record with the content recorded there.
+
+    Size and modification time equal to the record's are taken as unchanged content (as make
+    and rsync do); otherwise the content's hash decides.
+    """
+    path = Path(path)
+    return _matches(path, read_record(path.parent)["files"].get(path.name))
+
+
+def _matches(path: Path, entry: Mapping[str, Any] | None) -> bool:
+    if not entry or not path.is_file():
+        return False
+    stat = path.stat()
+    if stat.st_size != entry.get("size"):
+        return False
+    return stat.st_mtime_ns == entry.get("mtime_ns") or file_sha256(path) == entry.get("sha256")
+
+
+def foreign_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """The paths among ``paths`` that exist but were not written by vesselfm (or were changed)."""
+    return [Path(p) for p in paths if Path(p).exists() and not written_by_us(p)]
+
+
+def check_overwrite(
+    paths: Iterable[str | os.PathLike[str]], overwrite: bool, key: str = "output"
+) -> None:
+    """Refuse to overwrite files vesselfm did not write, unless ``overwrite``.
+
+    Raises:
+        UserError: one line naming the first such file, how many there are, and the fixes.
+    """
+    if overwrite:
+        return
+    foreign = foreign_files(paths)
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise UserError(
+            f"{foreign[0]} exists and was not written by vesselfm{more} (not in "
+            f"{record_path(foreign[0].parent)}, or changed since); choose another {key}=, move "
+            f"it away, or pass overwrite=true to replace it"
+        )
+
+
+def foreign_files_in(folder: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
+    """Files under ``folder`` that vesselfm did not write (its records and temporary files aside)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    records: dict[Path, dict[str, Any]] = {}
+    foreign = []
+    for p in folder.rglob("*") if recursive else folder.iterdir():
+        if not p.is_file() or p.name == RECORD_NAME or _is_temporary(p):
+            continue
+        if p.parent not in records:
+            records[p.parent] = read_record(p.parent)["files"]
+        if not _matches(p, records[p.parent].get(p.name)):
+            foreign.append(p)
+    return sorted(foreign)
+
+
+def _is_temporary(path: Path) -> bool:
+    from vesselfm.utils.io import _TEMPORARY
+
+    return bool(_TEMPORARY.match(path.name)) or path.name.startswith(f".{RECORD_NAME}.")
