@@ -165,6 +165,10 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         network, inference_cfg, preprocess=preprocess, progress=progress
     )
     device = predictor.compute_device()
+    if device.type == "cpu" and cfg.get("threads") is not None:
+        from vesselfm.utils.hardware import describe_threads
+
+        log.info(describe_threads(cfg.threads))
     log.info(
         "%d scan(s) -> %s | model=%s on %s | threshold %.3f | TTA %s | post-processing %s",
         len(inputs),

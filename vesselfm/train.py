@@ -59,7 +59,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     from vesselfm.models import load_model
     from vesselfm.models.lit_module import VesselSegLitModule
-    from vesselfm.utils.hardware import resolve_trainer_precision
+    from vesselfm.utils.hardware import describe_threads, resolve_trainer_precision
 
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -80,6 +80,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     )
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
+    if cfg.get("threads") is not None:
+        log.info(describe_threads(cfg.threads))
     precision = resolve_trainer_precision(
         cfg.trainer.get("precision", "auto"), cfg.trainer.get("accelerator", "auto")
     )

@@ -45,6 +45,7 @@ def visualise(cfg: DictConfig) -> dict[str, Path]:
         stl=bool(cfg.stl),
         html=bool(cfg.html),
         png=bool(cfg.png),
+        overwrite=bool(cfg.get("overwrite", False)),
     )
     for key, path in written.items():
         log.info("%s: %s", key, path)

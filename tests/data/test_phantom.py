@@ -27,6 +27,8 @@ from vesselfm.data.phantom import (
     label_topology,
     write_phantom_dataset,
 )
+from vesselfm.utils.errors import UserError
+from vesselfm.utils.outputs import RECORD_NAME, written_by_us
 
 SMALL = (48, 48, 40)
 
@@ -212,11 +214,13 @@ def test_imagecas_layout_and_names(tmp_path):
     )
     assert paths == [case_paths(tmp_path, 200), case_paths(tmp_path, 201)]
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        f"1-200/{RECORD_NAME}",
         "1-200/200.img.nii.gz",
         "1-200/200.label.nii.gz",
+        f"201-400/{RECORD_NAME}",
         "201-400/201.img.nii.gz",
         "201-400/201.label.nii.gz",
-    ]  # and no temporary files left behind
+    ]  # each folder's output record, and no temporary files left behind
     assert case_paths("x", 1) == (Path("x/1-200/1.img.nii.gz"), Path("x/1-200/1.label.nii.gz"))
     assert case_paths("x", 1000)[1] == Path("x/801-1000/1000.label.nii.gz")
 
@@ -254,7 +258,7 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_phantom_dataset(tmp_path, n=2, shape=SMALL, seed=0, progress=False)
     image, label = case_paths(tmp_path, 1)
-    assert [p.name for p in image.parent.iterdir()] == [image.name]
+    assert sorted(p.name for p in image.parent.iterdir()) == [RECORD_NAME, image.name]
     assert np.asanyarray(nib.load(image).dataobj).shape == SMALL
 
 
@@ -292,6 +296,54 @@ def test_cli_config_composes_and_writes(compose_cfg, tmp_path):
     ]  # fmt: skip
     label = np.asanyarray(nib.load(paths[1][1]).dataobj)
     assert np.array_equal(label, generate_phantom((40, 40, 32), seed=case_seed(5, 2)).label)
+
+
+# ------------------------------------------------------------------------------ never overwrite
+
+
+def _real_scan(path: Path, value: int) -> bytes:
+    """A file that vesselfm did not write, as a user's own scan would be."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.full((8, 8, 8), value, np.int16), np.eye(4)), path)
+    return path.read_bytes()
+
+
+def test_phantoms_never_overwrite_real_scans(tmp_path):
+    # finding 1: output= pointed at a folder holding 1-200/1.img.nii.gz and 1.label.nii.gz
+    image, label = case_paths(tmp_path, 1)
+    before = {p: _real_scan(p, v) for p, v in ((image, 100), (label, 1))}
+    with pytest.raises(UserError, match=r"holds 2 file\(s\) vesselfm did not write") as info:
+        write_phantom_dataset(tmp_path, n=1, shape=SMALL, progress=False)
+    assert "overwrite=true" in str(info.value) and "\n" not in str(info.value)
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (image.parent / RECORD_NAME).exists()
+
+
+def test_phantoms_refuse_a_folder_of_other_files_but_replace_their_own(tmp_path):
+    # a second case: no name clash, but the folder holds someone else's data
+    _real_scan(tmp_path / "notes" / "ct.nii.gz", 5)
+    with pytest.raises(UserError, match=r"ct\.nii\.gz"):
+        write_phantom_dataset(tmp_path, n=1, shape=SMALL, progress=False)
+    assert not (tmp_path / "1-200").exists()
+    # our own phantoms are replaced without asking
+    fresh = tmp_path / "fresh"
+    ((image, _),) = write_phantom_dataset(fresh, n=1, shape=SMALL, seed=1, progress=False)
+    ((again, _),) = write_phantom_dataset(fresh, n=1, shape=SMALL, seed=2, progress=False)
+    assert again == image and written_by_us(image)
+    # overwrite=true: the user said so
+    write_phantom_dataset(tmp_path, n=1, shape=SMALL, progress=False, overwrite=True)
+    assert written_by_us(case_paths(tmp_path, 1)[0])
+    assert (tmp_path / "notes" / "ct.nii.gz").is_file()  # not ours to touch
+
+
+def test_cli_refuses_real_scans_with_one_line(tmp_path):
+    image, _ = case_paths(tmp_path / "out", 1)
+    before = _real_scan(image, 100)
+    result = _run_cli("output=out", "n=1", "shape=[40,40,32]", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "overwrite=true" in lines[0]
+    assert image.read_bytes() == before
 
 
 def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

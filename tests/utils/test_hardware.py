@@ -21,6 +21,7 @@ from vesselfm.utils.hardware import (
     apply_threads,
     available_cpus,
     cpu_bf16_support,
+    describe_threads,
     resolve_precision,
     resolve_threads,
     resolve_trainer_precision,
@@ -250,5 +251,7 @@ def test_apply_threads_sets_torch_and_logs_the_choice(caplog):
             assert apply_threads(1) == 1
             assert torch.get_num_threads() == 1
         assert "threads=1 -> 1 torch threads (as set)" in caplog.text
+        assert describe_threads("auto").startswith("threads=auto -> ")
+        assert describe_threads("auto").endswith("torch threads (the cores this process may use)")
     finally:
         torch.set_num_threads(before)

@@ -85,7 +85,8 @@ def run_guarded(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
         if "threads" in cfg:  # every packaged entrypoint config has it
             from vesselfm.utils.hardware import apply_threads
 
-            apply_threads(cfg.threads)
+            # said at INFO by the jobs where it matters (train, infer), not by every tool
+            apply_threads(cfg.threads, level=logging.DEBUG)
         from vesselfm.utils.outputs import start_run
 
         start_run(tool, _settings(cfg))
@@ -143,8 +144,126 @@ def hydra_entrypoint(config_name: str) -> Callable[[Callable[[DictConfig], T]], 
         def task(cfg: DictConfig) -> T:
             return run_guarded(fn, cfg)
 
-        return hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(
-            task
-        )
+        hydra_main = hydra.main(
+            version_base="1.3", config_path=CONFIG_PATH, config_name=config_name
+        )(task)
+
+        @functools.wraps(fn)
+        def main() -> Any:
+            check_overrides(config_name, sys.argv[1:])
+            return hydra_main()
+
+        return main
 
     return decorator
+
+
+def check_overrides(config_name: str, argv: list[str]) -> None:
+    """Compose ``config_name`` with the command line's overrides before Hydra does, so that a
+    typo (``model=tinyy``, an unknown key, an unquoted path with spaces or ``=``) ends with one
+    ``error:`` line naming the close matches and exit status 2, instead of Hydra's report.
+
+    Runs that Hydra handles differently (``--help``, ``--cfg``, ``-m`` sweeps, other config
+    folders) and debugging (``VESSELFM_DEBUG=1``, ``HYDRA_FULL_ERROR=1``) are left to Hydra.
+    """
+    from hydra._internal.utils import get_args_parser
+
+    if _debug_requested(None):
+        return
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:  # Hydra's own parser reports its usage errors
+        return
+    if (
+        args.help
+        or args.hydra_help
+        or args.cfg
+        or args.info
+        or args.shell_completion
+        or args.multirun
+        or args.config_path
+        or args.config_name
+        or args.config_dir
+    ):
+        return
+    message = _override_error(config_name, list(args.overrides))
+    if message:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="vesselfm.configs", version_base="1.3"):
+            return compose(config_name=config_name, overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _override_error(config_name: str, overrides: list[str]) -> str | None:
+    """One line saying what is wrong with ``overrides``, or ``None`` when they compose."""
+    import difflib
+    import re
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    tool = f"vesselfm.{config_name}"
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except HydraException as err:
+            if "=" not in override:
+                return (
+                    f"cannot read the argument {override!r}: overrides are key=value, and a "
+                    f"value holding spaces must be quoted, e.g. 'input=\"/data/scan (1).nii.gz\"'"
+                )
+            key = override.split("=", 1)[0]
+            return (
+                f"cannot read the override {override!r} ({str(err).splitlines()[0]}); quote a "
+                f"value holding spaces, '=', brackets or parentheses: {key}='\"...\"' "
+                f"(python -m {tool} --help)"
+            )
+    try:
+        _compose(config_name, overrides)
+        return None
+    except MissingConfigException as err:
+        text = str(err)
+        found = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+        options = re.findall(r"^\t(\S+)$", text, flags=re.M)
+        if not found:
+            return text.splitlines()[0]
+        group, option = found.groups()
+        close = difflib.get_close_matches(option, options, n=1)
+        hint = f" (did you mean {group}={close[0]}?)" if close else ""
+        return f"{group}={option}: no such option; choose one of {', '.join(options)}{hint}"
+    except (HydraException, OmegaConfBaseException) as err:
+        text = str(err)
+        found = re.search(r"Could not override '([^']+)'", text)
+        if not found:
+            return f"{text.splitlines()[0]} (python -m {tool} --help)"
+        key = found.group(1)
+        keys = _dotted_keys(_compose(config_name, [o for o in overrides if not o.startswith(key)]))
+        close = difflib.get_close_matches(key, keys, n=2)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        return f"{key}: no such key in {tool}'s config{hint} (its keys: python -m {tool} --help)"
+
+
+def _dotted_keys(cfg: Any, prefix: str = "") -> list[str]:
+    from omegaconf import DictConfig as _DictConfig
+
+    keys = []
+    for key in cfg.keys() if isinstance(cfg, _DictConfig) else []:
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        try:
+            keys += _dotted_keys(cfg._get_node(key), f"{dotted}.")
+        except Exception:  # noqa: BLE001 - a node that does not resolve (missing value)
+            continue
+    return keys

@@ -258,10 +258,17 @@ def resolve_threads(threads: Any, key: str = "threads") -> int:
     return count
 
 
-def apply_threads(threads: Any, key: str = "threads") -> int:
-    """Set torch's intra-op threads from ``threads`` (see :func:`resolve_threads`) and log it."""
+def describe_threads(threads: Any, key: str = "threads") -> str:
+    """``threads=auto -> 2 torch threads (the cores this process may use)``, for the log."""
+    count = resolve_threads(threads, key)
+    how = "as set" if str(count) == str(threads).strip() else "the cores this process may use"
+    return f"{key}={threads} -> {count} torch threads ({how})"
+
+
+def apply_threads(threads: Any, key: str = "threads", level: int = logging.INFO) -> int:
+    """Set torch's intra-op threads from ``threads`` (see :func:`resolve_threads`) and log it
+    at ``level`` (the entrypoints log it at DEBUG; train and infer say it at INFO)."""
     count = resolve_threads(threads, key)
     torch.set_num_threads(count)
-    how = "the cores this process may use" if count != threads else "as set"
-    log.info("%s=%s -> %d torch threads (%s)", key, threads, count, how)
+    log.log(level, describe_threads(threads, key))
     return count
