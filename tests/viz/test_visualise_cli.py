@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import trimesh
 
+from vesselfm.utils.errors import UserError
+from vesselfm.utils.outputs import RECORD_NAME, read_record, written_by_us
 from vesselfm.viz import case_id_from_path, visualise_case
 
 EXPECTED = [
+    RECORD_NAME,  # the output record naming every file below
     "7_3d.html",
     "7_axial.png",
     "7_coronal.png",
@@ -99,7 +102,10 @@ def test_cli_writes_all_three_kinds_of_output(nifti_case, tmp_path: Path) -> Non
 def test_cli_default_output_is_beside_the_prediction(nifti_case, tmp_path: Path) -> None:
     result = _cli(f"pred={nifti_case['pred']}", "html=false", "png=false", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (nifti_case["pred"].parent / "viz").iterdir()) == ["7_pred.stl"]
+    assert sorted(p.name for p in (nifti_case["pred"].parent / "viz").iterdir()) == [
+        RECORD_NAME,
+        "7_pred.stl",
+    ]
 
 
 def test_cli_help(tmp_path: Path) -> None:
@@ -131,3 +137,86 @@ def test_cli_shape_mismatch_is_one_line_error(nifti_case, case, tmp_path: Path) 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "shape" in lines[0] and "small.nii.gz" in lines[0], result.stderr
+
+
+# ------------------------------------------------------------------ checked before the first file
+
+
+def _save(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(array, affine), path)
+    return path
+
+
+def test_a_thin_mask_fails_before_any_output(case, tmp_path: Path) -> None:
+    # finding 9: a 64x64x1 mask failed after the STL, the HTML and one PNG were written
+    thin = _save(tmp_path / "5_pred.nii.gz", np.ones((64, 64, 1), np.uint8), case.affine)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"shorter than 2 voxels"):
+        visualise_case(thin, out)
+    assert not out.exists()
+    result = _cli(f"pred={thin}", f"output={out}", cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "5_pred.nii.gz" in lines[0]
+    assert not out.exists()
+
+
+def test_a_nan_affine_is_refused_not_meshed(case, tmp_path: Path) -> None:
+    affine = case.affine.copy()
+    affine[0, 3] = np.nan
+    pred = tmp_path / "5_pred.nii.gz"
+    img = nib.Nifti1Image(case.pred, affine)
+    img.set_qform(None, code=0)  # the NaN lives in the sform only
+    nib.save(img, pred)
+    assert not np.isfinite(nib.load(pred).affine).all()
+    with pytest.raises(ValueError, match=r"affine is not finite"):
+        visualise_case(pred, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("threshold", [2.0, 1.0, -0.1])
+def test_a_threshold_outside_the_unit_interval_is_refused(nifti_case, tmp_path, threshold):
+    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\)"):
+        visualise_case(nifti_case["pred"], tmp_path / "out", threshold=threshold)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_that_is_a_file_is_named(nifti_case, tmp_path: Path) -> None:
+    target = tmp_path / "taken"
+    target.write_text("a file")
+    result = _cli(f"pred={nifti_case['pred']}", f"output={target}", cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1
+    assert lines[0].startswith(f"error: output={target} is a file"), result.stderr
+
+
+def test_views_never_replace_files_vesselfm_did_not_write(nifti_case, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = out / "7_3d.html"
+    theirs.write_text("<html>a report someone wrote</html>")
+    with pytest.raises(UserError, match=r"7_3d\.html exists and was not written by vesselfm"):
+        visualise_case(nifti_case["pred"], out)
+    assert sorted(p.name for p in out.iterdir()) == ["7_3d.html"]  # nothing written
+    assert "someone" in theirs.read_text()
+    # the user says so: replaced, and now ours; a rerun then replaces its own views silently
+    visualise_case(nifti_case["pred"], out, png=False, overwrite=True)
+    assert written_by_us(theirs) and "someone" not in theirs.read_text()
+    visualise_case(nifti_case["pred"], out, png=False)
+
+
+def test_a_failure_part_way_leaves_no_partial_set_of_views(nifti_case, tmp_path, monkeypatch):
+    import vesselfm.viz.case as viz_case
+    from vesselfm.utils.io import atomic_path
+
+    def one_png_then_fail(*args, **kwargs):
+        out, prefix = args[2], kwargs["prefix"]
+        with atomic_path(Path(out) / f"{prefix}axial.png") as tmp:
+            tmp.write_bytes(b"png")
+        raise MemoryError("out of memory drawing the coronal view")
+
+    monkeypatch.setattr(viz_case, "save_overlays", one_png_then_fail)
+    out = tmp_path / "out"
+    with pytest.raises(MemoryError):
+        visualise_case(nifti_case["pred"], out, gt_path=nifti_case["gt"])
+    assert [p.name for p in out.iterdir() if p.name != RECORD_NAME] == []
+    assert read_record(out)["files"] == {}  # and the record forgot them
