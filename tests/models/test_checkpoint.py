@@ -137,3 +137,81 @@ def test_cli_offline_not_cached_exits_with_one_line(tmp_path):
     assert len(errors) == 1, proc.stderr
     assert "vesselFM_base.pt" in errors[0] and "model.checkpoint=" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_our_checkpoint_loads_weights_only_even_from_non_plain_arguments(tmp_path):
+    """A real (tiny) fit: everything Lightning and VesselSegLitModule store passes weights_only=True,
+    also when the Python API is given a Path, OmegaConf configs and numpy numbers."""
+    import lightning as L
+    import numpy as np
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from omegaconf import OmegaConf
+    from torch import nn
+
+    from vesselfm.data.preprocessing import PreprocessConfig
+    from vesselfm.inference import read_checkpoint_metadata
+    from vesselfm.models.lit_module import VesselSegLitModule
+
+    class Data(L.LightningDataModule):
+        preprocess = PreprocessConfig(in_plane_size=None, target_spacing=(0.5, 0.5, 0.6))
+
+        def train_dataloader(self):
+            g = torch.Generator().manual_seed(0)
+            sample = {
+                "image": torch.rand(1, 8, 8, 8, generator=g),
+                "label": (torch.rand(1, 8, 8, 8, generator=g) > 0.5).float(),
+            }
+            return torch.utils.data.DataLoader([sample] * 4, batch_size=2)
+
+    torch.manual_seed(0)
+    module = VesselSegLitModule(
+        net=nn.Conv3d(1, 1, 3, padding=1),
+        loss=nn.BCEWithLogitsLoss(),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
+        scheduler=OmegaConf.create({"warmup": 1, "eta_min": 0.0, "interval": "step"}),
+        inference={"threshold": np.float32(0.25), "roi_size": (8, 8, 8)},
+        output_dir=tmp_path / "run",
+        metadata={"model_name": "toy", "source": tmp_path / "weights.pt", "seed": np.int64(3)},
+    )
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+    )
+    trainer.fit(module, datamodule=Data())
+    last = tmp_path / "ckpt" / "last.ckpt"
+
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+
+    assert ckpt["global_step"] == 2 and ckpt["optimizer_states"] and ckpt["lr_schedulers"]
+    assert ckpt["hyper_parameters"]["output_dir"] == str(tmp_path / "run")
+    assert ckpt["hyper_parameters"]["scheduler"] == {
+        "warmup": 1,
+        "eta_min": 0.0,
+        "interval": "step",
+    }
+    assert ckpt["hyper_parameters"]["inference"]["threshold"] == pytest.approx(0.25)
+    assert ckpt["vesselfm"]["source"] == str(tmp_path / "weights.pt")
+    assert ckpt["vesselfm"]["seed"] == 3 and type(ckpt["vesselfm"]["seed"]) is int
+    assert ckpt["vesselfm"]["threshold"] == pytest.approx(0.25)
+    meta = read_checkpoint_metadata(last)
+    assert meta["preprocess"] == Data.preprocess and meta["model_name"] == "toy"
+    assert set(read_state_dict(last)) == {"weight", "bias"}
+
+
+def test_an_argument_that_would_need_unpickling_fails_when_the_module_is_built():
+    from torch import nn
+
+    from vesselfm.models.lit_module import VesselSegLitModule
+
+    with pytest.raises(TypeError, match=r"metadata\.note: a builtins\.object cannot be stored"):
+        VesselSegLitModule(
+            net=nn.Conv3d(1, 1, 1),
+            loss=nn.BCEWithLogitsLoss(),
+            optimizer=torch.optim.AdamW,
+            metadata={"note": object()},
+        )

@@ -85,7 +85,7 @@ def test_fit_then_test_writes_checkpoints_and_metric_table(compose_cfg, tmp_path
     state = read_state_dict(best)
     reference = build_network(cfg.model.net).state_dict()
     assert set(state) == set(reference)
-    raw = torch.load(best, map_location="cpu", weights_only=False)
+    raw = torch.load(best, map_location="cpu", weights_only=True)
     assert raw["vesselfm"]["preprocess"]["in_plane_size"] is None
     assert raw["vesselfm"]["model_name"] == "tiny" and raw["vesselfm"]["threshold"] == 0.5
 
@@ -154,14 +154,14 @@ def test_resume_after_kill_continues_step_count(tmp_path):
     proc.wait()
     assert last is not None, "no last.ckpt before the kill"
     time.sleep(0.5)
-    killed = torch.load(last, map_location="cpu", weights_only=False)
+    killed = torch.load(last, map_location="cpu", weights_only=True)
     assert killed["epoch"] < 3, "the run finished before it was killed"
 
     done = _cli(tmp_path, *args, "ckpt_path=last")
     assert done.returncode == 0, done.stderr[-3000:]
     runs = sorted((tmp_path / "logs" / "phantom_demo" / "runs").iterdir())
     final = torch.load(
-        runs[-1] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        runs[-1] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
     steps_per_epoch = 2  # samples_per_epoch 4 / batch 2
     assert final["global_step"] == 4 * steps_per_epoch

@@ -7,12 +7,16 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import logging
 import os
 import pickle
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -106,6 +110,49 @@ def resolve_checkpoint(
             f"{type(err).__name__}; check the repo, file and model.revision"
         ) from err
     return Path(local)
+
+
+def to_plain(value: Any, key: str = "value") -> Any:
+    """``value`` as the plain types that ``torch.load(weights_only=True)`` reads back.
+
+    Mappings become ``dict`` (OmegaConf configs resolved), lists, sets and tuple subclasses
+    ``list`` (tuples stay tuples), paths ``str``, numpy numbers and arrays Python numbers and
+    lists, enums their value, dataclasses ``dict``; tensors, ``str``, ``int``, ``float``, ``bool``
+    and ``None`` are kept.
+
+    Args:
+        value: what is about to be stored in a checkpoint.
+        key: its name, for the error.
+
+    Raises:
+        TypeError: for any other object (it would make the checkpoint need full unpickling).
+    """
+    if value is None or type(value) in (str, int, float, bool, bytes):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return to_plain(value.value, key)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_plain(dataclasses.asdict(value), key)
+    if type(value).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return to_plain(OmegaConf.to_container(value, resolve=True), key)
+    if isinstance(value, Mapping):
+        return {to_plain(k, key): to_plain(v, f"{key}.{k}") for k, v in value.items()}
+    if type(value) is tuple:
+        return tuple(to_plain(v, f"{key}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(
+        f"{key}: a {type(value).__module__}.{type(value).__qualname__} cannot be stored in a "
+        f"checkpoint that loads with weights_only=True; pass dicts, lists, str, int, float or bool"
+    )
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
