@@ -108,8 +108,21 @@ def test_missing_local_file(tmp_path):
 
 def test_not_a_checkpoint(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*not a file written by"):
         read_state_dict(tmp_path / "junk.pt")
+    # a torch file cut short is unreadable, not a question of trust
+    torch.save({"w": torch.zeros(100)}, tmp_path / "cut.pt")
+    data = (tmp_path / "cut.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint") as info:
+        read_state_dict(tmp_path / "cut.pt", trust_checkpoint=True)
+    assert "trust_checkpoint" not in str(info.value)
+
+
+def test_trust_checkpoint_must_be_a_bool(compose_cfg):
+    cfg = compose_cfg("train", ["model=tiny", "model.trust_checkpoint=yes"])
+    with pytest.raises(CheckpointError, match="model.trust_checkpoint must be true or false"):
+        load_model(cfg.model)
 
 
 @pytest.mark.parametrize("spec", ["hf://bwittmann/vesselFM", "hf://onlyowner"])
@@ -137,6 +150,74 @@ def test_cli_offline_not_cached_exits_with_one_line(tmp_path):
     assert len(errors) == 1, proc.stderr
     assert "vesselFM_base.pt" in errors[0] and "model.checkpoint=" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------- weights_only=True, opt-in trust
+def _tiny_lightning_ckpt(cfg, path, **extra):
+    reference = build_network(cfg.model.net)
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in reference.state_dict().items()}, **extra}
+    torch.save(ckpt, path)
+    return reference
+
+
+def test_foreign_ckpt_needing_unpickling_is_refused_and_runs_nothing(
+    compose_cfg, tmp_path, hostile_payload
+):
+    cfg = compose_cfg("train", ["model=tiny"])
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "downloaded.ckpt"
+    _tiny_lightning_ckpt(cfg, path, epoch=1, extra=hostile_payload(marker))
+    cfg.model.checkpoint = str(path)
+
+    with pytest.raises(CheckpointError) as info:
+        load_model(cfg.model)
+
+    assert not marker.exists(), "unpickling ran code from the checkpoint"
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message and "posix.mkdir" in message
+    assert "arbitrary code" in message and "model.trust_checkpoint=true" in message
+
+
+def test_trusted_foreign_ckpt_loads_with_a_warning(compose_cfg, tmp_path, hostile_payload, caplog):
+    cfg = compose_cfg("train", ["model=tiny", "model.trust_checkpoint=true"])
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "trusted.ckpt"
+    reference = _tiny_lightning_ckpt(cfg, path, extra=hostile_payload(marker))
+    cfg.model.checkpoint = str(path)
+
+    with caplog.at_level("WARNING"):
+        net = load_model(cfg.model)
+
+    assert marker.is_dir()  # fully unpickled: the opt-in really is an opt-in to running code
+    for key, value in reference.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+    assert any(
+        "weights_only=False" in r.getMessage() and str(path) in r.getMessage()
+        for r in caplog.records
+        if r.levelname == "WARNING"
+    ), caplog.text
+
+
+class _FullTensorWhenUnpickled:
+    """A state_dict value that is a tensor only once a non-allowlisted function (torch.full) ran."""
+
+    def __reduce__(self):
+        return (torch.full, ((2,), 3.0))
+
+
+def test_raw_pt_with_pickled_object_needs_trust(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"w": _FullTensorWhenUnpickled()}, path)
+
+    with pytest.raises(CheckpointError) as info:
+        read_state_dict(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    # torch.full pickles as getattr(torch, "full"): getattr is what the restricted reader refuses
+    assert "pickled getattr" in message and "model.trust_checkpoint=true" in message
+
+    assert torch.equal(read_state_dict(path, trust_checkpoint=True)["w"], torch.full((2,), 3.0))
 
 
 def test_our_checkpoint_loads_weights_only_even_from_non_plain_arguments(tmp_path):
