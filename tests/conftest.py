@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -102,3 +103,23 @@ def _fill_hf_cache(
 def fill_hf_cache() -> Callable[..., Path]:
     """The function that lays out a Hugging Face cache by hand (see ``_fill_hf_cache``)."""
     return _fill_hf_cache
+
+
+class _MkdirWhenUnpickled:
+    """Stands in for a hostile checkpoint's payload: unpickling it runs ``os.mkdir(marker)``.
+
+    Only ``os.mkdir`` (``posix.mkdir``) is recorded in the pickle, so it needs no import of this
+    module to run, in this process or in a subprocess.
+    """
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[str]]:
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.fixture()
+def hostile_payload() -> Callable[[Path], object]:
+    """``hostile_payload(marker)``: an object whose unpickling creates the folder ``marker``."""
+    return _MkdirWhenUnpickled

@@ -58,9 +58,13 @@ def _resolve_preprocess_and_threshold(cfg: DictConfig) -> tuple[Any, float]:
     """Preprocessing and threshold: explicit keys first, then the checkpoint's record, then defaults."""
     from vesselfm.data.preprocessing import PreprocessConfig
     from vesselfm.inference import read_checkpoint_metadata
+    from vesselfm.models import trust_flag
 
     meta = read_checkpoint_metadata(
-        cfg.model.get("checkpoint"), cfg.model.get("revision"), cfg.model.get("cache_dir")
+        cfg.model.get("checkpoint"),
+        cfg.model.get("revision"),
+        cfg.model.get("cache_dir"),
+        trust_checkpoint=trust_flag(cfg.model.get("trust_checkpoint")),
     )
     if cfg.get("preprocess") is not None:
         preprocess = PreprocessConfig.from_mapping(

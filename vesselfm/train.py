@@ -26,7 +26,21 @@ def _instantiate_group(cfg: DictConfig | None) -> list[Any]:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
-    """``"last"`` → this task's newest ``checkpoints/last.ckpt`` under ``paths.log_dir``."""
+    """``"last"`` → this task's newest ``checkpoints/last.ckpt`` under ``paths.log_dir``.
+
+    The file is checked to load with ``weights_only=True`` (or ``model.trust_checkpoint=true``)
+    before anything is built, so that a refused checkpoint fails with one line.
+    """
+    path = _find_ckpt_path(ckpt_path, cfg)
+    if path is not None:
+        from vesselfm.models import load_checkpoint, trust_flag
+
+        trust = trust_flag(cfg.model.get("trust_checkpoint"))
+        load_checkpoint(path, trust, mmap=True, key="ckpt_path")
+    return path
+
+
+def _find_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "last":
@@ -57,7 +71,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     import lightning as L
     from hydra.utils import instantiate
 
-    from vesselfm.models import load_model
+    from vesselfm.models import load_model, trust_flag
     from vesselfm.models.lit_module import VesselSegLitModule
     from vesselfm.utils.hardware import describe_threads, resolve_trainer_precision
 
@@ -102,7 +116,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     metrics: dict[str, Any] = {}
     if cfg.get("train"):
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+        # ckpt_path passed resolve_ckpt_path's check: it loads with weights_only=True, or is trusted
+        trust = trust_flag(cfg.model.get("trust_checkpoint"))
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     if cfg.get("test"):
@@ -111,7 +127,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             best = getattr(trainer.checkpoint_callback, "best_model_path", None) or None
             if best is None:
                 log.warning("no best checkpoint was saved; testing the current weights")
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=best, weights_only=False)
+        # best is this run's own checkpoint, which holds plain types only (VesselSegLitModule)
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=best, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     if cfg.get("demo") and cfg.demo.get("cases") and trainer.is_global_zero:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,57 @@ def test_malformed_metadata_fails_loudly(tmp_path: Path) -> None:
         read_checkpoint_metadata(path)
     with pytest.raises(CheckpointError, match="no such file"):
         read_checkpoint_metadata(tmp_path / "missing.ckpt")
+
+
+def test_ckpt_needing_unpickling_is_refused_unless_trusted(
+    tmp_path: Path, hostile_payload, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = tmp_path / "code_ran"
+    path = _ckpt(tmp_path / "downloaded.ckpt", {"threshold": 0.7, "note": hostile_payload(marker)})
+
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint_metadata(path)
+    assert not marker.exists(), "unpickling ran code from the checkpoint"
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    assert "arbitrary code" in message and "model.trust_checkpoint=true" in message
+
+    with caplog.at_level("WARNING"):
+        meta = read_checkpoint_metadata(path, trust_checkpoint=True)
+    assert meta["threshold"] == pytest.approx(0.7)
+    assert marker.is_dir()
+    assert "weights_only=False" in caplog.text
+
+
+def test_infer_cli_refuses_an_untrusted_checkpoint_with_one_line(
+    tmp_path: Path, scan_file: Path, hostile_payload
+) -> None:
+    marker = tmp_path / "code_ran"
+    evil = _ckpt(tmp_path / "evil.ckpt", {"threshold": 0.5, "note": hostile_payload(marker)})
+    out = tmp_path / "preds"
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "VESSELFM_DEBUG": ""}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vesselfm.infer",
+            f"input={scan_file}",
+            f"output={out}",
+            "model=tiny",
+            f"model.checkpoint={evil}",
+            "progress=false",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert str(evil) in errors[0] and "model.trust_checkpoint=true" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists(), "unpickling ran code from the checkpoint"
+    assert not list(tmp_path.glob("**/*_pred.nii.gz"))

@@ -108,8 +108,21 @@ def test_missing_local_file(tmp_path):
 
 def test_not_a_checkpoint(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*not a file written by"):
         read_state_dict(tmp_path / "junk.pt")
+    # a torch file cut short is unreadable, not a question of trust
+    torch.save({"w": torch.zeros(100)}, tmp_path / "cut.pt")
+    data = (tmp_path / "cut.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint") as info:
+        read_state_dict(tmp_path / "cut.pt", trust_checkpoint=True)
+    assert "trust_checkpoint" not in str(info.value)
+
+
+def test_trust_checkpoint_must_be_a_bool(compose_cfg):
+    cfg = compose_cfg("train", ["model=tiny", "model.trust_checkpoint=yes"])
+    with pytest.raises(CheckpointError, match="model.trust_checkpoint must be true or false"):
+        load_model(cfg.model)
 
 
 @pytest.mark.parametrize("spec", ["hf://bwittmann/vesselFM", "hf://onlyowner"])
@@ -137,3 +150,149 @@ def test_cli_offline_not_cached_exits_with_one_line(tmp_path):
     assert len(errors) == 1, proc.stderr
     assert "vesselFM_base.pt" in errors[0] and "model.checkpoint=" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------- weights_only=True, opt-in trust
+def _tiny_lightning_ckpt(cfg, path, **extra):
+    reference = build_network(cfg.model.net)
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in reference.state_dict().items()}, **extra}
+    torch.save(ckpt, path)
+    return reference
+
+
+def test_foreign_ckpt_needing_unpickling_is_refused_and_runs_nothing(
+    compose_cfg, tmp_path, hostile_payload
+):
+    cfg = compose_cfg("train", ["model=tiny"])
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "downloaded.ckpt"
+    _tiny_lightning_ckpt(cfg, path, epoch=1, extra=hostile_payload(marker))
+    cfg.model.checkpoint = str(path)
+
+    with pytest.raises(CheckpointError) as info:
+        load_model(cfg.model)
+
+    assert not marker.exists(), "unpickling ran code from the checkpoint"
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message and "posix.mkdir" in message
+    assert "arbitrary code" in message and "model.trust_checkpoint=true" in message
+
+
+def test_trusted_foreign_ckpt_loads_with_a_warning(compose_cfg, tmp_path, hostile_payload, caplog):
+    cfg = compose_cfg("train", ["model=tiny", "model.trust_checkpoint=true"])
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "trusted.ckpt"
+    reference = _tiny_lightning_ckpt(cfg, path, extra=hostile_payload(marker))
+    cfg.model.checkpoint = str(path)
+
+    with caplog.at_level("WARNING"):
+        net = load_model(cfg.model)
+
+    assert marker.is_dir()  # fully unpickled: the opt-in really is an opt-in to running code
+    for key, value in reference.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+    assert any(
+        "weights_only=False" in r.getMessage() and str(path) in r.getMessage()
+        for r in caplog.records
+        if r.levelname == "WARNING"
+    ), caplog.text
+
+
+class _FullTensorWhenUnpickled:
+    """A state_dict value that is a tensor only once a non-allowlisted function (torch.full) ran."""
+
+    def __reduce__(self):
+        return (torch.full, ((2,), 3.0))
+
+
+def test_raw_pt_with_pickled_object_needs_trust(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"w": _FullTensorWhenUnpickled()}, path)
+
+    with pytest.raises(CheckpointError) as info:
+        read_state_dict(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    # torch.full pickles as getattr(torch, "full"): getattr is what the restricted reader refuses
+    assert "pickled getattr" in message and "model.trust_checkpoint=true" in message
+
+    assert torch.equal(read_state_dict(path, trust_checkpoint=True)["w"], torch.full((2,), 3.0))
+
+
+def test_our_checkpoint_loads_weights_only_even_from_non_plain_arguments(tmp_path):
+    """A real (tiny) fit: everything Lightning and VesselSegLitModule store passes weights_only=True,
+    also when the Python API is given a Path, OmegaConf configs and numpy numbers."""
+    import lightning as L
+    import numpy as np
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from omegaconf import OmegaConf
+    from torch import nn
+
+    from vesselfm.data.preprocessing import PreprocessConfig
+    from vesselfm.inference import read_checkpoint_metadata
+    from vesselfm.models.lit_module import VesselSegLitModule
+
+    class Data(L.LightningDataModule):
+        preprocess = PreprocessConfig(in_plane_size=None, target_spacing=(0.5, 0.5, 0.6))
+
+        def train_dataloader(self):
+            g = torch.Generator().manual_seed(0)
+            sample = {
+                "image": torch.rand(1, 8, 8, 8, generator=g),
+                "label": (torch.rand(1, 8, 8, 8, generator=g) > 0.5).float(),
+            }
+            return torch.utils.data.DataLoader([sample] * 4, batch_size=2)
+
+    torch.manual_seed(0)
+    module = VesselSegLitModule(
+        net=nn.Conv3d(1, 1, 3, padding=1),
+        loss=nn.BCEWithLogitsLoss(),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
+        scheduler=OmegaConf.create({"warmup": 1, "eta_min": 0.0, "interval": "step"}),
+        inference={"threshold": np.float32(0.25), "roi_size": (8, 8, 8)},
+        output_dir=tmp_path / "run",
+        metadata={"model_name": "toy", "source": tmp_path / "weights.pt", "seed": np.int64(3)},
+    )
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+    )
+    trainer.fit(module, datamodule=Data())
+    last = tmp_path / "ckpt" / "last.ckpt"
+
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+
+    assert ckpt["global_step"] == 2 and ckpt["optimizer_states"] and ckpt["lr_schedulers"]
+    assert ckpt["hyper_parameters"]["output_dir"] == str(tmp_path / "run")
+    assert ckpt["hyper_parameters"]["scheduler"] == {
+        "warmup": 1,
+        "eta_min": 0.0,
+        "interval": "step",
+    }
+    assert ckpt["hyper_parameters"]["inference"]["threshold"] == pytest.approx(0.25)
+    assert ckpt["vesselfm"]["source"] == str(tmp_path / "weights.pt")
+    assert ckpt["vesselfm"]["seed"] == 3 and type(ckpt["vesselfm"]["seed"]) is int
+    assert ckpt["vesselfm"]["threshold"] == pytest.approx(0.25)
+    meta = read_checkpoint_metadata(last)
+    assert meta["preprocess"] == Data.preprocess and meta["model_name"] == "toy"
+    assert set(read_state_dict(last)) == {"weight", "bias"}
+
+
+def test_an_argument_that_would_need_unpickling_fails_when_the_module_is_built():
+    from torch import nn
+
+    from vesselfm.models.lit_module import VesselSegLitModule
+
+    with pytest.raises(TypeError, match=r"metadata\.note: a builtins\.object cannot be stored"):
+        VesselSegLitModule(
+            net=nn.Conv3d(1, 1, 1),
+            loss=nn.BCEWithLogitsLoss(),
+            optimizer=torch.optim.AdamW,
+            metadata={"note": object()},
+        )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vesselfm.models import build_network, read_state_dict
+from vesselfm.models import CheckpointError, build_network, read_state_dict
 from vesselfm.train import train
 
 # Small enough for 2 CPU cores: 3 phantoms of 48x48x40, 32^3 patches and windows.
@@ -85,7 +85,7 @@ def test_fit_then_test_writes_checkpoints_and_metric_table(compose_cfg, tmp_path
     state = read_state_dict(best)
     reference = build_network(cfg.model.net).state_dict()
     assert set(state) == set(reference)
-    raw = torch.load(best, map_location="cpu", weights_only=False)
+    raw = torch.load(best, map_location="cpu", weights_only=True)
     assert raw["vesselfm"]["preprocess"]["in_plane_size"] is None
     assert raw["vesselfm"]["model_name"] == "tiny" and raw["vesselfm"]["threshold"] == 0.5
 
@@ -154,14 +154,14 @@ def test_resume_after_kill_continues_step_count(tmp_path):
     proc.wait()
     assert last is not None, "no last.ckpt before the kill"
     time.sleep(0.5)
-    killed = torch.load(last, map_location="cpu", weights_only=False)
+    killed = torch.load(last, map_location="cpu", weights_only=True)
     assert killed["epoch"] < 3, "the run finished before it was killed"
 
     done = _cli(tmp_path, *args, "ckpt_path=last")
     assert done.returncode == 0, done.stderr[-3000:]
     runs = sorted((tmp_path / "logs" / "phantom_demo" / "runs").iterdir())
     final = torch.load(
-        runs[-1] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+        runs[-1] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
     steps_per_epoch = 2  # samples_per_epoch 4 / batch 2
     assert final["global_step"] == 4 * steps_per_epoch
@@ -169,6 +169,22 @@ def test_resume_after_kill_continues_step_count(tmp_path):
     # the optimizer state came back too: AdamW's step counter equals the global step
     adam_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
     assert adam_steps == {final["global_step"]}
+
+
+def test_resume_from_a_checkpoint_needing_unpickling_is_refused(
+    compose_cfg, tmp_path, hostile_payload
+):
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "downloaded.ckpt"
+    torch.save({"state_dict": {}, "epoch": 0, "loops": hostile_payload(marker)}, evil)
+
+    with pytest.raises(CheckpointError) as info:
+        train(compose_cfg("train", [*SMALL, f"ckpt_path={evil}"]))
+
+    assert not marker.exists(), "unpickling ran code from the checkpoint"
+    message = str(info.value)
+    assert "\n" not in message and str(evil) in message and "ckpt_path" in message
+    assert "model.trust_checkpoint=true" in message
 
 
 def test_ddp_on_two_cpu_processes(tmp_path):

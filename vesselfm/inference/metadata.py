@@ -8,17 +8,11 @@ normalises and thresholds exactly as training did.
 
 from __future__ import annotations
 
-import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from vesselfm.data.preprocessing import PreprocessConfig
-
-log = logging.getLogger(__name__)
 
 METADATA_KEY = "vesselfm"
 
@@ -27,6 +21,7 @@ def read_checkpoint_metadata(
     path: str | os.PathLike[str] | None,
     revision: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    trust_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """The ``"vesselfm"`` metadata of a Lightning ``.ckpt``, or ``{}`` for other weights.
 
@@ -34,6 +29,8 @@ def read_checkpoint_metadata(
         path: a ``model.checkpoint`` spec (local path or ``hf://owner/repo/file``); ``None``,
             a raw ``state_dict`` ``.pt`` or a checkpoint without metadata give ``{}``.
         revision, cache_dir: as for :func:`vesselfm.models.resolve_checkpoint`.
+        trust_checkpoint: ``model.trust_checkpoint``: allow a file that needs full unpickling
+            (it may run code); otherwise it is refused (see :func:`vesselfm.models.load_checkpoint`).
 
     Returns:
         ``{"preprocess": PreprocessConfig, "threshold": float, "model_name": str, ...}`` with
@@ -41,29 +38,20 @@ def read_checkpoint_metadata(
         :class:`~vesselfm.data.preprocessing.PreprocessConfig`.
 
     Raises:
-        CheckpointError: the file cannot be read, or its metadata is malformed.
+        CheckpointError: the file cannot be read, needs full unpickling and is not trusted, or
+            its metadata is malformed.
     """
     if path is None or not str(path).endswith(".ckpt"):
         return {}  # raw state_dict files carry no metadata
     # Imported here: vesselfm.models builds networks with Hydra, which inference does not need.
-    from vesselfm.models import CheckpointError, resolve_checkpoint
+    from vesselfm.models import CheckpointError, load_checkpoint, resolve_checkpoint
 
     local = resolve_checkpoint(path, revision, cache_dir)
     if local is None or Path(local).suffix != ".ckpt":
         return {}
     local = Path(local)
-    try:
-        # mmap: the tensors are not read, only the small metadata dict is.
-        ckpt = torch.load(local, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        if "weights_only" not in str(err):
-            raise CheckpointError(
-                f"cannot read checkpoint {local}: {str(err).splitlines()[0]}"
-            ) from err
-        log.warning(
-            "%s holds non-tensor objects; loading with weights_only=False (trust it?)", local
-        )
-        ckpt = torch.load(local, map_location="cpu", weights_only=False, mmap=True)
+    # mmap: the tensors are not read, only the small metadata dict is.
+    ckpt = load_checkpoint(local, trust_checkpoint, mmap=True)
     raw = ckpt.get(METADATA_KEY) if isinstance(ckpt, dict) else None
     if not raw:
         return {}

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 from vesselfm.models.components import (
     DEFAULT_CHECKPOINT,
+    TRUST_KEY,
     CheckpointError,
     build_network,
     count_parameters,
+    load_checkpoint,
     load_model,
     load_weights,
     read_state_dict,
     resolve_checkpoint,
+    trust_flag,
 )
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
+    "TRUST_KEY",
     "CheckpointError",
     "build_network",
     "count_parameters",
+    "load_checkpoint",
     "load_model",
     "load_weights",
     "read_state_dict",
     "resolve_checkpoint",
+    "trust_flag",
 ]

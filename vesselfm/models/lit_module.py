@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vesselfm.models.components.checkpoint import to_plain
+
 log = logging.getLogger(__name__)
 
 VAL_METRICS = ("dice", "cldice")
@@ -53,6 +55,10 @@ class VesselSegLitModule(L.LightningModule):
         metadata: extra facts stored in every checkpoint under ``"vesselfm"`` (e.g. the model
             config's name), beside the preprocessing and threshold ``infer`` reads back.
 
+    ``scheduler``, ``inference``, ``output_dir`` and ``metadata`` are stored in checkpoints as
+    plain dicts, lists, str and numbers (OmegaConf configs resolved, paths as str), so that our
+    checkpoints load with ``torch.load(weights_only=True)``; other objects raise ``TypeError``.
+
     Example:
         >>> module = VesselSegLitModule(net, DiceCELoss(sigmoid=True), partial(AdamW, lr=1e-3))  # doctest: +SKIP
     """
@@ -69,6 +75,9 @@ class VesselSegLitModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer"], logger=False)
+        # Checkpoints hold only plain types (they load with weights_only=True): convert now, so
+        # that an unstorable argument fails here and not at the first checkpoint, epochs later.
+        self.hparams.update(to_plain(dict(self.hparams), "VesselSegLitModule"))
         self.model = net.train()
         self.loss_fn = loss
         self.optimizer_factory = optimizer
@@ -82,7 +91,7 @@ class VesselSegLitModule(L.LightningModule):
         self.threshold = float(self.inference_cfg.get("threshold", 0.5))
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self._predictor = None
-        self.metadata = dict(metadata or {})
+        self.metadata = to_plain(dict(metadata or {}), "metadata")
         self._val_rows: list[dict[str, Any]] = []
         self._test_rows: list[dict[str, Any]] = []
 
@@ -255,4 +264,4 @@ class VesselSegLitModule(L.LightningModule):
         preprocess = getattr(datamodule, "preprocess", None)
         if preprocess is not None:
             meta["preprocess"] = preprocess.to_dict()
-        checkpoint["vesselfm"] = meta
+        checkpoint["vesselfm"] = to_plain(meta, "checkpoint['vesselfm']")

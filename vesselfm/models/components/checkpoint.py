@@ -7,12 +7,17 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import logging
 import os
 import pickle
+import re
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +29,20 @@ HF_SCHEME = "hf://"
 DEFAULT_CHECKPOINT = "hf://bwittmann/vesselFM/vesselFM_base.pt"
 LIGHTNING_PREFIX = "model."
 _NO_CHECKPOINT = {"", "none", "null", "random"}
+TRUST_KEY = "model.trust_checkpoint"
+# What torch's restricted unpickler says when a file needs more than weights_only=True allows
+# (as opposed to a truncated or foreign file, which no setting would read).
+_REFUSALS = (
+    "GLOBAL",
+    "add_safe_globals",
+    "Trying to call reduce",
+    "Can only build",
+    "Can only create new object",
+    "Unsupported operand",
+)
+# torch.save writes a zip archive (since 1.6) or, legacy, a pickle stream starting with PROTO
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = b"\x80"
 
 
 class CheckpointError(UserError):
@@ -108,30 +127,166 @@ def resolve_checkpoint(
     return Path(local)
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+def trust_flag(value: Any, key: str = TRUST_KEY) -> bool:
+    """``model.trust_checkpoint`` as a bool; ``None`` (key absent) is ``False``.
+
+    Raises:
+        CheckpointError: for anything but a bool, so that ``"no"`` never reads as true.
+    """
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _refusal(err: BaseException) -> str | None:
+    """The line of torch's ``weights_only`` error that names what was refused, or ``None``."""
+    if not isinstance(err, pickle.UnpicklingError):
+        return None
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        line = line.split("WeightsUnpickler error:")[-1].strip()
+        if any(marker in line for marker in _REFUSALS):
+            found = re.search(r"GLOBAL ([\w.]+?)\.?(?:\s|$)", line)
+            return f"a pickled {found.group(1)}" if found else line.rstrip(".")
+    return None
+
+
+def _torch_detail(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = next((line for line in lines if "WeightsUnpickler error:" in line), None)
+    if detail is not None:
+        detail = detail.split("WeightsUnpickler error:")[-1].strip()
+    return detail or (lines[0] if lines else type(err).__name__)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    trust_checkpoint: bool = False,
+    mmap: bool = False,
+    key: str = "model.checkpoint",
+) -> Any:
+    """``torch.load`` a checkpoint with ``weights_only=True``; full unpickling only on opt-in.
+
+    ``weights_only=True`` rebuilds tensors and plain containers only, so a file cannot run code
+    while it is read. Our own checkpoints hold nothing else (see :func:`to_plain`). A file that
+    needs full unpickling (pickled classes or functions: anything may run) is refused unless
+    ``trust_checkpoint`` (``model.trust_checkpoint=true``) is set; then it is read with
+    ``weights_only=False`` and a warning.
+
+    Args:
+        path: a local ``.pt``/``.ckpt`` file.
+        trust_checkpoint: allow full unpickling of this file.
+        mmap: map the tensors instead of reading them (zip checkpoints only; when only the small
+            non-tensor entries are needed).
+        key: the config key that named the file, for messages.
+
+    Returns:
+        The unpickled object, tensors on the CPU.
+
+    Raises:
+        CheckpointError: the file cannot be read, or needs full unpickling and is not trusted.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path} ({key}): {err}") from err
+    mmap = mmap and head == _ZIP_MAGIC
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        if not head.startswith((_ZIP_MAGIC, _PICKLE_PROTO)):
+            raise CheckpointError(
+                f"cannot read checkpoint {path} ({key}): not a file written by torch.save"
+            ) from err
+        reason = _refusal(err)
+        if reason is None:
+            raise CheckpointError(
+                f"cannot read checkpoint {path} ({key}): {_torch_detail(err)}"
+            ) from err
+        if not trust_checkpoint:
+            raise CheckpointError(
+                f"checkpoint {path} ({key}) holds pickled Python objects ({reason}) that "
+                f"torch.load(weights_only=True) refuses: unpickling them could run arbitrary "
+                f"code on this machine. Only if you trust the file, set {TRUST_KEY}=true"
+            ) from err
+    log.warning(
+        "%s=true: loading %s with weights_only=False (%s); this runs any code the file holds",
+        TRUST_KEY,
+        path,
+        reason,
+    )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is the file's, not ours
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({key}) even with {TRUST_KEY}=true: "
+            f"{type(err).__name__}: {_torch_detail(err)}"
+        ) from err
+
+
+def to_plain(value: Any, key: str = "value") -> Any:
+    """``value`` as the plain types that ``torch.load(weights_only=True)`` reads back.
+
+    Mappings become ``dict`` (OmegaConf configs resolved), lists, sets and tuple subclasses
+    ``list`` (tuples stay tuples), paths ``str``, numpy numbers and arrays Python numbers and
+    lists, enums their value, dataclasses ``dict``; tensors, ``str``, ``int``, ``float``, ``bool``
+    and ``None`` are kept.
+
+    Args:
+        value: what is about to be stored in a checkpoint.
+        key: its name, for the error.
+
+    Raises:
+        TypeError: for any other object (it would make the checkpoint need full unpickling).
+    """
+    if value is None or type(value) in (str, int, float, bool, bytes):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return to_plain(value.value, key)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_plain(dataclasses.asdict(value), key)
+    if type(value).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return to_plain(OmegaConf.to_container(value, resolve=True), key)
+    if isinstance(value, Mapping):
+        return {to_plain(k, key): to_plain(v, f"{key}.{k}") for k, v in value.items()}
+    if type(value) is tuple:
+        return tuple(to_plain(v, f"{key}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(
+        f"{key}: a {type(value).__module__}.{type(value).__qualname__} cannot be stored in a "
+        f"checkpoint that loads with weights_only=True; pass dicts, lists, str, int, float or bool"
+    )
+
+
+def read_state_dict(
+    path: str | os.PathLike[str], trust_checkpoint: bool = False
+) -> dict[str, torch.Tensor]:
     """Read network weights from a raw ``state_dict`` file or a Lightning checkpoint.
 
     Lightning checkpoints keep the weights under ``state_dict`` with keys prefixed ``model.``
     (the LightningModule's attribute); only those keys are returned, without the prefix.
-    ``weights_only=True`` is used first; a Lightning checkpoint whose extra state needs full
-    unpickling is read with ``weights_only=False`` and a warning (only load files you trust).
+    The file is read with ``weights_only=True`` (see :func:`load_checkpoint`); one that needs
+    full unpickling is refused unless ``trust_checkpoint`` is set.
 
     Raises:
-        CheckpointError: when the file cannot be read or holds no weights.
+        CheckpointError: when the file cannot be read, needs full unpickling and is not
+            trusted, or holds no weights.
     """
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        if "weights_only" in str(err) and path.suffix == ".ckpt":
-            log.warning(
-                "%s holds non-tensor objects; loading with weights_only=False (trust it?)", path
-            )
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        else:
-            raise CheckpointError(
-                f"cannot read checkpoint {path}: {str(err).splitlines()[0]}"
-            ) from err
+    obj = load_checkpoint(path, trust_checkpoint)
 
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         full = obj["state_dict"]

@@ -9,7 +9,12 @@ from typing import Any
 from hydra.utils import instantiate
 from torch import nn
 
-from vesselfm.models.components.checkpoint import load_weights, read_state_dict, resolve_checkpoint
+from vesselfm.models.components.checkpoint import (
+    load_weights,
+    read_state_dict,
+    resolve_checkpoint,
+    trust_flag,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +32,18 @@ def load_model(model_cfg: Mapping[str, Any]) -> nn.Module:
 
     Args:
         model_cfg: a ``model/*.yaml`` config: ``name``, ``net`` (``_target_``), ``checkpoint``
-            (``hf://owner/repo/file``, a ``.pt``/``.ckpt`` path or ``null``), ``revision`` and
-            optional ``cache_dir``.
+            (``hf://owner/repo/file``, a ``.pt``/``.ckpt`` path or ``null``), ``revision``,
+            optional ``cache_dir`` and ``trust_checkpoint`` (allow a checkpoint that needs full
+            unpickling, i.e. may run code; default ``false``).
 
     Returns:
         The network in eval mode on the CPU.
 
     Raises:
-        CheckpointError: weights missing, unreadable, or not matching the network.
+        CheckpointError: weights missing, unreadable, needing full unpickling without
+            ``trust_checkpoint``, or not matching the network.
     """
+    trust = trust_flag(model_cfg.get("trust_checkpoint"))
     net = build_network(model_cfg["net"])
     spec = model_cfg.get("checkpoint")
     path = resolve_checkpoint(spec, model_cfg.get("revision"), model_cfg.get("cache_dir"))
@@ -45,7 +53,10 @@ def load_model(model_cfg: Mapping[str, Any]) -> nn.Module:
         )
     else:
         load_weights(
-            net, read_state_dict(path), model_name=str(model_cfg.get("name")), source=str(spec)
+            net,
+            read_state_dict(path, trust_checkpoint=trust),
+            model_name=str(model_cfg.get("name")),
+            source=str(spec),
         )
         log.info("model=%s loaded weights from %s", model_cfg.get("name"), spec)
     return net.eval()
