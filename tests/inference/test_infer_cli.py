@@ -106,7 +106,11 @@ def test_folder_with_a_bad_file_goes_on_and_fails_at_the_end(
         infer(cfg)
     assert "\n" not in str(info.value)
     out = tmp_path / "scans" / "vesselfm_pred"  # the default output folder
-    assert sorted(p.name for p in out.iterdir()) == ["a_pred.nii.gz", "c_pred.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".vesselfm-outputs.json",
+        "a_pred.nii.gz",
+        "c_pred.nii.gz",
+    ]
     assert nib.load(out / "c_pred.nii.gz").shape == (40, 36, 20)
 
 

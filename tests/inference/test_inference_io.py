@@ -61,8 +61,9 @@ def test_geometry_round_trip_on_flipped_affine(scan_file: Path, tmp_path: Path) 
     np.testing.assert_array_equal(np.asarray(nib.load(pred_path).dataobj), mask)
     assert set(np.unique(np.asarray(nib.load(pred_path).dataobj))) <= {0, 1}
     np.testing.assert_array_equal(np.asarray(nib.load(prob_path).dataobj), prob)
-    # no temporary files left beside the outputs
+    # no temporary files left beside the outputs (and the output record lists both)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".vesselfm-outputs.json",
         "1_pred.nii.gz",
         "1_prob.nii.gz",
     ]

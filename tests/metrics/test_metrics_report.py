@@ -9,6 +9,7 @@ import math
 import pytest
 
 from vesselfm.metrics import summarize, write_reports
+from vesselfm.utils.outputs import RECORD_NAME
 
 ROWS = [
     {
@@ -60,6 +61,7 @@ def test_write_reports(tmp_path):
     paths = write_reports(ROWS, tmp_path / "out")
     assert set(paths) == {"csv", "json", "md"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".vesselfm-outputs.json",
         "metrics.csv",
         "summary.json",
         "summary.md",
@@ -86,4 +88,5 @@ def test_write_reports_replaces_files_whole(tmp_path):
     write_reports(ROWS[:1], tmp_path)
     with open(tmp_path / "metrics.csv", newline="") as fh:
         assert len(list(csv.reader(fh))) == 2
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+    # no temp files left (the output record is the only hidden file)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [RECORD_NAME]
