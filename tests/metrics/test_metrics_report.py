@@ -90,3 +90,22 @@ def test_write_reports_replaces_files_whole(tmp_path):
         assert len(list(csv.reader(fh))) == 2
     # no temp files left (the output record is the only hidden file)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [RECORD_NAME]
+
+
+def test_reports_say_scored_n_of_m_and_list_what_was_not_scored(tmp_path):
+    paths = write_reports(
+        ROWS,
+        tmp_path,
+        expected=6,
+        missing={"missing_predictions": ["4", "7"]},
+        failed={"5": "5_pred.nii.gz: affine differs"},
+    )
+    summary = json.loads(paths["json"].read_text())
+    assert (summary["scored"], summary["expected"]) == (3, 6)
+    assert summary["missing_predictions"] == ["4", "7"]
+    assert summary["failed"] == {"5": "5_pred.nii.gz: affine differs"}
+    assert summary["dice"] == summarize(ROWS)["dice"]
+    md = paths["md"].read_text(encoding="utf-8")
+    assert "Scored 3 of 6 case(s)" in md
+    assert "Missing predictions (2, not scored): 4, 7" in md
+    assert "- 5: 5_pred.nii.gz: affine differs" in md
