@@ -2,7 +2,11 @@
 
 ``infer(cfg)`` does the work and can be called from Python; ``main()`` is the Hydra CLI.
 A file that fails is reported and skipped while the others go on; the run exits non-zero if
-any failed.
+any failed, or (with ``label=``) if a case had no label to be scored against.
+
+Checks about the run (inputs, case ids, labels, the output folder) run before its first write,
+checks about a case (its output names, outputs vesselfm did not write) before that case's first
+write. Case ids are unique per run (:func:`vesselfm.inference.io.unique_case_ids`).
 """
 
 from __future__ import annotations
@@ -18,14 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 from vesselfm.utils.cli import UserError, hydra_entrypoint
 
 log = logging.getLogger(__name__)
-
-LABEL_PATTERNS = (
-    "{case}.label.nii.gz",
-    "{case}.label.nii",
-    "{case}.nii.gz",
-    "{case}.nii",
-    "{case}_label.nii.gz",
-)
 
 
 def default_output_dir(spec: str) -> Path:
@@ -45,13 +41,12 @@ def default_output_dir(spec: str) -> Path:
 
 
 def find_label(label_dir: Path, case: str, scan: Path | None = None) -> Path | None:
-    """The label file of ``case`` in ``label_dir`` (``<case>.label.nii.gz``, ``<case>.nii.gz``, ...),
-    never the ``scan`` itself (when labels sit beside the scans)."""
-    for pattern in LABEL_PATTERNS:
-        candidate = label_dir / pattern.format(case=case)
-        if candidate.is_file() and not (scan is not None and candidate.resolve() == scan.resolve()):
-            return candidate
-    return None
+    """The label file of ``case`` in ``label_dir`` (``<case>.label.nii.gz``, ``<case>_label.nii.gz``,
+    ``<case>.nii.gz``), never the ``scan`` itself (when labels sit beside the scans)."""
+    from vesselfm.inference.io import is_nifti, label_files, match_label
+
+    files = [p for p in Path(label_dir).iterdir() if p.is_file() and is_nifti(p)]
+    return match_label(case, label_files(files, exclude=[scan] if scan is not None else ()))
 
 
 def _resolve_preprocess_and_threshold(cfg: DictConfig) -> tuple[Any, float]:
@@ -139,26 +134,47 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         "metrics": [rows] | None, "reports": {...} | None}``.
 
     Raises:
-        UserError: bad input or output, weights missing, or any scan failed (after all the
-            others were processed).
+        UserError: bad input or output, clashing case ids the folders cannot tell apart, weights
+            missing, or any scan failed or (with ``label=``) had no label (after all the others
+            were processed).
     """
     from tqdm.auto import tqdm
 
-    from vesselfm.inference import SlidingWindowPredictor, find_inputs
-    from vesselfm.inference.io import ensure_writable_dir
-    from vesselfm.models import load_model
-
-    inputs = find_inputs(cfg.input)
-    output_dir = ensure_writable_dir(
-        cfg.output if cfg.get("output") else default_output_dir(str(cfg.input))
+    from vesselfm.inference import SlidingWindowPredictor
+    from vesselfm.inference.io import (
+        check_output_dir,
+        ensure_writable_dir,
+        find_inputs,
+        find_labels,
+        match_label,
+        renamed_cases,
+        unique_case_ids,
     )
-    label_dir = None
+    from vesselfm.metrics.report import REPORT_FILES
+    from vesselfm.models import load_model
+    from vesselfm.utils.io import remove_stale_temporaries
+
+    overwrite = bool(cfg.overwrite)
+    output_dir = Path(
+        str(cfg.output) if cfg.get("output") else default_output_dir(str(cfg.input))
+    ).expanduser()
+    # our own outputs (inside output=, or named <case>_pred/_prob) are never inputs
+    inputs = find_inputs(cfg.input, output_dir=output_dir)
+    cases = unique_case_ids(inputs)
+    renamed = renamed_cases(cases)
+    if renamed:
+        log.info(
+            "%d input(s) share their file's case id with another; their folders' names are "
+            "prefixed (<parent>_<name>):",
+            len(renamed),
+        )
+        for line in renamed:
+            log.info("  renamed: %s", line)
+    labels = None
     if cfg.get("label"):
-        label_dir = Path(cfg.label).expanduser()
-        if not label_dir.is_dir():
-            raise UserError(
-                f"label={cfg.label}: no such folder; give the folder holding the label NIfTIs"
-            )
+        labels = find_labels(cfg.label, key="label", exclude=inputs)
+    # with label=, the reports are replaced at the end: refused now if they are not ours
+    check_output_dir(output_dir, "output", REPORT_FILES if labels is not None else (), overwrite)
 
     preprocess, threshold = _resolve_preprocess_and_threshold(cfg)
     network = load_model(cfg.model)
@@ -169,6 +185,10 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         network, inference_cfg, preprocess=preprocess, progress=progress
     )
     device = predictor.compute_device()
+    # the first write of the run: every check about the run has passed
+    output_dir = ensure_writable_dir(output_dir)
+    for stale in remove_stale_temporaries(output_dir):
+        log.info("removed %s, a temporary file of an interrupted run", stale)
     if device.type == "cpu" and cfg.get("threads") is not None:
         from vesselfm.utils.hardware import describe_threads
 
@@ -186,35 +206,40 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
 
     results: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
+    failed_cases: dict[str, str] = {}
+    unlabelled: list[str] = []
     rows: list[dict[str, Any]] = []
     bar = tqdm(inputs, desc="scans", unit="scan", disable=not progress or len(inputs) < 2)
     for path in bar:
         bar.set_postfix_str(path.name)
+        case = cases[path]
         try:
             result = predictor.predict_file(
                 path,
                 output_dir,
                 save_prob=bool(cfg.save_prob),
-                overwrite=bool(cfg.overwrite),
+                overwrite=overwrite,
                 save_mesh=bool(cfg.save_mesh),
-                return_arrays=label_dir is not None,
+                case=case,
+                return_arrays=labels is not None,
             )
-            if label_dir is not None:
-                label_path = find_label(label_dir, result["case"], path)
+            if labels is not None:
+                label_path = match_label(case, labels)
                 if label_path is None:
-                    log.warning(
-                        "%s: no label for case %s in %s, not scored",
+                    unlabelled.append(case)
+                    log.error(
+                        "%s: no label for case %s in label=%s; segmented, not scored",
                         path.name,
-                        result["case"],
-                        label_dir,
+                        case,
+                        cfg.label,
                     )
                 elif result["skipped"]:
-                    rows.append(_score_existing(result["case"], output_dir, label_path, threshold))
+                    rows.append(_score_existing(case, output_dir, label_path, threshold))
                 else:
                     arrays = result["arrays"]
                     rows.append(
                         _score(
-                            result["case"],
+                            case,
                             arrays["mask"],
                             arrays["prob"],
                             arrays["spacing"],
@@ -236,6 +261,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
             if os.environ.get("VESSELFM_DEBUG", "").lower() in {"1", "true", "yes"}:
                 raise
             failed.append((str(path), reason))
+            failed_cases[case] = reason
             continue
         results.append(result)
         if not result["skipped"]:
@@ -251,30 +277,49 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
             )
 
     reports = None
-    if rows:
+    if labels is not None:
         from vesselfm.metrics import write_reports
 
-        reports = write_reports(rows, output_dir)
+        reports = write_reports(
+            rows,
+            output_dir,
+            expected=len(inputs),
+            missing={"missing_labels": unlabelled},
+            failed=failed_cases,
+        )
         log.info(
-            "metrics of %d case(s): %s", len(rows), ", ".join(str(p) for p in reports.values())
+            "metrics of %d of %d case(s): %s",
+            len(rows),
+            len(inputs),
+            ", ".join(str(p) for p in reports.values()),
         )
 
     done = sum(not r["skipped"] for r in results)
     skipped = sum(r["skipped"] for r in results)
+    scored = f"; scored {len(rows)} of {len(inputs)}" if labels is not None else ""
     log.info(
-        "summary: %d segmented, %d skipped (outputs exist), %d failed; outputs in %s",
+        "summary: %d segmented, %d skipped (outputs exist), %d failed%s; outputs in %s",
         done,
         skipped,
         len(failed),
+        scored,
         output_dir,
     )
     for _, reason in failed:
         log.info("  failed: %s", reason)
+    if unlabelled:
+        log.info("  no label (not scored): %s", ", ".join(unlabelled))
     if failed:
         if len(inputs) == 1:
             raise UserError(failed[0][1])
         raise UserError(
             f"{len(failed)} of {len(inputs)} scans failed (first: {failed[0][1]}); see the log above"
+        )
+    if unlabelled:
+        shown = ", ".join(unlabelled[:10]) + (" ..." if len(unlabelled) > 10 else "")
+        raise UserError(
+            f"label={cfg.label}: {len(unlabelled)} of {len(inputs)} case(s) have no label, so "
+            f"they were segmented but not scored ({shown}); add their labels or leave label= out"
         )
     return {
         "output": output_dir,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from inference_helpers import FLIPPED_AFFINE
+from inference_helpers import FLIPPED_AFFINE, save_nifti, tube_phantom
 from omegaconf import DictConfig
 
 from vesselfm.infer import default_output_dir, infer
@@ -106,7 +107,11 @@ def test_folder_with_a_bad_file_goes_on_and_fails_at_the_end(
         infer(cfg)
     assert "\n" not in str(info.value)
     out = tmp_path / "scans" / "vesselfm_pred"  # the default output folder
-    assert sorted(p.name for p in out.iterdir()) == ["a_pred.nii.gz", "c_pred.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".vesselfm-outputs.json",
+        "a_pred.nii.gz",
+        "c_pred.nii.gz",
+    ]
     assert nib.load(out / "c_pred.nii.gz").shape == (40, 36, 20)
 
 
@@ -235,3 +240,210 @@ def test_find_label_never_returns_the_scan_itself(tmp_path: Path) -> None:
     assert find_label(tmp_path, "scan", scan) is None
     (tmp_path / "scan.label.nii.gz").write_bytes(b"")
     assert find_label(tmp_path, "scan", scan) == tmp_path / "scan.label.nii.gz"
+
+
+def _patients(root: Path, shapes: dict[str, tuple[int, int, int]], label: bool = False) -> None:
+    """``root/<patient>/ct.nii.gz`` (and ``ct.label.nii.gz``): one fixed file name per folder."""
+    for seed, (patient, shape) in enumerate(shapes.items()):
+        (root / patient).mkdir(parents=True)
+        image, mask = tube_phantom(shape, seed)
+        save_nifti(root / patient / "ct.nii.gz", image)
+        if label:
+            save_nifti(root / patient / "ct.label.nii.gz", mask)
+
+
+def test_same_file_name_in_patient_folders_gets_the_parent_prefixed(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shapes = {"p1": (40, 36, 20), "p2": (44, 40, 24), "p3": (48, 40, 28)}
+    _patients(tmp_path / "pat", shapes, label=True)
+    cfg = compose_cfg(
+        "infer",
+        [
+            f"input={tmp_path / 'pat' / '*' / 'ct.nii.gz'}",
+            f"label={tmp_path / 'pat' / '*' / 'ct.label.nii.gz'}",
+            *FAST,
+        ],
+    )
+    with caplog.at_level("INFO", logger="vesselfm.infer"):
+        result = infer(cfg)
+    out = tmp_path / "pat" / "vesselfm_pred"
+    assert [r["case"] for r in result["results"]] == ["p1_ct", "p2_ct", "p3_ct"]
+    assert not any(r["skipped"] for r in result["results"])
+    for patient, shape in shapes.items():  # each file holds its own patient, on its grid
+        assert nib.load(out / f"{patient}_ct_pred.nii.gz").shape == shape
+        assert f"renamed: {tmp_path / 'pat' / patient / 'ct.nii.gz'} -> {patient}_ct" in caplog.text
+    assert not (out / "ct_pred.nii.gz").exists()
+    assert "3 segmented, 0 skipped (outputs exist), 0 failed; scored 3 of 3" in caplog.text
+    # the labels pair by the same rule: every patient scored against its own label
+    assert [row["case"] for row in result["metrics"]] == ["p1_ct", "p2_ct", "p3_ct"]
+
+
+@pytest.mark.parametrize("layout", ["default_output_under_glob", "output_is_input"])
+def test_outputs_inside_the_input_are_never_read_back(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, layout: str
+) -> None:
+    root = tmp_path / "data"
+    _patients(root, {"p1": (40, 36, 20), "p2": (40, 36, 20)})
+    if layout == "default_output_under_glob":
+        spec, out = [f"input={root / '*' / '*.nii.gz'}"], root / "vesselfm_pred"
+    else:
+        spec, out = [f"input={root / 'p1'}", f"output={root / 'p1'}"], root / "p1"
+    cfg = compose_cfg("infer", [*spec, *FAST])
+    first = infer(cfg)
+    second = infer(cfg)  # a rerun sees the first run's outputs in its input
+    assert [r["skipped"] for r in second["results"]] == [True] * len(first["results"])
+    assert [r["input"] for r in second["results"]] == [r["input"] for r in first["results"]]
+    assert not list(tmp_path.rglob("*_pred_pred*"))
+    assert sorted(p.name for p in out.glob("*_pred.nii.gz")) == sorted(
+        r["pred"].name for r in first["results"]
+    )
+
+
+def test_stale_temporaries_are_removed_at_start(
+    compose_cfg: Callable[..., DictConfig], scan_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "preds"
+    out.mkdir()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = out / f".1_pred.nii.gz.{int(dead.stdout)}.k3j4h5g6.tmp.nii.gz"  # a SIGKILLed run's
+    stale.write_bytes(b"half a file")
+    live = out / f".2_pred.nii.gz.{os.getpid()}.k3j4h5g6.tmp.nii.gz"  # still being written
+    live.write_bytes(b"in progress")
+    infer(compose_cfg("infer", [f"input={scan_file}", f"output={out}", *FAST]))
+    assert not stale.exists()
+    assert live.exists()
+    assert (out / "1_pred.nii.gz").exists()
+
+
+def _count_predictions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The shapes of the scans the predictor was run on (it still runs)."""
+    from vesselfm.inference import SlidingWindowPredictor
+
+    calls: list[tuple[int, ...]] = []
+    real = SlidingWindowPredictor.predict_array
+
+    def counted(self, image, affine):  # noqa: ANN001, ANN202
+        calls.append(tuple(image.shape))
+        return real(self, image, affine)
+
+    monkeypatch.setattr(SlidingWindowPredictor, "predict_array", counted)
+    return calls
+
+
+def test_an_output_name_too_long_fails_before_the_prediction(
+    compose_cfg: Callable[..., DictConfig],
+    make_scan: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_scan("ok.nii.gz", shape=(40, 36, 20))
+    long_scan = make_scan("x" * 246 + ".nii.gz", shape=(44, 40, 24))  # 253 bytes: a legal name
+    calls = _count_predictions(monkeypatch)
+    cfg = compose_cfg("infer", [f"input={tmp_path / 'scans'}", *FAST])
+    with pytest.raises(UserError, match=r"1 of 2 scans failed \(first: .*bytes, more than the 255"):
+        infer(cfg)
+    assert calls == [(40, 36, 20)]  # the long-named scan was never predicted
+    assert long_scan.exists()
+
+
+def test_an_existing_output_we_did_not_write_is_never_overwritten(
+    compose_cfg: Callable[..., DictConfig],
+    make_scan: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_scan("a.nii.gz", shape=(40, 36, 20))
+    make_scan("b.nii.gz", shape=(44, 40, 24))
+    out = tmp_path / "preds"
+    out.mkdir()
+    theirs = out / "a_pred.nii.gz"
+    theirs.write_bytes(b"a segmentation made by hand")
+    calls = _count_predictions(monkeypatch)
+    cfg = compose_cfg("infer", [f"input={tmp_path / 'scans'}", f"output={out}", *FAST])
+    with pytest.raises(
+        UserError,
+        match=r"1 of 2 scans failed \(first: .*a_pred\.nii\.gz exists and was not written",
+    ):
+        infer(cfg)
+    assert theirs.read_bytes() == b"a segmentation made by hand"
+    assert calls == [(44, 40, 24)]  # refused before a was predicted; b went on
+    assert nib.load(out / "b_pred.nii.gz").shape == (44, 40, 24)
+
+    cfg.overwrite = True
+    result = infer(cfg)  # the user said so
+    assert [r["skipped"] for r in result["results"]] == [False, False]
+    assert nib.load(theirs).shape == (40, 36, 20)
+    from vesselfm.utils.outputs import written_by_us
+
+    assert written_by_us(theirs)
+
+
+def test_an_output_changed_since_we_wrote_it_is_not_ours(
+    compose_cfg: Callable[..., DictConfig], scan_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "preds"
+    cfg = compose_cfg("infer", [f"input={scan_file}", f"output={out}", "save_prob=true", *FAST])
+    infer(cfg)
+    assert infer(cfg)["results"][0]["skipped"]  # all ours: resumed
+    prob = out / "1_prob.nii.gz"
+    edited = nib.load(prob)
+    nib.save(nib.Nifti1Image(np.asarray(edited.dataobj) * 0.5, edited.affine), str(prob))
+    before = prob.read_bytes()
+    pred_mtime = (out / "1_pred.nii.gz").stat().st_mtime_ns
+    with pytest.raises(UserError, match=r"1_prob\.nii\.gz exists and was not written by vesselfm"):
+        infer(cfg)
+    assert prob.read_bytes() == before
+    assert (out / "1_pred.nii.gz").stat().st_mtime_ns == pred_mtime
+
+
+def test_foreign_reports_stop_the_run_before_its_first_write(
+    compose_cfg: Callable[..., DictConfig], scan_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "preds"
+    out.mkdir()
+    (out / "summary.md").write_text("# my own notes\n")
+    cfg = compose_cfg(
+        "infer", [f"input={scan_file}", f"output={out}", f"label={scan_file.parent}", *FAST]
+    )
+    with pytest.raises(UserError, match=r"^.*summary\.md exists and was not written by vesselfm"):
+        infer(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["summary.md"]
+    assert (out / "summary.md").read_text() == "# my own notes\n"
+
+
+def test_a_case_without_a_label_ends_non_zero_and_is_listed(
+    compose_cfg: Callable[..., DictConfig],
+    scan_file: Path,
+    make_scan: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    make_scan("2.img.nii.gz", shape=(40, 36, 20))  # no 2.label.nii.gz
+    out = tmp_path / "preds"
+    cfg = compose_cfg(
+        "infer",
+        [f"input={tmp_path / 'scans'}", f"output={out}", f"label={tmp_path / 'scans'}", *FAST],
+    )
+    with pytest.raises(UserError, match=r"^label=.*1 of 2 case\(s\) have no label.*\(2\)"):
+        infer(cfg)
+    assert (out / "2_pred.nii.gz").exists()  # segmented all the same
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["scored"], summary["expected"], summary["missing_labels"]) == (1, 2, ["2"])
+    assert "Scored 1 of 2 case(s)" in (out / "summary.md").read_text(encoding="utf-8")
+
+
+def test_clashing_ids_the_folders_cannot_tell_apart_stop_the_run_before_any_write(
+    compose_cfg: Callable[..., DictConfig], make_scan: Callable[..., Path], tmp_path: Path
+) -> None:
+    make_scan("1.img.nii.gz")
+    make_scan("1.nii.gz")
+    out = tmp_path / "preds"
+    cfg = compose_cfg("infer", [f"input={tmp_path / 'scans'}", f"output={out}", *FAST])
+    with pytest.raises(
+        UserError,
+        match=r"^input: files map to the same case id .*\('1': .*1\.img\.nii\.gz, .*/1\.nii",
+    ):
+        infer(cfg)
+    assert not out.exists()

@@ -13,12 +13,17 @@ from inference_helpers import FLIPPED_AFFINE, save_nifti, tube_phantom
 
 from vesselfm.inference.io import (
     case_id,
+    check_case_outputs,
     ensure_writable_dir,
     find_inputs,
+    find_labels,
     like_reference,
     load_scan,
+    match_label,
+    renamed_cases,
     save_prediction,
     save_probabilities,
+    unique_case_ids,
 )
 from vesselfm.utils.cli import UserError
 
@@ -61,8 +66,9 @@ def test_geometry_round_trip_on_flipped_affine(scan_file: Path, tmp_path: Path) 
     np.testing.assert_array_equal(np.asarray(nib.load(pred_path).dataobj), mask)
     assert set(np.unique(np.asarray(nib.load(pred_path).dataobj))) <= {0, 1}
     np.testing.assert_array_equal(np.asarray(nib.load(prob_path).dataobj), prob)
-    # no temporary files left beside the outputs
+    # no temporary files left beside the outputs (and the output record lists both)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".vesselfm-outputs.json",
         "1_pred.nii.gz",
         "1_prob.nii.gz",
     ]
@@ -149,9 +155,21 @@ def _gzip_of_garbage(path: Path) -> Path:
     return path
 
 
+def _gzip_named_nii(path: Path) -> Path:
+    image, _ = tube_phantom((16, 16, 8))
+    gz = save_nifti(path.with_name(path.name + ".gz"), image)
+    gz.rename(path)  # a valid .nii.gz, named .nii
+    return path
+
+
 BAD_INPUTS = {
     "not_nifti": (_not_nifti, "bad.nii.gz", "not a readable NIfTI"),
     "gzip_of_garbage": (_gzip_of_garbage, "garbage.nii.gz", "not a readable NIfTI"),
+    "gzip_named_nii": (
+        _gzip_named_nii,
+        "zipped.nii",
+        "gzip-compressed but named .nii; rename it to zipped.nii.gz",
+    ),
     "truncated_gzip": (_truncated_gzip, "cut.nii.gz", "truncated"),
     "truncated_plain": (_truncated_plain, "cut.nii", "truncated"),
     "2d": (_two_d, "flat.nii.gz", "3D"),
@@ -222,3 +240,127 @@ def test_writer_rejects_a_wrong_shape(scan_file: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="differs from the input"):
         save_prediction(np.zeros((2, 2, 2)), scan.image, tmp_path / "x_pred.nii.gz")
     assert not list(tmp_path.glob("x_pred*"))
+
+
+def _nii(root: Path, *names: str) -> list[Path]:
+    """Empty files at ``root/<name>`` (ids and discovery look at names only)."""
+    paths = []
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        # per-patient folders with one fixed file name (the usual export layout)
+        (
+            ["pat/a/ct.nii.gz", "pat/b/ct.nii.gz", "pat/c/ct.nii.gz"],
+            ["a_ct", "b_ct", "c_ct"],
+        ),
+        # the parent does not tell two apart: the next folder up is prefixed too, only for them
+        (
+            ["x/a/ct.nii.gz", "y/a/ct.nii.gz", "y/b/ct.nii.gz"],
+            ["x_a_ct", "y_a_ct", "b_ct"],
+        ),
+        # a prefixed id that meets a file really named so: both go one folder further up
+        (
+            ["p/a/ct.nii.gz", "p/b/ct.nii.gz", "q/a_ct.nii.gz"],
+            ["p_a_ct", "b_ct", "q_a_ct"],
+        ),
+        # no clash: the ids stay as they are
+        (["d/1.img.nii.gz", "e/2.img.nii.gz", "e/scan.nii"], ["1", "2", "scan"]),
+    ],
+)
+def test_unique_case_ids_prefix_parent_folders_until_unique(
+    tmp_path: Path, names: list[str], expected: list[str]
+) -> None:
+    paths = _nii(tmp_path, *names)
+    ids = unique_case_ids(paths)
+    assert [ids[p] for p in paths] == expected
+    renamed = renamed_cases(ids)
+    assert len(renamed) == sum(e != case_id(p) for p, e in zip(paths, expected, strict=True))
+    assert all(" -> " in line for line in renamed)
+
+
+def test_ids_the_folders_cannot_tell_apart_are_refused_listing_the_files(tmp_path: Path) -> None:
+    paths = _nii(tmp_path, "d/1.img.nii.gz", "d/1.nii.gz", "d/2.nii.gz")
+    with pytest.raises(UserError, match=r"^input: files map to the same case id") as info:
+        unique_case_ids(paths)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(paths[0]) in message and str(paths[1]) in message and "2.nii.gz" not in message
+
+
+def test_find_inputs_never_takes_our_outputs(tmp_path: Path) -> None:
+    # output= the input folder: predictions and probability maps sit beside the scans
+    _nii(tmp_path, "scans/a.nii.gz", "scans/a_pred.nii.gz", "scans/a_prob.nii", "scans/b.nii")
+    assert find_inputs(tmp_path / "scans") == [
+        tmp_path / "scans/a.nii.gz",
+        tmp_path / "scans/b.nii",
+    ]
+    # the output folder inside a glob's folder: nothing in it is an input, whatever its name
+    _nii(tmp_path, "root/p1/ct.nii.gz", "root/vesselfm_pred/p1_ct.nii.gz")
+    spec = str(tmp_path / "root" / "*" / "*.nii.gz")
+    assert find_inputs(spec, output_dir=tmp_path / "root" / "vesselfm_pred") == [
+        tmp_path / "root/p1/ct.nii.gz"
+    ]
+    assert len(find_inputs(spec)) == 2  # a folder that is not the output folder is read
+
+
+def test_an_output_named_as_input_is_refused(tmp_path: Path) -> None:
+    (path,) = _nii(tmp_path, "1_pred.nii.gz")
+    with pytest.raises(UserError, match=r"input=.*vesselfm's outputs, not scans") as info:
+        find_inputs(path)
+    assert "\n" not in str(info.value)
+
+
+def test_labels_pair_by_the_same_id_rule(tmp_path: Path) -> None:
+    _nii(
+        tmp_path,
+        "pat/a/ct.nii.gz",  # the image: the .label file of the case wins
+        "pat/a/ct.label.nii.gz",
+        "pat/b/ct.label.nii.gz",
+        "pat/b/ct_pred.nii.gz",  # ours: never a label
+        "flat/7_label.nii.gz",
+        "flat/8.nii.gz",
+        "flat/9.img.nii.gz",
+        "pat/c/ct.img.nii.gz",
+        "pat/c/ct_prob.nii.gz",
+    )
+    labels = find_labels(str(tmp_path / "pat" / "*" / "*.nii.gz"), key="gt")
+    assert labels == {
+        "a_ct": tmp_path / "pat/a/ct.label.nii.gz",
+        "b_ct": tmp_path / "pat/b/ct.label.nii.gz",
+    }
+    assert find_labels(tmp_path / "flat") == {
+        "7": tmp_path / "flat/7_label.nii.gz",
+        "8": tmp_path / "flat/8.nii.gz",
+    }
+    # the labels of one patient only do not clash, yet still pair with infer's prefixed id
+    only_a = find_labels(str(tmp_path / "pat" / "a" / "*.label.nii.gz"))
+    assert only_a == {"ct": tmp_path / "pat/a/ct.label.nii.gz"}
+    assert match_label("a_ct", only_a) == tmp_path / "pat/a/ct.label.nii.gz"
+    assert match_label("b_ct", only_a) is None
+    # a label another case paired with by its own id is not offered again
+    assert match_label("a_ct", only_a, taken={only_a["ct"]}) is None
+    # an unprefixed prediction id would fit either patient's label: no guess
+    assert match_label("ct", labels) is None
+    # an image and a probability map are no labels
+    with pytest.raises(UserError, match=r"^gt=.*no NIfTI labels found"):
+        find_labels(tmp_path / "pat" / "c", key="gt")
+
+
+def test_case_output_checks_run_before_any_work(tmp_path: Path) -> None:
+    long_name = tmp_path / ("x" * 248 + "_pred.nii.gz")
+    with pytest.raises(UserError, match=r"bytes, more than the 255"):
+        check_case_outputs([tmp_path / "ok_pred.nii.gz", long_name], overwrite=True)
+    foreign = tmp_path / "1_pred.nii.gz"
+    foreign.write_bytes(b"the user's own file")
+    with pytest.raises(UserError, match=r"1_pred\.nii\.gz exists and was not written by vesselfm"):
+        check_case_outputs([foreign], overwrite=False)
+    assert check_case_outputs([foreign], overwrite=True) is False  # redone when told so
+    assert check_case_outputs([tmp_path / "2_pred.nii.gz"], overwrite=False) is False

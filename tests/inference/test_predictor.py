@@ -280,7 +280,12 @@ def test_predict_file_writes_and_skips(
     assert not predictor.predict_file(scan_file, out, save_prob=True, save_mesh=True)["skipped"]
     assert (out / "1_pred.stl").stat().st_size > 84
     assert not predictor.predict_file(scan_file, out, overwrite=True)["skipped"]
-    assert sorted(p.name for p in out.iterdir()) == ["1_pred.nii.gz", "1_pred.stl", "1_prob.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".vesselfm-outputs.json",
+        "1_pred.nii.gz",
+        "1_pred.stl",
+        "1_prob.nii.gz",
+    ]
 
 
 def test_the_fast_preset_is_the_default_with_overlap_changed(

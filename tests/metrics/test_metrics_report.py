@@ -9,6 +9,7 @@ import math
 import pytest
 
 from vesselfm.metrics import summarize, write_reports
+from vesselfm.utils.outputs import RECORD_NAME
 
 ROWS = [
     {
@@ -60,6 +61,7 @@ def test_write_reports(tmp_path):
     paths = write_reports(ROWS, tmp_path / "out")
     assert set(paths) == {"csv", "json", "md"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".vesselfm-outputs.json",
         "metrics.csv",
         "summary.json",
         "summary.md",
@@ -86,4 +88,24 @@ def test_write_reports_replaces_files_whole(tmp_path):
     write_reports(ROWS[:1], tmp_path)
     with open(tmp_path / "metrics.csv", newline="") as fh:
         assert len(list(csv.reader(fh))) == 2
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+    # no temp files left (the output record is the only hidden file)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [RECORD_NAME]
+
+
+def test_reports_say_scored_n_of_m_and_list_what_was_not_scored(tmp_path):
+    paths = write_reports(
+        ROWS,
+        tmp_path,
+        expected=6,
+        missing={"missing_predictions": ["4", "7"]},
+        failed={"5": "5_pred.nii.gz: affine differs"},
+    )
+    summary = json.loads(paths["json"].read_text())
+    assert (summary["scored"], summary["expected"]) == (3, 6)
+    assert summary["missing_predictions"] == ["4", "7"]
+    assert summary["failed"] == {"5": "5_pred.nii.gz: affine differs"}
+    assert summary["dice"] == summarize(ROWS)["dice"]
+    md = paths["md"].read_text(encoding="utf-8")
+    assert "Scored 3 of 6 case(s)" in md
+    assert "Missing predictions (2, not scored): 4, 7" in md
+    assert "- 5: 5_pred.nii.gz: affine differs" in md

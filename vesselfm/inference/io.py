@@ -1,5 +1,10 @@
 """NIfTI in and out for inference: validated reading, geometry-exact atomic writing, input discovery.
 
+Case ids are computed here, for ``infer`` and ``evaluate`` alike: :func:`case_id` from a file
+name, :func:`unique_case_ids` over a run's files (ids that clash get their parent folder's name
+prefixed, ``<parent>_<name>``, repeated upwards until unique), :func:`find_labels` and
+:func:`match_label` to pair labels with cases by the same rule.
+
 Reading refuses what would give a wrong or meaningless segmentation (not a NIfTI, truncated
 data, 2D or 4D volumes, non-finite voxels) with one line naming the file. Writing copies the
 input's header, so the prediction has the input's shape, affine and qform/sform codes, and goes
@@ -13,6 +18,8 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from collections import defaultdict
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +34,15 @@ log = logging.getLogger(__name__)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # ImageCAS names its files N.img.nii.gz / N.label.nii.gz; both belong to case N.
 ROLE_SUFFIXES = (".img", ".label")
+# a label's name: <case>.label.nii.gz, <case>_label.nii.gz or <case>.nii.gz, preferred in this order
+# when one folder holds several for a case (the plain one is then the image)
+LABEL_ROLES = (".label", "_label")
 PRED_SUFFIX = "_pred.nii.gz"
 PROB_SUFFIX = "_prob.nii.gz"
 MESH_SUFFIX = "_pred.stl"
+# what vesselfm writes per case: <case>_pred.<ext>, <case>_prob.<ext>; never read as a scan or label
+OUTPUT_ROLES = ("_pred", "_prob")
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass
@@ -78,47 +91,183 @@ def case_id(path: str | os.PathLike[str]) -> str:
     return name
 
 
+def _strip_nifti(name: str) -> str:
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_output_name(path: str | os.PathLike[str]) -> bool:
+    """Whether the file name is one of vesselfm's per-case outputs: ``<case>_pred.nii.gz``,
+    ``<case>_prob.nii.gz`` (or ``.nii``). Such files are never taken as scans or labels."""
+    name = Path(path).name
+    stem = _strip_nifti(name)
+    return stem != name and any(
+        stem.endswith(role) and len(stem) > len(role) for role in OUTPUT_ROLES
+    )
+
+
 def _is_label_file(path: Path) -> bool:
     return path.name.lower().endswith(tuple(f".label{s}" for s in NIFTI_SUFFIXES))
 
 
-def find_inputs(spec: str | os.PathLike[str]) -> list[Path]:
-    """The NIfTI files named by ``input=``: a file, a folder (not recursive) or a glob pattern.
+def _folder_names(path: Path) -> list[str]:
+    """The names of ``path``'s folders, nearest first (``/d/pat/a/ct.nii.gz`` → a, pat, d)."""
+    absolute = Path(os.path.normpath(os.path.abspath(path)))
+    return [parent.name for parent in absolute.parents if parent.name]
 
-    In a folder or glob, ImageCAS label files (``*.label.nii.gz``) are left out, so a raw
-    ImageCAS folder can be given as is.
+
+def _id_at_depth(base: str, folders: Sequence[str], depth: int) -> str:
+    return "_".join([*reversed(folders[:depth]), base])
+
+
+def unique_case_ids(
+    paths: Sequence[str | os.PathLike[str]],
+    id_of: Callable[[Path], str] = case_id,
+    key: str = "input",
+) -> dict[Path, str]:
+    """The case id of every file of a run, unique within the run.
+
+    Files whose ids (``id_of``) clash get their parent folder's name prefixed,
+    ``<parent>_<id>``; where that still clashes, the next folder up, and so on
+    (``pat/a/ct.nii.gz``, ``pat/b/ct.nii.gz`` → ``a_ct``, ``b_ct``; ``x/a/ct.nii.gz``,
+    ``y/a/ct.nii.gz`` → ``x_a_ct``, ``y_a_ct``). Files whose ids do not clash keep them.
+
+    Args:
+        paths: the run's files (distinct paths).
+        id_of: the id of one file from its name (:func:`case_id` for scans).
+        key: the config key named in the error.
 
     Returns:
-        Sorted, de-duplicated paths.
+        ``{path: id}`` for every path, in the order given.
 
     Raises:
-        UserError: nothing matches, the file is not a NIfTI, or the folder holds no NIfTI.
+        UserError: files whose folders cannot tell them apart (``1.img.nii.gz`` and ``1.nii.gz``
+            in one folder), listing them.
     """
-    spec = str(spec)
+    paths = [Path(p) for p in paths]
+    base = {p: id_of(p) for p in paths}
+    folders = {p: _folder_names(p) for p in paths}
+    depth = dict.fromkeys(paths, 0)
+    while True:
+        ids = {p: _id_at_depth(base[p], folders[p], depth[p]) for p in paths}
+        groups: dict[str, list[Path]] = defaultdict(list)
+        for p, value in ids.items():
+            groups[value].append(p)
+        clashes = [group for group in groups.values() if len(group) > 1]
+        if not clashes:
+            return ids
+        deeper = False
+        for group in clashes:
+            for p in group:
+                if depth[p] < len(folders[p]):
+                    depth[p] += 1
+                    deeper = True
+        if not deeper:
+            shown = "; ".join(
+                f"{base[group[0]]!r}: " + ", ".join(str(p) for p in group) for group in clashes[:3]
+            )
+            raise UserError(
+                f"{key}: files map to the same case id and their folders do not tell them apart "
+                f"({shown}); rename one of each, or leave one out of {key}="
+            )
+
+
+def renamed_cases(ids: Mapping[Path, str], id_of: Callable[[Path], str] = case_id) -> list[str]:
+    """``"<file> -> <id>"`` for each file whose id :func:`unique_case_ids` prefixed."""
+    return [f"{p} -> {value}" for p, value in ids.items() if value != id_of(p)]
+
+
+def _discover(spec: str, key: str, what: str) -> tuple[list[Path], str]:
+    """NIfTI files named by a file, a folder (not recursive, hidden files left out) or a glob."""
     path = Path(spec).expanduser()
     if path.is_file():
         if not is_nifti(path):
             raise UserError(
-                f"input={spec}: expected a .nii or .nii.gz file (.mha/.nrrd are not supported; "
+                f"{key}={spec}: expected a .nii or .nii.gz file (.mha/.nrrd are not supported; "
                 f"convert them to NIfTI first)"
             )
-        return [path]
+        return [path], "file"
     if path.is_dir():
         found = [
             p for p in path.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith(".")
         ]
-        kind = "folder"
-    elif glob.has_magic(spec):
+        return found, "folder"
+    if glob.has_magic(spec):
         found = [
             Path(p)
             for p in glob.glob(os.path.expanduser(spec))
             if Path(p).is_file() and is_nifti(p)
         ]
-        kind = "pattern"
-    else:
-        raise UserError(
-            f"input={spec}: no such file or folder; give a NIfTI file, a folder or a glob"
-        )
+        return found, "pattern"
+    raise UserError(f"{key}={spec}: no such file or folder; give {what}")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder)
+    except OSError:
+        return False
+
+
+def _static_root(spec: str) -> Path:
+    """The folder a folder or glob ``input=`` reads from: the deepest one without wildcards."""
+    parts = []
+    for part in Path(spec).expanduser().parts:
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def find_inputs(
+    spec: str | os.PathLike[str], output_dir: str | os.PathLike[str] | None = None
+) -> list[Path]:
+    """The NIfTI files named by ``input=``: a file, a folder (not recursive) or a glob pattern.
+
+    In a folder or glob, ImageCAS label files (``*.label.nii.gz``) are left out, so a raw
+    ImageCAS folder can be given as is, and so are vesselfm's own outputs: every file inside
+    ``output_dir`` and every ``<case>_pred``/``<case>_prob`` NIfTI (so that a rerun with the
+    output folder inside the input never segments its own predictions).
+
+    Returns:
+        Sorted, de-duplicated paths.
+
+    Raises:
+        UserError: nothing matches, the file is not a NIfTI or is one of our outputs, or the
+            folder holds no NIfTI scan.
+    """
+    spec = str(spec)
+    found, kind = _discover(spec, "input", "a NIfTI file, a folder or a glob")
+    if kind == "file":
+        if is_output_name(found[0]):
+            raise UserError(
+                f"input={spec}: <case>_pred/<case>_prob files are vesselfm's outputs, not scans; "
+                f"give the scan (rename the file if it really is one)"
+            )
+        return found
+    named_ours = [p for p in found if is_output_name(p)]
+    if named_ours:
+        log.info("input=%s: left out %d <case>_pred/_prob file(s)", spec, len(named_ours))
+    found = [p for p in found if p not in set(named_ours)]
+    # an output folder inside the input (vesselfm_pred/ under a glob's folder) is not read at
+    # all; one that is the input folder itself (output= input=) holds scans too
+    if output_dir is not None:
+        outputs = Path(output_dir).expanduser().resolve()
+        root = _static_root(spec).resolve()
+        if outputs != root and outputs.is_relative_to(root):
+            inside = [p for p in found if _inside(p, outputs)]
+            if inside:
+                log.warning(
+                    "input=%s: left out %d file(s) inside output=%s (e.g. %s): outputs are never "
+                    "inputs; choose an output= outside the input to segment them",
+                    spec,
+                    len(inside),
+                    output_dir,
+                    inside[0].name,
+                )
+            found = [p for p in found if p not in set(inside)]
     scans = sorted({p for p in found if not _is_label_file(p)})
     if not scans:
         raise UserError(
@@ -127,6 +276,101 @@ def find_inputs(spec: str | os.PathLike[str]) -> list[Path]:
     if len(scans) < len(found):
         log.info("input=%s: left out %d *.label.nii(.gz) files", spec, len(found) - len(scans))
     return scans
+
+
+def label_case_id(path: str | os.PathLike[str]) -> str:
+    """The case id of a label file: ``1.label.nii.gz``, ``1_label.nii.gz``, ``1.nii.gz`` → ``1``."""
+    stem = _strip_nifti(Path(path).name)
+    for role in LABEL_ROLES:
+        if stem.endswith(role) and len(stem) > len(role):
+            return stem[: -len(role)]
+    return stem
+
+
+def _label_rank(path: Path) -> int:
+    stem = _strip_nifti(path.name)
+    for rank, role in enumerate(LABEL_ROLES):
+        if stem.endswith(role) and len(stem) > len(role):
+            return rank
+    return len(LABEL_ROLES)
+
+
+def label_files(
+    paths: Iterable[str | os.PathLike[str]],
+    exclude: Iterable[str | os.PathLike[str]] = (),
+    key: str = "label",
+) -> dict[str, Path]:
+    """Label files by case id (:func:`unique_case_ids` over :func:`label_case_id`).
+
+    Scans (``*.img.nii.gz``, the ``exclude`` files) and our outputs are not labels. Where one
+    folder holds several files of a case, ``<case>.label`` wins over ``<case>_label`` over
+    ``<case>`` (the plain one is then the case's image).
+    """
+    excluded = {Path(p).resolve() for p in exclude}
+    best: dict[tuple[Path, str], Path] = {}
+    for p in sorted(Path(q) for q in paths):
+        stem = _strip_nifti(p.name)
+        if stem.endswith(".img") or is_output_name(p) or p.resolve() in excluded:
+            continue
+        slot = (p.parent, label_case_id(p))
+        if slot not in best or _label_rank(p) < _label_rank(best[slot]):
+            best[slot] = p
+    ids = unique_case_ids(list(best.values()), id_of=label_case_id, key=key)
+    return {value: p for p, value in ids.items()}
+
+
+def find_labels(
+    spec: str | os.PathLike[str],
+    key: str = "label",
+    exclude: Iterable[str | os.PathLike[str]] = (),
+) -> dict[str, Path]:
+    """The label files named by ``<key>=`` (a folder, not recursive, or a glob), by case id.
+
+    Ids follow the rule of :func:`unique_case_ids`, so per-patient folders
+    (``gt='pat/*/ct.label.nii.gz'``) pair with the predictions ``infer`` wrote for
+    ``input='pat/*/ct.nii.gz'``; see :func:`match_label`.
+
+    Raises:
+        UserError: no such folder, or no label in it.
+    """
+    spec = str(spec)
+    found, _ = _discover(spec, key, "an existing folder of NIfTI files (or a quoted glob)")
+    labels = label_files(found, exclude=exclude, key=key)
+    if not labels:
+        raise UserError(
+            f"{key}={spec}: no NIfTI labels found; expected <case>.label.nii.gz or "
+            "<case>.nii.gz files"
+        )
+    return labels
+
+
+def match_label(case: str, labels: Mapping[str, Path], taken: Container[Path] = ()) -> Path | None:
+    """The label of ``case``: the one with that id, else the only one (not in ``taken``, the
+    labels other cases paired with by id) whose id with its folder names prefixed (``a_ct`` for
+    ``pat/a/ct.label.nii.gz``) is ``case``: the labels of a subset of the patients clash less
+    than the scans did."""
+    if case in labels:
+        return labels[case]
+    candidates = []
+    for path in labels.values():
+        if path in taken:
+            continue
+        base, folders = label_case_id(path), _folder_names(path)
+        if any(_id_at_depth(base, folders, d) == case for d in range(1, len(folders) + 1)):
+            candidates.append(path)
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def gzip_named_nii(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is named ``.nii`` but holds gzip-compressed data (a ``.nii.gz``)."""
+    path = Path(path)
+    if not path.name.lower().endswith(".nii"):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == GZIP_MAGIC
+    except OSError:
+        return False
 
 
 def load_scan(path: str | os.PathLike[str]) -> Scan:
@@ -139,6 +383,10 @@ def load_scan(path: str | os.PathLike[str]) -> Scan:
             is not 3D, or holds non-finite voxels.
     """
     path = Path(path)
+    if gzip_named_nii(path):
+        raise UserError(
+            f"{path}: the file is gzip-compressed but named .nii; rename it to {path.name}.gz"
+        )
     try:
         image = nib.load(str(path))
     except FileNotFoundError as err:
@@ -263,3 +511,61 @@ def ensure_writable_dir(path: str | os.PathLike[str], key: str = "output") -> Pa
             f"{key}={path} is not a writable folder ({_reason(err)}); choose another {key}="
         ) from err
     return path
+
+
+def check_output_dir(
+    path: str | os.PathLike[str],
+    key: str = "output",
+    files: Sequence[str] = (),
+    overwrite: bool = False,
+) -> Path:
+    """Check, without writing anything, that ``path`` can be the output folder and that the
+    ``files`` to be written there may be (re)written.
+
+    Raises:
+        UserError: one line naming ``key``: ``path`` (or the nearest existing folder above it)
+            is a file or not writable, or one of ``files`` exists and was not written by vesselfm
+            (unless ``overwrite``).
+    """
+    from vesselfm.utils.outputs import check_overwrite
+
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{key}={path} is a file, not a folder; choose another {key}=")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(
+            f"{key}={path}: {existing} is a file, so the folder cannot be created; "
+            f"choose another {key}="
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{key}={path} is not writable ({existing}); choose another {key}=")
+    check_overwrite([path / name for name in files], overwrite, key)
+    return path
+
+
+def check_case_outputs(targets: Sequence[Path], overwrite: bool) -> bool:
+    """Checks on one case's outputs, before it is predicted; ``True`` when it is done already.
+
+    Every name must fit the file system. Without ``overwrite``, an existing output that vesselfm
+    did not write (not in the folder's record, or changed since) is refused, and a case whose
+    outputs all exist and are ours is done (resume).
+
+    Raises:
+        UserError: a name too long, or an output that is not ours, naming the file.
+    """
+    from vesselfm.utils.io import check_name_length
+    from vesselfm.utils.outputs import check_overwrite
+
+    for target in targets:
+        try:
+            check_name_length(target, "output")
+        except ValueError as err:
+            raise UserError(str(err)) from err
+    if overwrite:
+        return False
+    existing = [t for t in targets if t.exists()]
+    check_overwrite(existing, overwrite=False, key="output")
+    return len(existing) == len(targets)

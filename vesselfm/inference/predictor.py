@@ -504,7 +504,10 @@ class SlidingWindowPredictor:
             path: the scan (``.nii``/``.nii.gz``).
             output_dir: the folder for the outputs (created if missing).
             save_prob: also write the probability map.
-            overwrite: redo a case whose outputs all exist (otherwise it is skipped).
+            overwrite: redo a case whose outputs all exist, and replace existing outputs that
+                vesselfm did not write. Otherwise a case whose outputs all exist and are in the
+                folder's output record (:mod:`vesselfm.utils.outputs`) is skipped, and one with an
+                output that is not (or was changed since) is refused before it is predicted.
             save_mesh: also write an STL surface of the mask.
             case: the case id (default: from the file name, ``1.img.nii.gz`` → ``1``).
             return_arrays: add ``"prob"``/``"mask"`` arrays and ``"spacing"`` under ``"arrays"``.
@@ -515,10 +518,13 @@ class SlidingWindowPredictor:
             (``read``, ``predict``, ``postprocess``, ``write``, ``total``).
 
         Raises:
-            UserError: the scan is not a readable 3D NIfTI, or the mesh writer is unavailable.
+            UserError: the scan is not a readable 3D NIfTI, the mesh writer is unavailable, an
+                output name is too long for the file system, or an existing output was not
+                written by vesselfm (without ``overwrite``).
         """
         from vesselfm.inference.io import (
             case_id,
+            check_case_outputs,
             load_scan,
             output_paths,
             save_prediction,
@@ -535,7 +541,8 @@ class SlidingWindowPredictor:
             "skipped": False,
             **{k: paths[k] for k in wanted},
         }
-        if not overwrite and all(paths[k].exists() for k in wanted):
+        # before any work: names that fit, and nothing overwritten that vesselfm did not write
+        if check_case_outputs([paths[k] for k in wanted], overwrite):
             log.info(
                 "%s: outputs exist in %s, skipped (overwrite=true redoes them)", case, output_dir
             )

@@ -4,6 +4,11 @@ A row is ``{"case": str, **compute_metrics(...)}``. Means and standard deviation
 the cases where a metric is defined (not ``None``/NaN), and every summary entry says how many
 cases that was (``n``). ``std`` is the sample standard deviation (``ddof=1``, as pandas), ``None``
 with fewer than two values.
+
+A summary never passes a partial result off as whole: where the caller says how many cases were
+asked for (``expected``), ``summary.md`` says "scored N of M" and both summaries list the cases
+that were not scored (``missing``: e.g. ``missing_predictions``, labels without a prediction;
+``failed``: case → reason).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,8 @@ import numpy as np
 from vesselfm.metrics.compute import METRIC_NAMES
 from vesselfm.utils.io import atomic_path
 
+#: The files :func:`write_reports` writes.
+REPORT_FILES: tuple[str, ...] = ("metrics.csv", "summary.json", "summary.md")
 #: The columns of the published vesselFM ImageCAS table, leading ``summary.md``.
 HEADLINE: tuple[tuple[str, str], ...] = (
     ("dice", "Dice"),
@@ -87,14 +94,41 @@ def _fmt(name: str, stats: dict[str, float | int | None]) -> str:
     return text
 
 
-def summary_markdown(summary: dict[str, dict[str, float | int | None]], n_cases: int) -> str:
-    """The summary as Markdown: the published table's headline columns, then every metric."""
+def summary_markdown(
+    summary: dict[str, dict[str, float | int | None]],
+    n_cases: int,
+    expected: int | None = None,
+    missing: Mapping[str, Sequence[str]] | None = None,
+    failed: Mapping[str, str] | None = None,
+) -> str:
+    """The summary as Markdown: the published table's headline columns, then every metric.
+
+    Args:
+        summary: :func:`summarize`'s result.
+        n_cases: the cases scored.
+        expected: the cases asked for; the text then says "scored N of M".
+        missing: lists of case ids that could not be scored, by reason (e.g.
+            ``{"missing_predictions": [...]}``), each listed.
+        failed: ``{case: reason}`` of the cases that failed, each listed.
+    """
+    if expected is None:
+        count = f"{n_cases} case(s)"
+    else:
+        count = f"Scored {n_cases} of {expected} case(s)"
     lines = [
         "# Evaluation summary",
         "",
-        f"{n_cases} case(s); mean ± sample std over the cases where a metric is defined (n).",
+        f"{count}; mean ± sample std over the cases where a metric is defined (n).",
         "",
     ]
+    for name, cases in (missing or {}).items():
+        if cases:
+            title = name.replace("_", " ").capitalize()
+            lines += [f"{title} ({len(cases)}, not scored): {', '.join(cases)}", ""]
+    if failed:
+        lines += [f"Failed ({len(failed)}, not scored):", ""]
+        lines += [f"- {case}: {reason}" for case, reason in failed.items()]
+        lines += [""]
     head = [(k, title) for k, title in HEADLINE if k in summary]
     if head:
         lines += [
@@ -120,13 +154,25 @@ def _csv_value(value: Any) -> str:
     return str(value)
 
 
-def write_reports(rows: list[dict[str, Any]], output_dir: str | Path) -> dict[str, Path]:
+def write_reports(
+    rows: list[dict[str, Any]],
+    output_dir: str | Path,
+    expected: int | None = None,
+    missing: Mapping[str, Sequence[str]] | None = None,
+    failed: Mapping[str, str] | None = None,
+) -> dict[str, Path]:
     """Write ``metrics.csv`` (a row per case, ``case`` first), ``summary.json`` and
     ``summary.md`` into ``output_dir``, each atomically.
 
     Args:
         rows: one dict per case, ``{"case": id, **compute_metrics(...)}``.
         output_dir: the folder to write into (created if missing).
+        expected: the number of cases asked for. When given, ``summary.json`` also holds
+            ``"scored"`` (``len(rows)``), ``"expected"``, ``"failed"`` (``{case: reason}``) and
+            each list of ``missing`` (e.g. ``"missing_predictions": [ids]``), and ``summary.md``
+            says "scored N of M" and lists them.
+        missing: lists of case ids not scored, by reason (keys become ``summary.json`` keys).
+        failed: ``{case: reason}`` of the cases that failed.
 
     Returns:
         ``{"csv": path, "json": path, "md": path}``.
@@ -135,15 +181,26 @@ def write_reports(rows: list[dict[str, Any]], output_dir: str | Path) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     columns = _metric_columns(rows)
     summary = summarize(rows)
-    paths = {"csv": out / "metrics.csv", "json": out / "summary.json", "md": out / "summary.md"}
+    paths = {key: out / name for key, name in zip(("csv", "json", "md"), REPORT_FILES, strict=True)}
 
     with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["case", *columns])
         for row in rows:
             writer.writerow([str(row.get("case", "")), *(_csv_value(row.get(c)) for c in columns)])
+    document: dict[str, Any] = dict(summary)
+    if expected is not None:
+        document = {
+            "scored": len(rows),
+            "expected": int(expected),
+            **{name: list(cases) for name, cases in (missing or {}).items()},
+            "failed": dict(failed or {}),
+            **summary,
+        }
     with atomic_path(paths["json"]) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.write_text(json.dumps(document, indent=2) + "\n")
     with atomic_path(paths["md"]) as tmp:
-        tmp.write_text(summary_markdown(summary, len(rows)), encoding="utf-8")
+        tmp.write_text(
+            summary_markdown(summary, len(rows), expected, missing, failed), encoding="utf-8"
+        )
     return paths
