@@ -20,8 +20,13 @@ log = logging.getLogger(__name__)
 def prepare(cfg: DictConfig):  # -> vesselfm.data.prepare.PrepareSummary
     """Run the preparation described by a composed ``prepare.yaml``.
 
+    Returns:
+        The :class:`~vesselfm.data.prepare.PrepareSummary` of a run that did all it was asked.
+
     Raises:
-        UserError: bad settings, no case found, or no case could be prepared.
+        UserError: bad settings, no case found, ``output=`` holding files vesselfm did not
+            write (without ``overwrite=true``), or, after the good cases are prepared, a case
+            that failed or a split left empty (one line naming them).
     """
     from vesselfm.data.prepare import PrepareOptions, prepare_dataset
     from vesselfm.data.preprocessing import PreprocessConfig
@@ -37,7 +42,7 @@ def prepare(cfg: DictConfig):  # -> vesselfm.data.prepare.PrepareSummary
             image_dtype=str(cfg.image_dtype),
             affine_tolerance=float(cfg.affine_tolerance),
         )
-        return prepare_dataset(
+        summary = prepare_dataset(
             source,
             cfg.output,
             split=cfg.split,
@@ -50,20 +55,20 @@ def prepare(cfg: DictConfig):  # -> vesselfm.data.prepare.PrepareSummary
             workers=int(cfg.workers),
             limit=cfg.limit,
             progress=bool(cfg.progress),
+            overwrite=bool(cfg.get("overwrite", False)),
         )
     except RuntimeError as err:
         raise UserError(str(err)) from err
+    summary.raise_if_incomplete()
+    return summary
 
 
 @hydra_entrypoint("prepare")
 def main(cfg: DictConfig) -> None:
-    """CLI: prepare the set and print the summary."""
+    """CLI: prepare the set and print the summary; exit status 2 when a case failed or a split
+    is left empty (after the good cases are prepared)."""
     summary = prepare(cfg)
     print("\n".join(summary.lines()))
-    if summary.failed:
-        print(
-            f"{len(summary.failed)} case(s) failed and were skipped (listed above and in {summary.output}/manifest.json)"
-        )
 
 
 if __name__ == "__main__":

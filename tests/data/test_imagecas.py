@@ -187,3 +187,38 @@ def test_random_split_is_80_10_10_reproducible_and_order_free():
     assert random_split(ids, seed=4) != a
     small = random_split(["1", "2", "3", "4", "5"], seed=0)
     assert sorted(small.values()) == ["test", "train", "train", "train", "val"]
+
+
+def test_new_cases_are_drawn_beside_placed_ones_to_fill_each_share():
+    from vesselfm.data.imagecas import draw_splits, split_sizes
+
+    ids = [str(i) for i in range(1, 21)]
+    assert draw_splits(ids, seed=2) == random_split(ids, seed=2)
+    # 10 cases already placed, all in train: the 10 new ones fill val and test to their share
+    new = draw_splits(ids[10:], seed=2, existing={"train": 10})
+    assert set(new) == set(ids[10:])
+    counts = {s: sum(v == s for v in new.values()) for s in ("train", "val", "test")}
+    assert (
+        counts
+        == {"train": 6, "val": 2, "test": 2}
+        == {s: split_sizes(20)[s] - (10 if s == "train" else 0) for s in counts}
+    )
+    # val already over its share: no new case goes there
+    assert "val" not in draw_splits(ids[:5], seed=0, existing={"val": 4}).values()
+    assert split_sizes(2) == {"train": 2, "val": 0, "test": 0}
+
+
+def test_case_ids_that_cannot_name_a_folder_are_not_cases(tmp_path):
+    from vesselfm.data.imagecas import case_id_problem
+
+    for i in ("1", ""):
+        _touch(tmp_path / "1-200" / f"{i}.img.nii.gz")
+        _touch(tmp_path / "1-200" / f"{i}.label.nii.gz")
+    _touch(tmp_path / "images" / "..nii.gz")
+    _touch(tmp_path / "labels" / "..nii.gz")
+    found = discover_cases(tmp_path)
+    assert [c.case_id for c in found.cases] == ["1"]
+    assert sorted(c.case_id for c, _ in found.invalid) == ["", "."]
+    assert all(str(c.image) in reason for c, reason in found.invalid)
+    assert case_id_problem("..") and case_id_problem("a/b") and case_id_problem("x" * 256)
+    assert case_id_problem("ct_001") is None and case_id_problem(".hidden") is None

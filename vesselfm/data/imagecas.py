@@ -8,8 +8,15 @@ or a multi-part Kaggle download already joined into one zip, see ``ImageCASDataS
 Files or folders marked as duplicates by a browser or file manager (``1-200 (1)``,
 ``5.img (1).nii.gz``) are skipped with a warning.
 
+A pair whose name gives no usable case id (``.img.nii.gz`` gives ``""``; ``.``, ``..``) is not a
+case: it is listed in :attr:`Discovery.invalid` with the reason, for the caller to report. A
+symbolic link loop among the files is read as any other file (the case fails when it is read); a
+zip archive inside a folder that cannot be opened (a loop, no permission) is listed in
+:attr:`Discovery.unreadable`. Neither stops the discovery of the other cases.
+
 Splits: ``official`` reads ImageCAS's split file (``imageCAS_data_split.xlsx`` or a CSV export;
-4 splits, the first 700 train / 50 val / 250 test); ``random`` draws 80/10/10 with a seed.
+4 splits, the first 700 train / 50 val / 250 test); ``random`` draws 80/10/10 with a seed, and
+:func:`draw_splits` draws new cases into a set whose other cases already have their split.
 
 This module reads no image data; :mod:`vesselfm.data.prepare` does.
 """
@@ -17,11 +24,12 @@ This module reads no image data; :mod:`vesselfm.data.prepare` does.
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import os
 import re
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -43,6 +51,7 @@ _LABEL_DIRS = {"labels", "labelstr", "labelsts", "label", "masks", "mask", "segm
 _DUPLICATE = re.compile(r"\(\d+\)")
 # Parts of an Info-ZIP split archive: the Kaggle download names its last part *.change2zip.
 _SPLIT_PART = re.compile(r"\.(z\d\d|change2zip)$", re.IGNORECASE)
+_RENAME_HINT = "rename the pair, e.g. to 1001.img.nii.gz and 1001.label.nii.gz"
 
 _SPLIT_ALIASES = {
     "train": "train",
@@ -103,11 +112,23 @@ class Case:
 
 @dataclass
 class Discovery:
-    """What :func:`discover_cases` found: the pairs, and what it skipped with the reason."""
+    """What :func:`discover_cases` found.
+
+    Attributes:
+        cases: the pairs with a valid case id, sorted by id.
+        skipped: ``(path, reason)`` of files left out on purpose (duplicate-marked copies,
+            unpaired files, a second pair of the same id).
+        split_archive_parts: parts of multi-part zips, which must be joined first.
+        invalid: ``(pair, reason)`` of pairs whose file names give no usable case id.
+        unreadable: ``(path, reason)`` of archives or folders inside the source that could not
+            be opened (a symbolic link loop, no permission).
+    """
 
     cases: list[Case] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     split_archive_parts: list[str] = field(default_factory=list)
+    invalid: list[tuple[Case, str]] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
 def case_sort_key(case_id: str) -> tuple[int, int, str]:
@@ -125,6 +146,27 @@ def case_id_from_name(name: str) -> str:
     else:
         stem = name
     return re.sub(r"_0000$", "", stem)
+
+
+def case_id_problem(case_id: str) -> str | None:
+    """Why ``case_id`` cannot name a case folder, or ``None`` when it can.
+
+    Refused: ``""`` (from ``.img.nii.gz``), ``.`` and ``..`` (they name the folder itself or
+    its parent), ids holding a path separator or a NUL, and ids longer than a file name may be.
+    """
+    if case_id == "":
+        return "its name gives an empty case id, which cannot name a case folder"
+    if case_id in (".", ".."):
+        where = "the split folder itself" if case_id == "." else "the folder above it"
+        return (
+            f"its name gives the case id {case_id!r}, which would name {where}, not a case folder"
+        )
+    if "\0" in case_id or any(sep and sep in case_id for sep in (os.sep, os.altsep)):
+        return f"its name gives the case id {case_id!r}, which holds a path separator"
+    size = len(os.fsencode(case_id))
+    if size > 255:
+        return f"its name gives a case id of {size} bytes, more than the 255 a folder name may have"
+    return None
 
 
 def is_duplicate_marked(parts: Iterable[str]) -> bool:
@@ -177,13 +219,20 @@ def _pair(
     log.debug("%s: %d pairs", where, len(images))
 
 
-def _scan_zip(path: Path, found: Discovery) -> None:
+def _scan_zip(path: Path, found: Discovery, inside_folder: bool = False) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = [i for i in zf.infolist() if not i.is_dir()]
             with open(path, "rb") as fh:
                 head = fh.read(4)
-    except (zipfile.BadZipFile, OSError) as err:
+    except OSError as err:
+        if not inside_folder:
+            raise ValueError(f"source={path}: cannot open it ({_os_reason(err)})") from err
+        # one archive the file system will not open (a symbolic link loop, no permission)
+        # must not stop the discovery of the others: reported, skipped
+        found.unreadable.append((str(path), f"cannot open the archive ({_os_reason(err)})"))
+        return
+    except zipfile.BadZipFile as err:
         hint = (
             f"if it is one part of the Kaggle multi-part download, join the parts first (see {DOC})"
         )
@@ -195,6 +244,21 @@ def _scan_zip(path: Path, found: Discovery) -> None:
         )
     files = [(PurePosixPath(i.filename).parts, SourceFile(str(path), i.filename)) for i in infos]
     _pair(files, str(path), found)
+
+
+def _os_reason(err: OSError) -> str:
+    if err.errno == errno.ELOOP:
+        return "a symbolic link loop"
+    return err.strerror or type(err).__name__
+
+
+def _disk_file(full: Path) -> SourceFile:
+    """A file on disk, by its resolved path; a symbolic link loop (which cannot be resolved)
+    keeps its absolute path, so that the case fails when it is read and names the file."""
+    try:
+        return SourceFile(str(full.resolve()))
+    except (OSError, RuntimeError):  # RuntimeError: pathlib's "Symlink loop" before 3.13
+        return SourceFile(os.path.abspath(full))
 
 
 def discover_cases(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> Discovery:
@@ -216,6 +280,11 @@ def discover_cases(source: str | os.PathLike[str] | Sequence[str | os.PathLike[s
     for src in sources:
         root = Path(src).expanduser()
         if not root.exists():
+            if root.is_symlink():
+                raise ValueError(
+                    f"source={src}: a symbolic link that leads nowhere (or to itself); "
+                    "give the ImageCAS folder or zip archive"
+                )
             raise ValueError(
                 f"source={src}: no such file or folder; give the ImageCAS folder or zip archive"
             )
@@ -226,7 +295,13 @@ def discover_cases(source: str | os.PathLike[str] | Sequence[str | os.PathLike[s
             _scan_zip(root, found)
             continue
         disk_files: list[tuple[tuple[str, ...], SourceFile]] = []
-        for dirpath, dirnames, filenames in os.walk(root):
+
+        def unreadable_folder(err: OSError) -> None:
+            found.unreadable.append(
+                (str(err.filename), f"cannot list the folder ({_os_reason(err)})")
+            )
+
+        for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable_folder):
             rel = Path(dirpath).relative_to(root).parts
             dirnames.sort()
             for d in [d for d in dirnames if _DUPLICATE.search(d)]:
@@ -240,16 +315,24 @@ def discover_cases(source: str | os.PathLike[str] | Sequence[str | os.PathLike[s
                     if _DUPLICATE.search(name):
                         found.skipped.append((str(full), "duplicate-marked archive"))
                     elif not full.with_suffix(".z01").exists():
-                        _scan_zip(full, found)
+                        _scan_zip(full, found, inside_folder=True)
                     else:
                         found.split_archive_parts.append(str(full))
-                else:
-                    disk_files.append((rel + (name,), SourceFile(str(full.resolve()))))
+                elif name.endswith(_NIFTI_SUFFIXES):  # other files are never opened
+                    disk_files.append((rel + (name,), _disk_file(full)))
         _pair(disk_files, str(root), found)
 
+    # A name that gives no usable id is not a case: reported by the caller, never written.
+    valid: list[Case] = []
+    for case in found.cases:
+        problem = case_id_problem(case.case_id)
+        if problem is None:
+            valid.append(case)
+        else:
+            found.invalid.append((case, f"image {case.image}: {problem}; {_RENAME_HINT}"))
     # One case id, one pair: the first found (files on disk before archive members) wins.
     unique: dict[str, Case] = {}
-    for case in sorted(found.cases, key=lambda c: (c.image.member is not None, str(c.image))):
+    for case in sorted(valid, key=lambda c: (c.image.member is not None, str(c.image))):
         if case.case_id in unique:
             found.skipped.append(
                 (
@@ -262,7 +345,11 @@ def discover_cases(source: str | os.PathLike[str] | Sequence[str | os.PathLike[s
     found.cases = sorted(unique.values(), key=lambda c: case_sort_key(c.case_id))
     for path, reason in found.skipped:
         log.warning("skipped %s: %s", path, reason)
-    if not found.cases:
+    for path, reason in found.unreadable:
+        log.warning("could not read %s: %s", path, reason)
+    for _, reason in found.invalid:
+        log.warning("not a case: %s", reason)
+    if not found.cases and not found.invalid:
         if found.split_archive_parts:
             raise ValueError(
                 f"source={source}: found only parts of a multi-part zip ({Path(found.split_archive_parts[0]).name}, ...); "
@@ -475,6 +562,66 @@ def read_official_split(
     return table, name
 
 
+def _check_ratios(ratios: Sequence[float]) -> list[float]:
+    ratios = [float(r) for r in ratios]
+    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
+        raise ValueError(
+            f"split_ratios must be 3 non-negative numbers (train, val, test), got {list(ratios)}"
+        )
+    return ratios
+
+
+def split_sizes(n: int, ratios: Sequence[float] = (0.8, 0.1, 0.1)) -> dict[str, int]:
+    """How many of ``n`` cases a random split puts in train, val and test.
+
+    The shares are rounded; with 3 or more cases, val and test get at least one case each
+    (when their ratio is not 0).
+    """
+    ratios = _check_ratios(ratios)
+    total = sum(ratios)
+    n_val = int(round(n * ratios[1] / total))
+    n_test = int(round(n * ratios[2] / total))
+    if n >= 3:
+        n_val = max(n_val, 1 if ratios[1] > 0 else 0)
+        n_test = max(n_test, 1 if ratios[2] > 0 else 0)
+    n_val = min(n_val, n)
+    n_test = min(n_test, n - n_val)
+    return {"train": n - n_val - n_test, "val": n_val, "test": n_test}
+
+
+def draw_splits(
+    case_ids: Sequence[str],
+    seed: int = 0,
+    ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    existing: Mapping[str, int] | None = None,
+) -> dict[str, str]:
+    """Draw new cases into train/val/test at random, beside cases that already have a split.
+
+    The cases already placed (``existing``: cases per split) never move; the new ones fill each
+    split up towards its share of the whole set (:func:`split_sizes` of all cases), val first,
+    then test, the rest train. Without ``existing`` this is :func:`random_split`.
+
+    Args:
+        case_ids: the new cases (their order does not matter).
+        seed: seed of the draw.
+        ratios: train/val/test shares of the whole set.
+        existing: cases per split already in the set.
+
+    Returns:
+        ``{case_id: "train" | "val" | "test"}`` for the new cases.
+    """
+    have = {s: int((existing or {}).get(s, 0)) for s in SPLITS}
+    ids = sorted(set(case_ids), key=case_sort_key)
+    target = split_sizes(len(ids) + sum(have.values()), ratios)
+    n_val = min(max(0, target["val"] - have["val"]), len(ids))
+    n_test = min(max(0, target["test"] - have["test"]), len(ids) - n_val)
+    order = np.random.default_rng(int(seed)).permutation(len(ids))
+    out: dict[str, str] = {}
+    for rank, idx in enumerate(order):
+        out[ids[idx]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+    return out
+
+
 def random_split(
     case_ids: Sequence[str], seed: int = 0, ratios: Sequence[float] = (0.8, 0.1, 0.1)
 ) -> dict[str, str]:
@@ -483,26 +630,7 @@ def random_split(
     The result depends only on the set of ids and ``seed``, not on their order. With 3 or
     more cases, val and test get at least one case each (when their ratio is not 0).
     """
-    ratios = [float(r) for r in ratios]
-    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
-        raise ValueError(
-            f"split_ratios must be 3 non-negative numbers (train, val, test), got {list(ratios)}"
-        )
-    total = sum(ratios)
-    ids = sorted(set(case_ids), key=case_sort_key)
-    n = len(ids)
-    n_val = int(round(n * ratios[1] / total))
-    n_test = int(round(n * ratios[2] / total))
-    if n >= 3:
-        n_val = max(n_val, 1 if ratios[1] > 0 else 0)
-        n_test = max(n_test, 1 if ratios[2] > 0 else 0)
-    n_val = min(n_val, n)
-    n_test = min(n_test, n - n_val)
-    order = np.random.default_rng(int(seed)).permutation(n)
-    out: dict[str, str] = {}
-    for rank, idx in enumerate(order):
-        out[ids[idx]] = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
-    return out
+    return draw_splits(case_ids, seed=seed, ratios=ratios)
 
 
 def find_split_file(

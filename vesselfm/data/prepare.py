@@ -17,6 +17,13 @@ on shrinking axes: anti-aliased) and *not* normalised: the manifest stores each 
 Every file is written under a temporary name and renamed when complete; a case enters the
 manifest only when all its files are written. A rerun skips the cases the manifest lists whose
 files are intact, and redoes the rest.
+
+Splits are stable: a case keeps the split it was first given, whatever later runs ask
+(``limit=``, another seed or ratios). Cases the official split file lists get its split (a file
+that contradicts the set is refused before anything is written); the other new cases are
+prepared into ``<output>/.pending/`` and drawn at random only from those that prepared
+successfully, then moved into their split folder. A split the settings ask for never ends up
+empty without an error. See :func:`prepare_dataset`.
 """
 
 from __future__ import annotations
@@ -28,10 +35,9 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +48,13 @@ from vesselfm.data.imagecas import (
     SPLITS,
     Case,
     SourceFile,
+    case_id_problem,
     case_sort_key,
     discover_cases,
+    draw_splits,
     find_split_file,
-    random_split,
     read_official_split,
+    split_sizes,
 )
 from vesselfm.data.preprocessing import (
     PreprocessConfig,
@@ -60,11 +68,14 @@ from vesselfm.data.preprocessing import (
     spacing_from_affine,
     target_shape,
 )
-from vesselfm.utils.io import atomic_path
+from vesselfm.utils.errors import UserError
+from vesselfm.utils.io import atomic_path, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# new cases whose split is drawn once the run knows which cases prepared successfully
+PENDING = ".pending"
 MANIFEST_FORMAT = 1
 IMAGE_FILE, MASK_FILE, FG_FILE, LABEL_COPY = "img.npy", "mask.npy", "fg.npy", "label.nii.gz"
 IMAGE_DTYPES = ("auto", "int16", "float16", "float32")
@@ -113,7 +124,20 @@ class PrepareOptions:
 
 @dataclass
 class PrepareSummary:
-    """What a run did. ``prepared``: newly written; ``skipped``: already complete."""
+    """What a run did.
+
+    Attributes:
+        output: the prepared set's folder.
+        prepared: cases written by this run; ``skipped``: already complete.
+        failed: what this run could not prepare, keyed by case id (by the file's path for a
+            pair without a usable id or an archive that could not be opened):
+            ``{"image", "label", "reason"}``, or ``{"source", "reason"}`` for an archive.
+        not_in_split: cases the official split file does not list (not prepared, on purpose).
+        per_split: cases per split in the whole set after the run.
+        split_note: how this run gave new cases their split (``None``: it gave none).
+        empty_splits: splits the settings ask for that hold no case after the run, with why.
+        attempted: how many cases (and unusable source entries) this run was asked to do.
+    """
 
     output: Path
     prepared: list[str] = field(default_factory=list)
@@ -121,6 +145,9 @@ class PrepareSummary:
     failed: dict[str, dict[str, str]] = field(default_factory=dict)
     not_in_split: list[str] = field(default_factory=list)
     per_split: dict[str, int] = field(default_factory=dict)
+    split_note: str | None = None
+    empty_splits: dict[str, str] = field(default_factory=dict)
+    attempted: int = 0
     mean_round_trip_dice: float | None = None
     min_round_trip_dice: tuple[str, float] | None = None
     seconds: float = 0.0
@@ -128,6 +155,11 @@ class PrepareSummary:
     @property
     def total(self) -> int:
         return sum(self.per_split.values())
+
+    @property
+    def complete(self) -> bool:
+        """Whether the run did all it was asked: no case failed and no split is left empty."""
+        return not self.failed and not self.empty_splits
 
     def lines(self) -> list[str]:
         """A human-readable summary, one fact per line."""
@@ -138,16 +170,52 @@ class PrepareSummary:
             f"{len(self.failed)} failed"
             + (f", {len(self.not_in_split)} not in the split file" if self.not_in_split else ""),
         ]
+        if self.split_note:
+            out.append(self.split_note)
         if self.mean_round_trip_dice is not None:
             worst = self.min_round_trip_dice
             out.append(
                 f"round-trip Dice (label down and back up to the original grid): mean {self.mean_round_trip_dice:.4f}"
                 + (f", lowest {worst[1]:.4f} (case {worst[0]})" if worst else "")
             )
-        for case_id, info in self.failed.items():
-            out.append(f"failed case {case_id}: {info['reason']}")
+        for key, info in self.failed.items():
+            # pairs without a usable id and unreadable archives are keyed by a path the reason names
+            what = f"failed case {key}" if case_id_problem(key) is None else "failed"
+            out.append(f"{what}: {info['reason']}")
+        for split, why in self.empty_splits.items():
+            out.append(f"empty split {split}: {why}")
         out.append(f"time: {self.seconds:.1f} s")
         return out
+
+    def problem(self) -> str | None:
+        """One line saying what the run could not do and how to go on; ``None`` when complete."""
+        if self.complete:
+            return None
+        parts = []
+        if self.failed:
+            ids = list(self.failed)
+            shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+            first = next(iter(self.failed.values()))["reason"]
+            parts.append(
+                f"{len(ids)} of {self.attempted} case(s) could not be prepared ({shown}; first: {first})"
+            )
+        for split, why in self.empty_splits.items():
+            parts.append(f"the set has no {split} case ({why})")
+        return (
+            "; ".join(parts)
+            + f"; the {self.total} ready case(s) are kept in {self.output} (failures listed in its "
+            f"{MANIFEST}); fix or remove those files and rerun the same command to go on"
+        )
+
+    def raise_if_incomplete(self) -> None:
+        """Raise when the run could not do all it was asked (the CLI's exit status 2).
+
+        Raises:
+            UserError: one line naming the failed cases and the empty splits.
+        """
+        problem = self.problem()
+        if problem is not None:
+            raise UserError(problem)
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -318,14 +386,21 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
-def clean_temporary_files(folder: Path) -> int:
-    """Remove leftovers of interrupted writes (``.<name>.<random>.tmp<suffix>``) from ``folder``."""
-    removed = 0
-    if folder.is_dir():
-        for p in folder.glob(".*.tmp*"):
-            p.unlink(missing_ok=True)
-            removed += 1
-    return removed
+def case_folder(output: Path, split: str, case_id: str) -> Path:
+    """``<output>/<split>/<case_id>``: always a folder inside the split folder, never the split
+    folder itself nor anything above it.
+
+    Raises:
+        CaseError: ``case_id`` cannot name a folder (``""``, ``.``, ``..``, a path separator).
+    """
+    if split not in (*SPLITS, PENDING):
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    problem = case_id_problem(case_id)
+    if problem is not None:
+        raise CaseError(f"case {case_id!r}: {problem}")
+    folder = output / split / case_id
+    assert folder.parent == output / split and folder.name == case_id, folder
+    return folder
 
 
 # ---------------------------------------------------------------------------------- one case
@@ -338,7 +413,7 @@ def prepare_case(
 
     Args:
         case: the image/label pair.
-        split: ``train``, ``val`` or ``test``.
+        split: ``train``, ``val`` or ``test``; or :data:`PENDING` (drawn later).
         output: the prepared set's root folder.
         options: resampling, label threshold and storage dtype.
 
@@ -348,10 +423,12 @@ def prepare_case(
 
     Raises:
         CaseError: unreadable or truncated file, image/label shape or affine mismatch,
-            non-binary label, NaN in the image. Nothing is written for such a case.
+            non-binary label, NaN in the image, a case id that cannot name a folder. Nothing
+            is written for such a case.
     """
     start = time.perf_counter()
     output = Path(output)
+    case_dir = case_folder(output, split, case.case_id)  # checked before any work
     image, affine = _load(case.image, "image")
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise CaseError(f"image {case.image}: holds NaN or infinite values")
@@ -391,9 +468,8 @@ def prepare_case(
     round_trip = round_trip_dice(label, mask, label_voxels)
     del label
 
-    case_dir = output / split / case.case_id
     case_dir.mkdir(parents=True, exist_ok=True)
-    clean_temporary_files(case_dir)
+    remove_stale_temporaries(case_dir)  # left by a run killed while writing this case
     _save_npy(case_dir / IMAGE_FILE, stored)
     _save_npy(case_dir / MASK_FILE, c_order(mask))
     _save_npy(
@@ -491,11 +567,17 @@ def load_manifest(output: str | os.PathLike[str]) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(
             f"{path}: not valid JSON ({err}); delete it to prepare the set again"
         ) from err
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("cases", {}), dict):
+        raise ValueError(
+            f"{path}: not a prepared set's manifest (no 'cases' table); choose another output= "
+            "folder, or move that file away"
+        )
+    return manifest
 
 
 def write_manifest(output: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
@@ -528,28 +610,59 @@ def case_is_complete(output: Path, entry: Mapping[str, Any]) -> bool:
 # ---------------------------------------------------------------------------------- the set
 
 
-def plan_splits(
-    cases: Sequence[Case],
+@dataclass
+class SplitSettings:
+    """The split a run asks for: ``official`` (a split file's table) or ``random`` (seed, ratios)."""
+
+    mode: str
+    table: dict[str, str] | None
+    seed: int
+    ratios: tuple[float, float, float]
+    info: dict[str, Any]
+
+    def asks_for(self, split: str) -> bool:
+        """Whether these settings put any case in ``split`` (a ratio above 0, or a split file
+        that lists cases in it)."""
+        if self.table is not None:
+            return split in self.table.values()
+        return self.ratios[SPLITS.index(split)] > 0
+
+    def describe(self) -> str:
+        if self.table is not None:
+            return f"split_file={self.info['split_file']} fold={self.info['fold']}"
+        return f"seed={self.seed} split_ratios={list(self.ratios)}"
+
+
+def split_settings(
+    case_ids: Sequence[str],
     split: str | None,
     split_file: str | os.PathLike[str] | None,
     fold: int,
     seed: int,
     ratios: Sequence[float],
     sheet: str | None = None,
-) -> tuple[dict[str, str], dict[str, Any]]:
-    """Assign each case to train/val/test; return the assignment and the manifest's ``split`` block."""
-    ids = [c.case_id for c in cases]
+) -> SplitSettings:
+    """Read and check the split settings of a run (the split file is read here, before any write).
+
+    Raises:
+        ValueError: unknown ``split``, ``official`` without a file, a file matching none of
+            ``case_ids``, bad ``split_ratios``.
+    """
     mode = (split or ("official" if split_file else "random")).lower()
+    checked = tuple(float(r) for r in ratios)
+    split_sizes(0, checked)  # raises on bad ratios
     if mode == "official":
         if split_file is None:
             raise ValueError(
                 "split=official needs split_file=<imageCAS_data_split.xlsx or .csv>; or use split=random"
             )
-        table, used_sheet = read_official_split(split_file, fold=fold, sheet=sheet, case_ids=ids)
-        if not set(ids) & set(table):
+        table, used_sheet = read_official_split(
+            split_file, fold=fold, sheet=sheet, case_ids=case_ids
+        )
+        if not set(case_ids) & set(table):
             raise ValueError(
                 f"split_file={split_file}: none of its {len(table)} case ids match the source's "
-                f"{len(ids)} cases (e.g. {ids[:3]} vs {sorted(table, key=case_sort_key)[:3]}); "
+                f"{len(case_ids)} cases (e.g. {list(case_ids)[:3]} vs {sorted(table, key=case_sort_key)[:3]}); "
                 "check the file, or pass split_sheet="
             )
         info = {
@@ -559,19 +672,128 @@ def plan_splits(
             "split_file": str(Path(split_file).resolve()),
             "sheet": used_sheet,
         }
-        return {i: table[i] for i in ids if i in table}, info
+        return SplitSettings("official", table, int(seed), checked, info)
     if mode == "random":
         info = {
             "mode": "random",
             "fold": None,
             "seed": int(seed),
             "split_file": None,
-            "ratios": [float(r) for r in ratios],
+            "ratios": list(checked),
         }
-        return random_split(ids, seed=seed, ratios=ratios), info
+        return SplitSettings("random", None, int(seed), checked, info)
     raise ValueError(
         f"split must be 'official' or 'random' (or null: official when split_file is given), got {split!r}"
     )
+
+
+def _check_output(output: Path) -> None:
+    """``output=`` must be a folder or not exist yet (nor sit below a file)."""
+    for path in (output, *output.parents):
+        if path.is_dir():
+            return
+        if path.exists() or path.is_symlink():
+            kind = "a file" if path.is_file() else "not a folder"
+            what = f"is {kind}" if path == output else f"lies below {path}, which is {kind}"
+            raise ValueError(
+                f"output={output} {what}; give a folder for the prepared set "
+                "(output=<dir>, new or prepared before)"
+            )
+
+
+def _case_folders_on_disk(output: Path) -> dict[str, list[str]]:
+    """``{case_id: [splits]}`` of the case folders under ``<output>/{train,val,test}/``."""
+    found: dict[str, list[str]] = {}
+    for split in SPLITS:
+        folder = output / split
+        if folder.is_dir():
+            for child in folder.iterdir():
+                if child.is_dir():
+                    found.setdefault(child.name, []).append(split)
+    return found
+
+
+def _known_splits(
+    output: Path,
+    entries: dict[str, Any],
+    pending: dict[str, Any],
+    old_failed: Mapping[str, Any],
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The split each case of the set already has, and the cases found in two split folders.
+
+    From its manifest entry; else from a case that failed after it was placed; else from its
+    case folder on disk (a manifest lost, or a run killed between moving a pending case and
+    saving the manifest: such a pending entry is moved into ``entries``). Cases in two split
+    folders without a manifest entry are not guessed.
+    """
+    fixed: dict[str, str] = {cid: e["split"] for cid, e in entries.items()}
+    for cid, f in old_failed.items():
+        if f.get("split") in SPLITS:
+            fixed.setdefault(cid, f["split"])
+    ambiguous: dict[str, list[str]] = {}
+    for cid, splits in _case_folders_on_disk(output).items():
+        if cid in fixed:
+            for s in splits:
+                if s != fixed[cid]:
+                    log.warning(
+                        "%s holds case %s, which the manifest puts in %s: that folder is not "
+                        "used (remove it)",
+                        output / s / cid,
+                        cid,
+                        fixed[cid],
+                    )
+        elif len(splits) == 1:
+            fixed[cid] = splits[0]
+        else:
+            ambiguous[cid] = splits
+    for cid in list(pending):
+        if cid in fixed:  # the pending case reached its split folder before the manifest
+            if not (output / PENDING / cid).exists():
+                entries.setdefault(cid, _relocate(pending[cid], cid, PENDING, fixed[cid]))
+            del pending[cid]
+    return fixed, ambiguous
+
+
+def _relocate(entry: dict[str, Any], case_id: str, old: str, new: str) -> dict[str, Any]:
+    """A manifest entry with its folder ``<old>/<case_id>/`` renamed to ``<new>/<case_id>/``."""
+    entry = dict(entry)
+    prefix = f"{old}/{case_id}/"
+    for key in ("image", "mask", "fg", "original_label"):
+        if str(entry.get(key, "")).startswith(prefix):
+            entry[key] = f"{new}/{case_id}/" + str(entry[key])[len(prefix) :]
+    entry["split"] = new
+    return entry
+
+
+def _assign(output: Path, case_id: str, entry: dict[str, Any], split: str) -> dict[str, Any]:
+    """Move a pending case into its split folder (its first split: nothing is moved between
+    splits) and return its entry.
+
+    Raises:
+        CaseError: the split folder already holds a folder of that name.
+    """
+    src = case_folder(output, PENDING, case_id)
+    dst = case_folder(output, split, case_id)
+    if dst.exists() or dst.is_symlink():
+        raise CaseError(
+            f"case {case_id}: {dst} exists already and is not in the manifest; move it away and "
+            f"rerun (the prepared case waits in {src})"
+        )
+    dst.parent.mkdir(exist_ok=True)
+    os.rename(src, dst)
+    return _relocate(entry, case_id, PENDING, split)
+
+
+def _count(splits: Iterable[str]) -> dict[str, int]:
+    counts = dict.fromkeys(SPLITS, 0)
+    for s in splits:
+        counts[s] += 1
+    return counts
+
+
+def _few(ids: Sequence[str], n: int = 5) -> str:
+    ids = sorted(ids, key=case_sort_key)
+    return ", ".join(ids[:n]) + (", ..." if len(ids) > n else "")
 
 
 def prepare_dataset(
@@ -589,8 +811,31 @@ def prepare_dataset(
     limit: int | None = None,
     progress: bool = True,
     manifest_interval: float = 2.0,
+    overwrite: bool = False,
 ) -> PrepareSummary:
     """Prepare every case of ``source`` into ``output`` (resumable).
+
+    **Splits are stable**: a case keeps the split it was first given. A rerun never moves a
+    case to another split and never drops one from the manifest, whatever its ``limit=``,
+    ``seed=`` or ``split_ratios=``: cases already in the set keep their split, new ones are
+    drawn with this run's settings so that each split approaches its share of the whole set.
+    The official split file is authoritative for the cases it lists: when it puts a case of
+    the set into another split than the set has (another fold or file), the run is refused
+    before anything is written (prepare that split into a new ``output=`` folder).
+
+    **Drawn from the cases that prepared**: cases the split file does not decide are prepared
+    into ``<output>/.pending/`` first and drawn at random, among those that prepared
+    successfully, once all are done; then moved into their split folder.
+
+    **No silently empty split**: a split the settings ask for (a ratio above 0, or a split file
+    that lists cases in it) that this run would leave empty is refused before any write; one
+    left empty because its cases failed is reported in :attr:`PrepareSummary.empty_splits`.
+
+    Everything about the run is checked before the first write (the output folder, the
+    source, the split, the settings of an existing set, files vesselfm did not write);
+    everything about a case before that case's first write. Cases that fail are listed in the
+    summary and the manifest; the others are prepared. The caller decides what a failure means
+    (:meth:`PrepareSummary.raise_if_incomplete`; the CLI exits with status 2).
 
     Args:
         source: raw folder or zip archive (see :func:`vesselfm.data.imagecas.discover_cases`).
@@ -601,30 +846,65 @@ def prepare_dataset(
         split_file: ImageCAS's split workbook or its CSV export.
         split_sheet: the workbook sheet to read (default: the one matching the case ids).
         fold: which of ImageCAS's 4 splits (1: 700 train / 50 val / 250 test).
-        seed: seed of the random split.
+        seed: seed of the random draw of new cases.
         split_ratios: train/val/test shares of the random split.
         options: resampling, label threshold, storage dtype.
         workers: processes preparing cases in parallel (1: in this process).
-        limit: prepare only the first ``limit`` cases (by case id), e.g. to try settings.
+        limit: prepare only the first ``limit`` cases (by case id), e.g. to try settings; the
+            set's other cases stay as they are.
         progress: show a progress bar.
         manifest_interval: seconds between manifest saves while running.
+        overwrite: write into ``output`` even when it holds files vesselfm did not write (those
+            at the paths prepare writes are replaced; the others are left alone).
 
     Returns:
         A :class:`PrepareSummary`.
 
     Raises:
-        ValueError: bad source, split file or settings; ``output`` prepared with other settings.
+        ValueError: bad source, split file or settings; ``output`` is a file, was prepared
+            with other settings, or its split contradicts the split file; a split would be empty.
+        UserError: ``output`` holds files vesselfm did not write, and not ``overwrite``.
         RuntimeError: no case could be prepared.
     """
+    from vesselfm.utils.outputs import foreign_files_in
+
     t0 = time.perf_counter()
     options = options or PrepareOptions()
     output = Path(output).expanduser()
     workers = int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if limit is not None and int(limit) < 1:
+        raise ValueError(f"limit must be >= 1 (or null: all cases), got {limit}")
 
+    # ---- everything about the run, before the first write
+    _check_output(output)
+    if not overwrite:
+        foreign = foreign_files_in(output)
+        if foreign:
+            raise UserError(
+                f"output={output} holds {len(foreign)} file(s) vesselfm did not write (e.g. "
+                f"{foreign[0]}); prepare into a new or empty folder (output=), or pass "
+                "overwrite=true to write there anyway"
+            )
     found = discover_cases(source)
     cases = found.cases[: int(limit)] if limit else found.cases
+    summary = PrepareSummary(output=output)
+    failed: dict[str, dict[str, Any]] = {}
+    if not limit:  # with limit=, only the first cases by id are this run's business
+        for case, reason in found.invalid:
+            failed[str(case.image)] = {
+                "image": str(case.image),
+                "label": str(case.label),
+                "reason": reason,
+            }
+        for path, reason in found.unreadable:
+            failed[path] = {"source": path, "reason": f"{path}: {reason}"}
+    if not found.cases:  # only pairs without a usable id: nothing to prepare
+        first = next(iter(failed.values()))["reason"]
+        raise RuntimeError(
+            f"no case could be prepared from source={source}: {len(failed)} failed (first: {first})"
+        )
     if split is None and split_file is None:
         split_file = find_split_file(source)
         if split_file is not None:
@@ -632,21 +912,11 @@ def prepare_dataset(
                 "using the split file found in the source: %s (split=random to ignore it)",
                 split_file,
             )
-    assignment, split_info = plan_splits(
-        cases, split, split_file, fold, seed, split_ratios, split_sheet
+    plan = split_settings(
+        [c.case_id for c in cases], split, split_file, fold, seed, split_ratios, split_sheet
     )
-    summary = PrepareSummary(output=output)
-    summary.not_in_split = [c.case_id for c in cases if c.case_id not in assignment]
-    if summary.not_in_split:
-        log.warning(
-            "%d case(s) not in the split file, not prepared: %s",
-            len(summary.not_in_split),
-            ", ".join(summary.not_in_split[:10])
-            + (" ..." if len(summary.not_in_split) > 10 else ""),
-        )
-    cases = [c for c in cases if c.case_id in assignment]
+    table = plan.table
 
-    output.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(output) or {}
     settings = options.to_dict()
     for key, value in settings.items():
@@ -655,18 +925,86 @@ def prepare_dataset(
                 f"output={output} was prepared with {key}={manifest[key]}, this run asks for {value}; "
                 "prepare into a new output folder (or delete that one)"
             )
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     entries: dict[str, Any] = dict(manifest.get("cases", {}))
-    failed: dict[str, Any] = {}
-    wanted = {c.case_id for c in cases}
-    stale = [cid for cid in entries if cid not in wanted]
-    for cid in stale:
-        entries.pop(cid)
-    if stale:
+    pending: dict[str, Any] = dict(manifest.get("pending", {}))
+    old_failed: dict[str, Any] = dict(manifest.get("failed", {}))
+    for cid in [cid for cid in (*entries, *pending) if case_id_problem(cid) is not None]:
+        # written by a version that accepted such ids; its files are left where they are
         log.warning(
-            "%d case(s) of the existing manifest are not in this run and were dropped from it",
-            len(stale),
+            "manifest entry of case %r dropped: %s", cid, case_id_problem(cid) or "invalid id"
         )
+        entries.pop(cid, None)
+        pending.pop(cid, None)
+
+    fixed, ambiguous = _known_splits(output, entries, pending, old_failed)
+
+    if table is not None:
+        conflicts = [
+            (cid, s, table[cid]) for cid, s in fixed.items() if cid in table and table[cid] != s
+        ]
+        if conflicts:
+            cid, have, want = sorted(conflicts, key=lambda c: case_sort_key(c[0]))[0]
+            more = f" (and {len(conflicts) - 1} more case(s))" if len(conflicts) > 1 else ""
+            raise ValueError(
+                f"{plan.describe()} puts case {cid} in {want}, but output={output} has it in "
+                f"{have}{more}; splits never move a case (a test case must not become a "
+                "training case): prepare this split into a new output= folder"
+            )
+
+    # What this run does with each case.
+    unusable = len(failed)  # pairs without a usable id, archives that could not be opened
+    todo: list[tuple[Case, str]] = []
+    for case in cases:
+        cid = case.case_id
+        if cid in ambiguous:
+            failed[cid] = {
+                "image": str(case.image),
+                "label": str(case.label),
+                "reason": f"case {cid}: folders in {' and '.join(ambiguous[cid])} of output={output} "
+                "and no manifest entry; remove the wrong one (splits never move a case)",
+            }
+        elif cid in entries and case_is_complete(output, entries[cid]):
+            summary.skipped.append(cid)
+        elif cid in fixed:
+            todo.append((case, fixed[cid]))  # redone where it is
+        elif cid in pending and case_is_complete(output, pending[cid]):
+            summary.skipped.append(cid)  # prepared, waiting for the draw
+        elif table is not None and cid not in table:
+            summary.not_in_split.append(cid)
+        else:
+            pending.pop(cid, None)  # half-written: redone
+            todo.append((case, table[cid] if table is not None else PENDING))
+    summary.attempted = len(cases) - len(summary.not_in_split) + unusable
+    if summary.not_in_split:
+        log.warning(
+            "%d case(s) not in the split file, not prepared: %s",
+            len(summary.not_in_split),
+            _few(summary.not_in_split, 10),
+        )
+
+    # A split the settings ask for must not end up empty: refused now when the plan (every
+    # case succeeding) leaves it empty; reported at the end when failures do.
+    planned = _count(e["split"] for e in entries.values())
+    for case, s in todo:
+        if s in SPLITS and case.case_id not in entries:
+            planned[s] += 1
+    waiting = [
+        cid for cid in pending if cid in summary.skipped or case_is_complete(output, pending[cid])
+    ]
+    waiting += [c.case_id for c, s in todo if s == PENDING]
+    for s in _draw(waiting, plan, planned).values():
+        planned[s] += 1
+    for s in SPLITS:
+        if plan.asks_for(s) and planned[s] == 0:
+            raise ValueError(_empty_split_message(s, plan, planned, table, output))
+    # ---- writing starts here
+    output.mkdir(parents=True, exist_ok=True)
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    split_block = manifest.get("split") if fixed else None  # once a case has a split
+    for cid in (*entries, *pending, *(c.case_id for c, _ in todo)):
+        for s in (*SPLITS, PENDING):
+            remove_stale_temporaries(output / s / cid)  # left by a killed run
+    remove_stale_temporaries(output)
     manifest = {
         "format": MANIFEST_FORMAT,
         "created": manifest.get("created", now),
@@ -676,55 +1014,65 @@ def prepare_dataset(
             for s in ([source] if isinstance(source, (str, os.PathLike)) else source)
         ],
         **settings,
-        "split": split_info,
+        "split": split_block or plan.info,
         "cases": entries,
-        "failed": failed,
+        "failed": old_failed,
     }
-
-    todo: list[Case] = []
-    for case in cases:
-        target = assignment[case.case_id]
-        entry = entries.get(case.case_id)
-        if entry is not None and case_is_complete(output, entry):
-            if entry["split"] != target:
-                _move_case(output, case.case_id, entry, target)
-            summary.skipped.append(case.case_id)
-            continue
-        entries.pop(case.case_id, None)
-        todo.append(case)
-    for split_name in SPLITS:
-        clean_all = output / split_name
-        if clean_all.is_dir():
-            for d in clean_all.iterdir():
-                clean_temporary_files(d)
-    write_manifest(output, manifest)
     if summary.skipped:
         log.info("%d case(s) already prepared, skipped", len(summary.skipped))
 
-    def record(case_id: str, entry: dict[str, Any] | None, reason: str | None) -> None:
-        if entry is not None:
-            entries[case_id] = entry
-            summary.prepared.append(case_id)
-        else:
-            case = by_id[case_id]
-            failed[case_id] = {
-                "image": str(case.image),
-                "label": str(case.label),
-                "reason": str(reason),
-            }
-            log.warning("case %s failed: %s", case_id, reason)
+    by_id = {c.case_id: (c, s) for c, s in todo}
+    run_failed = failed  # what this run could not do (the exit status)
 
-    by_id = {c.case_id: c for c in todo}
+    def save() -> None:
+        # cases not attempted by this run keep their old failure (and split) in the manifest
+        attempted = set(by_id) | set(summary.skipped) | set(run_failed)
+        carried = {
+            cid: f
+            for cid, f in old_failed.items()
+            if case_id_problem(cid) is None
+            and cid not in attempted
+            and cid not in entries
+            and cid not in pending
+        }
+        manifest["cases"] = dict(sorted(entries.items(), key=lambda kv: case_sort_key(kv[0])))
+        manifest["failed"] = dict(
+            sorted({**carried, **run_failed}.items(), key=lambda kv: case_sort_key(kv[0]))
+        )
+        if pending:
+            manifest["pending"] = dict(sorted(pending.items(), key=lambda kv: case_sort_key(kv[0])))
+        else:
+            manifest.pop("pending", None)
+        write_manifest(output, manifest)
+
+    def record(case_id: str, entry: dict[str, Any] | None, reason: str | None) -> None:
+        case, where = by_id[case_id]
+        if entry is not None:
+            (pending if where == PENDING else entries)[case_id] = entry
+            summary.prepared.append(case_id)
+            return
+        # the case's files are not complete: out of the set (its split, if any, is kept)
+        entries.pop(case_id, None)
+        pending.pop(case_id, None)
+        run_failed[case_id] = {
+            "image": str(case.image),
+            "label": str(case.label),
+            "reason": str(reason),
+            **({"split": where} if where in SPLITS else {}),
+        }
+        log.warning("case %s failed: %s", case_id, reason)
+
+    save()
     bar = None
     last_write = time.monotonic()
     try:
         if workers == 1 or len(todo) <= 1:
             bar = _progress(len(todo), progress)
-            for case in todo:
-                record(*_run_case(case, assignment[case.case_id], str(output), options))
+            for case, where in todo:
+                record(*_run_case(case, where, str(output), options))
                 bar.update(1)
                 if time.monotonic() - last_write > manifest_interval:
-                    write_manifest(output, manifest)
+                    save()
                     last_write = time.monotonic()
         else:
             ctx, threads = _pool_context()
@@ -739,8 +1087,8 @@ def prepare_dataset(
                 initargs=(threads,),
             ) as pool:
                 futures = [
-                    pool.submit(_run_case, case, assignment[case.case_id], str(output), options)
-                    for case in todo
+                    pool.submit(_run_case, case, where, str(output), options)
+                    for case, where in todo
                 ]
                 # After the first submit: the workers are forked before the bar's monitor thread starts.
                 bar = _progress(len(todo), progress)
@@ -749,7 +1097,7 @@ def prepare_dataset(
                         record(*fut.result())
                         bar.update(1)
                         if time.monotonic() - last_write > manifest_interval:
-                            write_manifest(output, manifest)
+                            save()
                             last_write = time.monotonic()
                 except BaseException:
                     for fut in futures:
@@ -758,52 +1106,136 @@ def prepare_dataset(
     finally:
         if bar is not None:
             bar.close()
-        manifest["cases"] = dict(sorted(entries.items(), key=lambda kv: case_sort_key(kv[0])))
-        manifest["failed"] = dict(sorted(failed.items(), key=lambda kv: case_sort_key(kv[0])))
-        summary.failed = manifest["failed"]
-        summary.per_split = {s: sum(e["split"] == s for e in entries.values()) for s in SPLITS}
-        dices = {
-            cid: e["round_trip_dice"] for cid, e in entries.items() if e.get("label_voxels", 0) > 0
-        }
-        if dices:
-            summary.mean_round_trip_dice = float(np.mean(list(dices.values())))
-            worst = min(dices, key=dices.get)
-            summary.min_round_trip_dice = (worst, float(dices[worst]))
-        summary.seconds = time.perf_counter() - t0
-        manifest["summary"] = {
-            "cases": summary.per_split,
-            "failed": len(failed),
-            "mean_round_trip_dice": summary.mean_round_trip_dice,
-        }
-        write_manifest(output, manifest)
+        save()
+
+    # ---- the split of the new cases, drawn from those that prepared successfully
+    ready = {
+        cid: e
+        for cid, e in pending.items()
+        if cid in summary.prepared or cid in summary.skipped or case_is_complete(output, e)
+    }
+    placed = _count(e["split"] for e in entries.values())
+    assigned = _draw(list(ready), plan, placed)
+    for cid in sorted(assigned, key=case_sort_key):
+        try:
+            entries[cid] = _assign(output, cid, ready[cid], assigned[cid])
+        except (CaseError, OSError) as err:
+            case = by_id.get(cid, (None, None))[0]
+            run_failed[cid] = {
+                "image": str(case.image) if case else ready[cid].get("image_source", ""),
+                "label": str(case.label) if case else ready[cid].get("label_source", ""),
+                "reason": str(err),
+            }
+            continue
+        del pending[cid]
+    if not pending:
+        try:
+            (output / PENDING).rmdir()  # only when empty
+        except OSError:
+            pass
+    new_by_file = [cid for cid in summary.prepared if by_id[cid][1] in SPLITS and cid not in fixed]
+    drawn = [cid for cid in assigned if table is None or cid not in table]
+    by_file = new_by_file + [cid for cid in assigned if cid not in drawn]
+    notes = []
+    if drawn:
+        left_out = [cid for cid, (_, s) in by_id.items() if s == PENDING and cid in run_failed]
+        notes.append(
+            f"drawn at random ({plan.describe()}) among the {len(drawn)} new case(s) that "
+            "prepared successfully"
+            + (f" ({len(left_out)} other(s) failed and are left out)" if left_out else "")
+        )
+    if by_file:
+        notes.append(f"{len(by_file)} new case(s) placed as {plan.describe()} says")
+    if notes:
+        summary.split_note = (
+            "split: " + "; ".join(notes) + "; cases already in the set keep their split"
+        )
+    newly = [cid for cid in assigned if cid in entries] + new_by_file
+    if (
+        split_block
+        and newly
+        and {k: v for k, v in split_block.items() if k != "later"} != plan.info
+    ):
+        split_block.setdefault("later", []).append(
+            {**plan.info, "cases": sorted(newly, key=case_sort_key)}
+        )
+        manifest["split"] = split_block
+
+    summary.failed = dict(sorted(run_failed.items(), key=lambda kv: case_sort_key(kv[0])))
+    summary.per_split = _count(e["split"] for e in entries.values())
+    for s in SPLITS:
+        if plan.asks_for(s) and summary.per_split[s] == 0:
+            meant = [cid for cid, f in run_failed.items() if f.get("split") == s]
+            summary.empty_splits[s] = (
+                f"its {len(meant)} case(s) failed: {_few(meant)}"
+                if meant
+                else f"only {summary.total} case(s) prepared successfully, too few to draw one for it"
+            )
+    dices = {
+        cid: e["round_trip_dice"] for cid, e in entries.items() if e.get("label_voxels", 0) > 0
+    }
+    if dices:
+        summary.mean_round_trip_dice = float(np.mean(list(dices.values())))
+        worst = min(dices, key=dices.get)
+        summary.min_round_trip_dice = (worst, float(dices[worst]))
+    summary.seconds = time.perf_counter() - t0
+    manifest["summary"] = {
+        "cases": summary.per_split,
+        "failed": len(manifest["failed"]),
+        "mean_round_trip_dice": summary.mean_round_trip_dice,
+        "split_note": summary.split_note,
+    }
+    save()
 
     if not entries:
+        first = next(iter(run_failed.values()), None)
         raise RuntimeError(
-            f"no case could be prepared from source={source}: {len(failed)} failed "
-            + (
-                f"(first: case {next(iter(failed))}: {next(iter(failed.values()))['reason']})"
-                if failed
-                else ""
-            )
+            f"no case could be prepared from source={source}: {len(run_failed)} failed"
+            + (f" (first: {first['reason']})" if first else "")
         )
     for line in summary.lines():
         log.info(line)
     return summary
 
 
-def _move_case(output: Path, case_id: str, entry: dict[str, Any], split: str) -> None:
-    """Move a finished case to another split folder (the split plan changed)."""
-    src = output / entry["split"] / case_id
-    dst = output / split / case_id
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(src, dst)
-    old = f"{entry['split']}/{case_id}/"
-    for key in ("image", "mask", "fg", "original_label"):
-        if str(entry[key]).startswith(old):
-            entry[key] = f"{split}/{case_id}/" + str(entry[key])[len(old) :]
-    entry["split"] = split
+def _draw(
+    case_ids: Sequence[str], plan: SplitSettings, placed: Mapping[str, int]
+) -> dict[str, str]:
+    """The split of cases not placed yet: the split file's where it lists them, else drawn at
+    random beside the ``placed`` ones (cases per split)."""
+    table = plan.table or {}
+    out = {cid: table[cid] for cid in case_ids if cid in table}
+    counts = dict(placed)
+    for s in out.values():
+        counts[s] = counts.get(s, 0) + 1
+    rest = [cid for cid in case_ids if cid not in out]
+    if rest:
+        out.update(draw_splits(rest, seed=plan.seed, ratios=plan.ratios, existing=counts))
+    return out
+
+
+def _empty_split_message(
+    split: str,
+    plan: SplitSettings,
+    planned: Mapping[str, int],
+    table: Mapping[str, str] | None,
+    output: Path,
+) -> str:
+    n = sum(planned.values())
+    if table is not None:
+        listed = [cid for cid, s in table.items() if s == split]
+        return (
+            f"the set in output={output} would have no {split} case: {plan.describe()} puts none "
+            f"of its {n} case(s) there (it lists {len(listed)} others, e.g. {_few(listed, 3)}); "
+            "add those cases to source= (or raise limit=), or use split=random"
+        )
+    zero = list(plan.ratios)
+    zero[SPLITS.index(split)] = 0.0
+    return (
+        f"the set in output={output} would have no {split} case: split_ratios={list(plan.ratios)} "
+        f"over {n} case(s) leave none for {split} (3 or more cases give val and test one each); "
+        f"prepare more cases (limit=), or set split_ratios={zero} to leave {split} empty on purpose"
+    )
 
 
 class _NoProgress:
@@ -836,7 +1268,8 @@ __all__ = [
     "dice",
     "foreground_samples",
     "load_manifest",
-    "plan_splits",
+    "case_folder",
+    "split_settings",
     "prepare_case",
     "prepare_dataset",
     "read_nifti",
