@@ -77,6 +77,28 @@ def test_zip_archive_and_zip_inside_a_folder(tmp_path):
     assert found.cases[0].image.member is None and found.cases[1].image.member is not None
 
 
+def test_one_case_id_twice_on_disk_is_refused_listing_both(tmp_path):
+    # a download copied twice: its halves would land in train and test
+    for copy in ("download", "backup/download"):
+        _touch(tmp_path / copy / "1-200" / "5.img.nii.gz")
+        _touch(tmp_path / copy / "1-200" / "5.label.nii.gz")
+    _touch(tmp_path / "download" / "1-200" / "6.img.nii.gz")
+    _touch(tmp_path / "download" / "1-200" / "6.label.nii.gz")
+    with pytest.raises(ValueError, match=r"case id 5 is found 2 times") as info:
+        discover_cases(tmp_path)
+    message = str(info.value)
+    assert "backup/download/1-200/5.img.nii.gz" in message and "\n" not in message
+
+
+def test_one_case_id_in_two_archives_is_refused(tmp_path):
+    for name in ("a.zip", "b.zip"):
+        with zipfile.ZipFile(tmp_path / name, "w") as zf:
+            zf.writestr("1-200/3.img.nii.gz", b"x")
+            zf.writestr("1-200/3.label.nii.gz", b"x")
+    with pytest.raises(ValueError, match=r"case id 3 is found 2 times"):
+        discover_cases(tmp_path)
+
+
 @pytest.mark.skipif(
     shutil.which("zip") is None, reason="needs Info-ZIP's zip to build a split archive"
 )

@@ -330,18 +330,33 @@ def discover_cases(source: str | os.PathLike[str] | Sequence[str | os.PathLike[s
             valid.append(case)
         else:
             found.invalid.append((case, f"image {case.image}: {problem}; {_RENAME_HINT}"))
-    # One case id, one pair: the first found (files on disk before archive members) wins.
-    unique: dict[str, Case] = {}
+    # One case id, one pair. A case both extracted and inside its archive is one case (the
+    # files on disk are read); two pairs on disk, or in two archives, with one id are refused:
+    # most often a download copied twice, whose halves would land in train and test.
+    by_id: dict[str, list[Case]] = {}
     for case in sorted(valid, key=lambda c: (c.image.member is not None, str(c.image))):
-        if case.case_id in unique:
-            found.skipped.append(
-                (
-                    str(case.image),
-                    f"case {case.case_id} already found at {unique[case.case_id].image}",
-                )
-            )
+        by_id.setdefault(case.case_id, []).append(case)
+    clashes = []
+    unique: dict[str, Case] = {}
+    for case_id, group in by_id.items():
+        on_disk = [c for c in group if c.image.member is None]
+        archives = {c.image.path for c in group if c.image.member is not None}
+        if len(on_disk) > 1 or (not on_disk and len(archives) > 1):
+            clashes.append((case_id, group))
             continue
-        unique[case.case_id] = case
+        unique[case_id] = group[0]
+        for other in group[1:]:
+            found.skipped.append(
+                (str(other.image), f"case {case_id} is read from {group[0].image}")
+            )
+    if clashes:
+        case_id, group = clashes[0]
+        more = f" (and {len(clashes) - 1} more ids)" if len(clashes) > 1 else ""
+        raise ValueError(
+            f"source={source}: case id {case_id} is found {len(group)} times "
+            f"({', '.join(str(c.image) for c in group)}){more}; keep one copy of each case "
+            "(a download copied twice?) or rename them"
+        )
     found.cases = sorted(unique.values(), key=lambda c: case_sort_key(c.case_id))
     for path, reason in found.skipped:
         log.warning("skipped %s: %s", path, reason)
