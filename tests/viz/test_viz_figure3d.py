@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vesselfm.utils.outputs import RECORD_NAME
 from vesselfm.viz import apply_affine, error_masks, make_figure, save_html
 from vesselfm.viz.figure3d import SURFACES
 
@@ -57,7 +58,8 @@ def test_html_is_self_contained(case, tmp_path: Path) -> None:
     assert not re.search(r"<script[^>]+src=", html), "plotly.js must be embedded, not fetched"
     assert "Plotly.newPlot" in html and "vesselfm-status" in html
     assert 3e6 < path.stat().st_size < 20e6  # plotly.js (~4.7 MB) + a small figure
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["view.html"]
+    # the page and the output record naming it; no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RECORD_NAME, "view.html"]
 
 
 @pytest.mark.slow

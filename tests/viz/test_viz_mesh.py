@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from vesselfm.utils.outputs import RECORD_NAME
 from vesselfm.viz import apply_affine, load_stl, mask_to_mesh, mask_to_stl, mesh_volume, save_stl
 
 SHAPE = (56, 48, 40)
@@ -113,7 +114,8 @@ def test_stl_reads_back_with_numpy_stl_and_trimesh(tmp_path: Path, tree: np.ndar
     assert path == tmp_path / "sub" / "tree.stl"
     assert path.read_bytes()[:5] != b"solid"  # binary, not ASCII
     assert path.stat().st_size == 84 + 50 * len(faces)
-    assert list(path.parent.iterdir()) == [path]  # no temporary left behind
+    # the mesh and the output record naming it; no temporary left behind
+    assert sorted(path.parent.iterdir()) == [path.parent / RECORD_NAME, path]
 
     back_v, back_f = load_stl(path)
     assert len(back_f) == len(faces)

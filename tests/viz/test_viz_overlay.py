@@ -8,6 +8,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from vesselfm.utils.outputs import RECORD_NAME
 from vesselfm.viz import save_overlays
 
 
@@ -27,7 +28,10 @@ def test_overlays_are_written_and_non_trivial(case, tmp_path: Path) -> None:
         "7_sagittal.png",
         "7_mip.png",
     ]
-    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == sorted(p.name for p in paths)
+    # the PNGs and the output record naming them, nothing else
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == sorted(
+        [RECORD_NAME, *(p.name for p in paths)]
+    )
     for path in paths:
         rgb = matplotlib.image.imread(path)[..., :3]
         assert rgb.shape[0] > 300 and rgb.shape[1] > 300
