@@ -193,7 +193,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for name in (v for v in variants if v in wanted):
         preset, precision, channels_last = variants[name]
-        note = emulated_note(resolve_precision(precision, device.type), device.type)
+        note = emulated_note(precision, device.type)  # auto never picks an emulated one
         if note:
             rows[name] = {"not_run": note}
         else:
@@ -296,7 +296,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     )
     full_masks: list[np.ndarray] = []
     for name, preset, precision in presets:
-        note = emulated_note(resolve_precision(precision, "cpu"), "cpu")
+        note = emulated_note(precision, "cpu")
         if note:
             out[name] = {"not_run": note}
             print(f"quality {name:9s}: {note}", flush=True)

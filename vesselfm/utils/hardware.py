@@ -182,8 +182,9 @@ def _accelerator_device(accelerator: Any) -> str:
 
 def emulated_note(precision: str, device_type: str) -> str | None:
     """``"not run: bf16 is emulated on this CPU"`` for a bf16 precision (``"bf16"``,
-    ``"bf16-mixed"``, ...) the device does not compute natively; ``None`` where it may run.
-    The benchmarks print it instead of running a row for hours."""
+    ``"bf16-mixed"``, ...) the device does not compute natively; ``None`` where it may run
+    (``"auto"`` included: it never picks an emulated precision). The benchmarks print it
+    instead of running a row for hours."""
     if "bf16" not in str(precision).lower() or bf16_support(device_type).native:
         return None
     return f"not run: bf16 is emulated on this {'GPU' if device_type == 'cuda' else device_type.upper()}"
