@@ -124,7 +124,9 @@ def chromium(tmp_path: Path):
     """``chromium(url, *args) -> CompletedProcess``: headless Chromium with a throw-away profile.
 
     Debian's ``chromium`` (``.ci/run`` installs it; locally ``apt-get install chromium``) or the
-    binary named by ``VESSELFM_CHROMIUM``. Missing, the browser tests fail: they are not skipped.
+    binary named by ``VESSELFM_CHROMIUM``. Missing, the browser tests are skipped with the
+    install hint on a developer's machine, so that the README's test command passes on a fresh
+    one, and fail under ``CI=true``, where ``.ci/run`` installs the browser.
     """
     import os
     import shutil
@@ -134,9 +136,10 @@ def chromium(tmp_path: Path):
         (b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
     )
     if binary is None:
-        pytest.fail(
-            "headless browser test needs Chromium: apt-get install -y chromium (or set VESSELFM_CHROMIUM)"
-        )
+        hint = "headless browser test needs Chromium: apt-get install -y chromium (or set VESSELFM_CHROMIUM)"
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(hint)
+        pytest.skip(hint)
 
     def run(url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         profile = tmp_path / "chromium-profile"
