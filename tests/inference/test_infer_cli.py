@@ -447,3 +447,48 @@ def test_clashing_ids_the_folders_cannot_tell_apart_stop_the_run_before_any_writ
     ):
         infer(cfg)
     assert not out.exists()
+
+
+def test_a_resumed_run_never_passes_off_another_patients_output(tmp_path: Path) -> None:
+    # one run per patient into one folder: both scans are case "ct"
+    from inference_helpers import save_nifti, tube_phantom
+
+    scans = {}
+    for patient, seed in (("a", 0), ("b", 1)):
+        (tmp_path / "pat" / patient).mkdir(parents=True)
+        scans[patient] = save_nifti(
+            tmp_path / "pat" / patient / "ct.nii.gz", tube_phantom(seed=seed)[0]
+        )
+    out = tmp_path / "out"
+    first = _run_cli(f"input={scans['a']}", f"output={out}", *FAST, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    mask_a = (out / "ct_pred.nii.gz").read_bytes()
+    second = _run_cli(f"input={scans['b']}", f"output={out}", *FAST, cwd=tmp_path)
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert f"was made from {scans['a'].resolve()}, not from {scans['b'].resolve()}" in second.stderr
+    assert (out / "ct_pred.nii.gz").read_bytes() == mask_a  # untouched
+    # the same patient again is a resume: skipped
+    again = _run_cli(f"input={scans['a']}", f"output={out}", *FAST, cwd=tmp_path)
+    assert again.returncode == 0 and "0 segmented, 1 skipped" in again.stderr
+
+
+def test_the_record_names_the_tool_and_the_weights(
+    scan_file: Path, tmp_path: Path, tiny_net
+) -> None:
+    import json
+
+    from vesselfm.utils.outputs import RECORD_NAME, file_sha256
+
+    weights = tmp_path / "tiny.pt"
+    torch.save(tiny_net.state_dict(), weights)
+    out = tmp_path / "preds"
+    fast = [o for o in FAST if not o.startswith("model.checkpoint")]
+    proc = _run_cli(
+        f"input={scan_file}", f"output={out}", f"model.checkpoint={weights}", *fast, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((out / RECORD_NAME).read_text())
+    (run,) = record["runs"].values()
+    assert run["tool"] == "vesselfm.infer"
+    assert run["checkpoint"] == {"source": str(weights), "sha256": file_sha256(weights)}
+    assert run["settings"]["input"] == str(scan_file)

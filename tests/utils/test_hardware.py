@@ -228,6 +228,8 @@ def test_predictor_fp32_switches_a_surrounding_bf16_autocast_off(fake_cpu):
 
 # ----------------------------------------------------------------------------- threads
 def test_threads_auto_is_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert resolve_threads("auto") == resolve_threads(None) == available_cpus()
     assert available_cpus() <= len(os.sched_getaffinity(0))
     # a container's CPU quota caps it (1.5 cores -> 2 threads)
@@ -236,6 +238,19 @@ def test_threads_auto_is_the_cores_this_process_may_use(monkeypatch):
     assert available_cpus() == 2
     monkeypatch.setattr(hardware, "_cgroup_cpu_quota", lambda: None)
     assert available_cpus() == 16
+    # the processes of a DDP run on one machine share the cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resolve_threads("auto") == 4
+    assert describe_threads("auto").endswith("(the cores this process may use, over 4 processes)")
+
+
+def test_threads_auto_follows_omp_num_threads_where_set(monkeypatch):
+    # the README's old advice for a busy box, and what torchrun sets for its ranks
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert resolve_threads("auto") == 1
+    assert describe_threads("auto") == "threads=auto -> 1 torch threads (OMP_NUM_THREADS)"
+    assert resolve_threads(3) == 3  # an explicit count still wins
 
 
 @pytest.mark.parametrize("bad", [0, -1, "two", 1.5, "1.5"])
@@ -244,7 +259,19 @@ def test_threads_must_be_auto_or_a_positive_count(bad):
         resolve_threads(bad)
 
 
-def test_apply_threads_sets_torch_and_logs_the_choice(caplog):
+def test_a_gpu_asked_for_without_cuda_is_one_user_error(fake_cpu, monkeypatch):
+    from vesselfm.utils.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"CUDA is not available here; use trainer=cpu"):
+        resolve_trainer_precision("auto", "gpu")
+    with pytest.raises(UserError, match=r"CUDA is not available"):
+        resolve_precision("auto", "cuda")
+
+
+def test_apply_threads_sets_torch_and_logs_the_choice(caplog, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     before = torch.get_num_threads()
     try:
         with caplog.at_level(logging.INFO, logger=hardware.__name__):

@@ -11,7 +11,7 @@ import pytest
 
 from vesselfm.utils import outputs
 from vesselfm.utils.errors import UserError
-from vesselfm.utils.io import atomic_path, remove_stale_temporaries
+from vesselfm.utils.io import _HOST, atomic_path, remove_stale_temporaries
 from vesselfm.utils.outputs import (
     RECORD_NAME,
     check_overwrite,
@@ -97,14 +97,53 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
     pid = int(dead.stdout)
-    stale = tmp_path / f".1_pred.nii.gz.{pid}.abcd1234.tmp.nii.gz"
+    stale = tmp_path / f".1_pred.nii.gz.{_HOST}-{pid}.abcd1234.tmp.nii.gz"
     stale.write_text("half")
-    live = tmp_path / f".2_pred.nii.gz.{os.getpid()}.abcd1234.tmp.nii.gz"
+    live = tmp_path / f".2_pred.nii.gz.{_HOST}-{os.getpid()}.abcd1234.tmp.nii.gz"
     live.write_text("being written")
+    # another machine's, in a shared folder: its pid means nothing here
+    elsewhere = tmp_path / f".3_pred.nii.gz.0badc0de-{pid}.abcd1234.tmp.nii.gz"
+    elsewhere.write_text("being written on another host")
     other = tmp_path / ".hidden.tmp"  # not ours by name
     other.write_text("x")
+    notes = tmp_path / f".notes.{pid}.v1.tmp"  # a user's file of a similar shape
+    notes.write_text("x")
     assert remove_stale_temporaries(tmp_path) == [stale]
-    assert live.exists() and other.exists()
+    assert live.exists() and other.exists() and elsewhere.exists() and notes.exists()
+
+
+def test_ctrl_c_waits_until_an_output_is_renamed_and_recorded(tmp_path):
+    import signal
+
+    from vesselfm.utils.io import _signals_deferred
+
+    with pytest.raises(KeyboardInterrupt):
+        with _signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # held back
+            _write(tmp_path / "1_pred.nii.gz")  # so this completes
+        pytest.fail("the signal should arrive when the block ends")
+    assert written_by_us(tmp_path / "1_pred.nii.gz")
+
+
+def test_a_copied_output_is_hashed_once_then_known_by_its_new_time(tmp_path, monkeypatch):
+    path = tmp_path / "1_prob.nii.gz"
+    _write(path, "abc")
+    os.utime(path, ns=(5, 5))  # as cp -r or a restored backup leaves it
+    assert written_by_us(path)
+    assert read_record(tmp_path)["files"][path.name]["mtime_ns"] == 5
+    monkeypatch.setattr(outputs, "file_sha256", lambda p: pytest.fail("hashed again"))
+    assert written_by_us(path)
+
+
+def test_outputs_remember_the_input_they_were_made_from(tmp_path):
+    scan = tmp_path / "a" / "ct.nii.gz"
+    scan.parent.mkdir()
+    scan.write_text("patient a")
+    with outputs.written_from(scan):
+        _write(tmp_path / "ct_pred.nii.gz")
+    assert outputs.recorded_source(tmp_path / "ct_pred.nii.gz") == outputs.source_identity(scan)
+    _write(tmp_path / "other.txt")  # outside the block: no input named
+    assert outputs.recorded_source(tmp_path / "other.txt") is None
 
 
 def test_python_api_runs_are_recorded_too(tmp_path, monkeypatch):

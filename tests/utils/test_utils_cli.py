@@ -94,6 +94,8 @@ def _tool(tool: str, *args: str, cwd) -> subprocess.CompletedProcess:
         # an unknown key, nested or not
         ("infer", ["input=x.nii.gz", "inference.overlapp=0.3"], "inference.overlapp: no such key in vesselfm.infer's config; did you mean inference.overlap"),
         ("evaluate", ["pred=p", "gt=g", "output=o", "workerz=2"], "workerz: no such key in vesselfm.evaluate's config; did you mean workers?"),
+        # two typos: the first is named, never Hydra's traceback
+        ("evaluate", ["pred=p", "gt=g", "output=o", "fooo=1", "barr=2"], "fooo: no such key in vesselfm.evaluate's config"),
         # paths Hydra's grammar cannot read unquoted
         ("visualise", ["pred=/data/a=b_pred.nii.gz"], "cannot read the override 'pred=/data/a=b_pred.nii.gz'"),
         ("infer", ["input=/data/scan (1).nii.gz"], "quote a value"),

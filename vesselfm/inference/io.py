@@ -546,18 +546,22 @@ def check_output_dir(
     return path
 
 
-def check_case_outputs(targets: Sequence[Path], overwrite: bool) -> bool:
+def check_case_outputs(
+    targets: Sequence[Path], overwrite: bool, source: str | os.PathLike[str] | None = None
+) -> bool:
     """Checks on one case's outputs, before it is predicted; ``True`` when it is done already.
 
     Every name must fit the file system. Without ``overwrite``, an existing output that vesselfm
-    did not write (not in the folder's record, or changed since) is refused, and a case whose
-    outputs all exist and are ours is done (resume).
+    did not write (not in the folder's record, or changed since) is refused, and so is one that
+    the record says was made from another input than ``source`` (two inputs with one case id
+    in runs of their own); a case whose outputs all exist and are ours is done (resume).
 
     Raises:
-        UserError: a name too long, or an output that is not ours, naming the file.
+        UserError: a name too long, or an output that is not ours or not this input's, naming
+            the file.
     """
     from vesselfm.utils.io import check_name_length
-    from vesselfm.utils.outputs import check_overwrite
+    from vesselfm.utils.outputs import check_overwrite, recorded_source, source_identity
 
     for target in targets:
         try:
@@ -568,4 +572,14 @@ def check_case_outputs(targets: Sequence[Path], overwrite: bool) -> bool:
         return False
     existing = [t for t in targets if t.exists()]
     check_overwrite(existing, overwrite=False, key="output")
+    if source is not None:
+        this = source_identity(source)
+        for target in existing:
+            made_from = recorded_source(target)
+            if made_from is not None and made_from != this:
+                raise UserError(
+                    f"{target} was made from {made_from['path']}, not from {this['path']} (or "
+                    "that file changed since); two inputs with one case id? choose another "
+                    "output=, or pass overwrite=true to redo it from this input"
+                )
     return len(existing) == len(targets)

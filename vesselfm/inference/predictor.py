@@ -530,6 +530,7 @@ class SlidingWindowPredictor:
             save_prediction,
             save_probabilities,
         )
+        from vesselfm.utils.outputs import written_from
 
         path = Path(path)
         case = case or case_id(path)
@@ -542,7 +543,7 @@ class SlidingWindowPredictor:
             **{k: paths[k] for k in wanted},
         }
         # before any work: names that fit, and nothing overwritten that vesselfm did not write
-        if check_case_outputs([paths[k] for k in wanted], overwrite):
+        if check_case_outputs([paths[k] for k in wanted], overwrite, source=path):
             log.info(
                 "%s: outputs exist in %s, skipped (overwrite=true redoes them)", case, output_dir
             )
@@ -558,11 +559,12 @@ class SlidingWindowPredictor:
         spacing = scan.spacing
         mask = self.binarize(prob, spacing)
         t3 = time.perf_counter()
-        if save_prob:
-            save_probabilities(prob, scan.image, paths["prob"])
-        if mesh_writer is not None:
-            mesh_writer(mask, scan.affine, paths["mesh"])
-        save_prediction(mask, scan.image, paths["pred"])
+        with written_from(path):  # the record says which input each output was made from
+            if save_prob:
+                save_probabilities(prob, scan.image, paths["prob"])
+            if mesh_writer is not None:
+                mesh_writer(mask, scan.affine, paths["mesh"])
+            save_prediction(mask, scan.image, paths["pred"])
         t4 = time.perf_counter()
         result["shape"] = tuple(int(s) for s in scan.data.shape)
         result["timings"] = {

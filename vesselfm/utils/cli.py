@@ -71,13 +71,14 @@ def _settings(cfg: DictConfig) -> dict[str, Any]:
     return settings
 
 
-def run_guarded(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
+def run_guarded(fn: Callable[[DictConfig], T], cfg: DictConfig, tool: str | None = None) -> T:
     """Set torch's threads from ``cfg.threads``, name the run for the output record, call
     ``fn(cfg)``; turn user errors into one line on stderr and exit status 2, and Ctrl-C or
     SIGTERM into one line and exit status 130 / 143 (temporary files removed)."""
     import signal
 
-    tool = getattr(fn, "__module__", "vesselfm")
+    # under python -m, fn.__module__ is "__main__": the entrypoint passes its name
+    tool = tool or getattr(fn, "__module__", "vesselfm")
     previous = None
     try:
         if threading.current_thread() is threading.main_thread():
@@ -107,7 +108,6 @@ def run_guarded(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
         if _debug_requested(cfg):
             raise
         key = getattr(err, "full_key", None) or "a required key"
-        tool = getattr(fn, "__module__", "vesselfm.X")
         print(
             f"error: {key}= is required: python -m {tool} {key}=... (see --help)",
             file=sys.stderr,
@@ -142,7 +142,7 @@ def hydra_entrypoint(config_name: str) -> Callable[[Callable[[DictConfig], T]], 
     def decorator(fn: Callable[[DictConfig], T]) -> Callable[[], Any]:
         @functools.wraps(fn)
         def task(cfg: DictConfig) -> T:
-            return run_guarded(fn, cfg)
+            return run_guarded(fn, cfg, f"vesselfm.{config_name}")
 
         hydra_main = hydra.main(
             version_base="1.3", config_path=CONFIG_PATH, config_name=config_name
@@ -249,7 +249,11 @@ def _override_error(config_name: str, overrides: list[str]) -> str | None:
         if not found:
             return f"{text.splitlines()[0]} (python -m {tool} --help)"
         key = found.group(1)
-        keys = _dotted_keys(_compose(config_name, [o for o in overrides if not o.startswith(key)]))
+        others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+        try:
+            keys = _dotted_keys(_compose(config_name, others))
+        except (HydraException, OmegaConfBaseException):  # another typo: no suggestion then
+            keys = []
         close = difflib.get_close_matches(key, keys, n=2)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         return f"{key}: no such key in {tool}'s config{hint} (its keys: python -m {tool} --help)"

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from vesselfm.utils.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # oneDNN's ISA levels (ONEDNN_MAX_CPU_ISA, formerly DNNL_MAX_CPU_ISA) at which bf16 matrix work is
@@ -92,7 +94,18 @@ def cpu_bf16_support() -> Bf16Support:
 
 
 def cuda_bf16_support() -> Bf16Support:
-    """Whether the current CUDA GPU computes bf16 natively (compute capability 8.0 and up)."""
+    """Whether the current CUDA GPU computes bf16 natively (compute capability 8.0 and up).
+
+    Raises:
+        UserError: CUDA is not available (a GPU trainer or device asked for on a machine
+            without one).
+    """
+    if not torch.cuda.is_available():
+        raise UserError(
+            "a CUDA GPU was asked for (trainer=gpu, trainer.accelerator=gpu or "
+            "inference.device=cuda) but CUDA is not available here; use trainer=cpu or "
+            "inference.device=cpu"
+        )
     name = torch.cuda.get_device_name()
     if torch.cuda.is_bf16_supported(including_emulation=False):
         return Bf16Support(True, f"{name} supports bf16")
@@ -121,12 +134,13 @@ def _choose(value: str, device_type: str, key: str, names: dict[str, Any]) -> An
         if not support.native:
             log.warning(
                 "%s=%s but %s: bf16 is emulated and runs about %s slower than fp32; "
-                "set %s=auto (or fp32)",
+                "set %s=auto (or %s)",
                 key,
                 value,
                 support.reason,
                 EMULATED_BF16_SLOWDOWN,
                 key,
+                names["fp32"],
             )
     return names.get(value, value)
 
@@ -242,14 +256,30 @@ def available_cpus() -> int:
     return max(1, cores)
 
 
+def _auto_threads() -> tuple[int, str]:
+    """``threads=auto``: ``OMP_NUM_THREADS`` where the user (or torchrun) set it, else the cores
+    this process may use, shared with the other processes of a DDP run on this machine."""
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp), "OMP_NUM_THREADS"
+    cores = available_cpus()
+    local = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    if local.isdigit() and int(local) > 1:
+        return max(
+            1, cores // int(local)
+        ), f"the cores this process may use, over {local} processes"
+    return cores, "the cores this process may use"
+
+
 def resolve_threads(threads: Any, key: str = "threads") -> int:
-    """``threads`` as a count: ``auto`` (or ``None``) → :func:`available_cpus`.
+    """``threads`` as a count: ``auto`` (or ``None``) → ``OMP_NUM_THREADS`` where set, else
+    :func:`available_cpus` (divided among a DDP run's ``LOCAL_WORLD_SIZE`` processes).
 
     Raises:
         ValueError: neither ``auto`` nor a positive integer.
     """
     if threads is None or str(threads).strip().lower() == "auto":
-        return available_cpus()
+        return _auto_threads()[0]
     try:
         count = int(threads)
     except (TypeError, ValueError):
@@ -262,7 +292,7 @@ def resolve_threads(threads: Any, key: str = "threads") -> int:
 def describe_threads(threads: Any, key: str = "threads") -> str:
     """``threads=auto -> 2 torch threads (the cores this process may use)``, for the log."""
     count = resolve_threads(threads, key)
-    how = "as set" if str(count) == str(threads).strip() else "the cores this process may use"
+    how = "as set" if str(count) == str(threads).strip() else _auto_threads()[1]
     return f"{key}={threads} -> {count} torch threads ({how})"
 
 

@@ -35,6 +35,8 @@ RECORD_NAME = ".vesselfm-outputs.json"
 RECORD_VERSION = 1
 # the run the files of this process are recorded under (set by the entrypoints)
 _RUN: dict[str, Any] = {}
+# the input the files being written are made from (see written_from)
+_SOURCE: dict[str, Any] | None = None
 
 
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
@@ -131,20 +133,54 @@ def _locked(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def file_entry(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A file's record entry: content hash, size, modification time, and the input it was made
+    from (see :func:`written_from`)."""
+    stat = Path(path).stat()
+    entry = {"sha256": file_sha256(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if _SOURCE is not None:
+        entry["source"] = dict(_SOURCE)
+    return entry
+
+
+def source_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What identifies an input file: its resolved path, size and modification time."""
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return {"path": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+@contextlib.contextmanager
+def written_from(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Record the files written inside this block as made from the input ``path``, so that a
+    resumed run can tell an output of this input from one of another input with the same id."""
+    global _SOURCE
+    previous, _SOURCE = _SOURCE, source_identity(path)
+    try:
+        yield
+    finally:
+        _SOURCE = previous
+
+
+def recorded_source(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The input a recorded file was made from (``None``: not recorded, or no input named)."""
+    path = Path(path)
+    entry = read_record(path.parent)["files"].get(path.name)
+    return entry.get("source") if entry else None
+
+
 def record_files(paths: Iterable[str | os.PathLike[str]]) -> None:
     """Record files (all in one folder) as written by the current run."""
     paths = [Path(p) for p in paths]
-    if not paths:
-        return
-    folder = paths[0].parent
-    entries = {}
-    for p in paths:
-        stat = p.stat()
-        entries[p.name] = {
-            "sha256": file_sha256(p),
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-        }
+    if paths:
+        record_entries(paths[0].parent, {p.name: file_entry(p) for p in paths})
+
+
+def record_entries(
+    folder: str | os.PathLike[str], entries: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Add ``{name: file_entry}`` of files in ``folder`` to its record, under the current run."""
+    folder = Path(folder)
     run = _current_run()
     run_id = run.pop("id")
     with _locked(folder):
@@ -195,7 +231,22 @@ def _matches(path: Path, entry: Mapping[str, Any] | None) -> bool:
     stat = path.stat()
     if stat.st_size != entry.get("size"):
         return False
-    return stat.st_mtime_ns == entry.get("mtime_ns") or file_sha256(path) == entry.get("sha256")
+    if stat.st_mtime_ns == entry.get("mtime_ns"):
+        return True
+    if file_sha256(path) != entry.get("sha256"):
+        return False
+    # the same content under a new time (a copy, a restored backup): remember the new time, so
+    # that the next check need not hash the file again
+    try:
+        with _locked(path.parent):
+            record = read_record(path.parent)
+            current = record["files"].get(path.name)
+            if current and current.get("sha256") == entry.get("sha256"):
+                current["mtime_ns"] = stat.st_mtime_ns
+                _write_record(path.parent, record)
+    except OSError:  # a read-only folder: the check still holds, it is just not remembered
+        pass
+    return True
 
 
 def foreign_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

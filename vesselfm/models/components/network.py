@@ -59,6 +59,10 @@ def load_model(model_cfg: Mapping[str, Any]) -> nn.Module:
             source=str(spec),
         )
         log.info("model=%s loaded weights from %s", model_cfg.get("name"), spec)
+        from vesselfm.utils.outputs import file_sha256, set_run_checkpoint
+
+        # the output record names the weights every output was made with
+        set_run_checkpoint({"source": str(spec), "sha256": file_sha256(path)})
     return net.eval()
 
 
