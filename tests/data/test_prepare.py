@@ -22,6 +22,7 @@ from vesselfm.data.prepare import (
 )
 from vesselfm.data.preprocessing import PreprocessConfig, intensity_range
 from vesselfm.utils.errors import UserError
+from vesselfm.utils.io import _HOST
 
 SMALL = PrepareOptions(preprocess=PreprocessConfig(in_plane_size=48))
 # two cases cannot fill val and test: a set of them is all train, on purpose
@@ -180,7 +181,7 @@ def test_resume_after_a_crash_mid_case(phantom_source, tmp_path):
     # half-written; case 3's image is truncated on disk.
     e2, e3 = m["cases"].pop("2"), m["cases"]["3"]
     case2 = out / e2["split"] / "2"
-    (case2 / ".img.npy.99999999.abc123.tmp.npy").write_bytes(b"partial")
+    (case2 / f".img.npy.{_HOST}-99999999.abc123.tmp.npy").write_bytes(b"partial")
     (case2 / "mask.npy").write_bytes((case2 / "mask.npy").read_bytes()[:100])
     (out / e3["image"]).write_bytes((out / e3["image"]).read_bytes()[:200])
     write_manifest(out, m)

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from vesselfm.infer import default_output_dir, infer
 from vesselfm.utils.cli import UserError
+from vesselfm.utils.io import _HOST
 
 # tiny random network, small windows, a 32 x 32 x N prepared grid: seconds on a CPU
 FAST = [
@@ -308,9 +309,11 @@ def test_stale_temporaries_are_removed_at_start(
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    stale = out / f".1_pred.nii.gz.{int(dead.stdout)}.k3j4h5g6.tmp.nii.gz"  # a SIGKILLed run's
+    stale = (
+        out / f".1_pred.nii.gz.{_HOST}-{int(dead.stdout)}.k3j4h5g6.tmp.nii.gz"
+    )  # a SIGKILLed run's
     stale.write_bytes(b"half a file")
-    live = out / f".2_pred.nii.gz.{os.getpid()}.k3j4h5g6.tmp.nii.gz"  # still being written
+    live = out / f".2_pred.nii.gz.{_HOST}-{os.getpid()}.k3j4h5g6.tmp.nii.gz"  # still being written
     live.write_bytes(b"in progress")
     infer(compose_cfg("infer", [f"input={scan_file}", f"output={out}", *FAST]))
     assert not stale.exists()
