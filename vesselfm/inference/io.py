@@ -250,7 +250,7 @@ def find_inputs(
     named_ours = [p for p in found if is_output_name(p)]
     if named_ours:
         log.info("input=%s: left out %d <case>_pred/_prob file(s)", spec, len(named_ours))
-    found = [p for p in found if p not in set(named_ours)]
+    found = [p for p in found if not is_output_name(p)]
     # an output folder inside the input (vesselfm_pred/ under a glob's folder) is not read at
     # all; one that is the input folder itself (output= input=) holds scans too
     if output_dir is not None:
@@ -267,7 +267,8 @@ def find_inputs(
                     output_dir,
                     inside[0].name,
                 )
-            found = [p for p in found if p not in set(inside)]
+            left_out = set(inside)
+            found = [p for p in found if p not in left_out]
     scans = sorted({p for p in found if not _is_label_file(p)})
     if not scans:
         raise UserError(

@@ -169,13 +169,6 @@ def recorded_source(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return entry.get("source") if entry else None
 
 
-def record_files(paths: Iterable[str | os.PathLike[str]]) -> None:
-    """Record files (all in one folder) as written by the current run."""
-    paths = [Path(p) for p in paths]
-    if paths:
-        record_entries(paths[0].parent, {p.name: file_entry(p) for p in paths})
-
-
 def record_entries(
     folder: str | os.PathLike[str], entries: Mapping[str, Mapping[str, Any]]
 ) -> None:
