@@ -138,8 +138,11 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def digest(path: Path) -> Any:
-    """A content digest of one output file that ignores what changes from run to run."""
+def digest(path: Path, work: Path) -> Any:
+    """A content digest of one output file that ignores what changes from run to run.
+
+    Paths inside CSV and JSON files are written relative to ``work`` (as ``<work>/...``).
+    """
     name = path.name.lower()
     if name.endswith((".nii.gz", ".nii")):
         import nibabel as nib
@@ -160,14 +163,14 @@ def digest(path: Path) -> Any:
             k: _array_digest(v.numpy()) for k, v in sorted(state.items()) if hasattr(v, "numpy")
         }
     if name.endswith(".csv"):
-        with path.open(newline="") as fh:
-            rows = list(csv.reader(fh))
+        text = path.read_text().replace(str(work), "<work>")
+        rows = list(csv.reader(text.splitlines()))
         if not rows:
             return []
         keep = [i for i, h in enumerate(rows[0]) if not VOLATILE.search(h)]
         return [[_scalar(r[i]) if i < len(r) else None for i in keep] for r in rows]
     if name.endswith(".json"):
-        return _clean(json.loads(path.read_text()))
+        return _clean(json.loads(path.read_text().replace(str(work), "<work>")))
     data = path.read_bytes()
     if name.endswith(".gz"):
         data = gzip.decompress(data)
@@ -188,7 +191,7 @@ def collect(work: Path) -> dict[str, Any]:
             continue
         if SKIP_PARTS & set(rel.parts) or rel.parts[0] == "root":
             continue
-        out[rel.as_posix()] = digest(path)
+        out[rel.as_posix()] = digest(path, work)
     return out
 
 
