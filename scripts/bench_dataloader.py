@@ -210,8 +210,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from vesselfm.data.imagecas_datamodule import ImageCASDataModule, read_prepared_cases
+    from vesselfm.data.manifest import load_manifest
     from vesselfm.data.phantom import write_phantom_dataset
-    from vesselfm.data.prepare import PrepareOptions, load_manifest, prepare_dataset
+    from vesselfm.data.prepare import PrepareOptions, prepare_dataset
     from vesselfm.data.preprocessing import PreprocessConfig
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_loader_"))

@@ -18,7 +18,8 @@ from vesselfm.data.imagecas_datamodule import (
     read_region,
     unpacked_batch,
 )
-from vesselfm.data.prepare import PrepareOptions, load_manifest, prepare_dataset
+from vesselfm.data.manifest import load_manifest
+from vesselfm.data.prepare import PrepareOptions, prepare_dataset
 from vesselfm.data.preprocessing import PreprocessConfig, normalize_intensity
 from vesselfm.data.transforms import DEFAULT_AUGMENTATIONS
 

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vesselfm.data.imagecas import case_sort_key
-from vesselfm.data.prepare import MANIFEST, load_manifest
+from vesselfm.data.manifest import MANIFEST, load_manifest
 from vesselfm.data.preprocessing import PreprocessConfig, c_order, normalize_intensity
 from vesselfm.data.transforms import train_transforms
 
