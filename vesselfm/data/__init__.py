@@ -10,8 +10,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ImageCASDataModule": "vesselfm.data.imagecas_datamodule",
-    "PhantomDataModule": "vesselfm.data.imagecas_datamodule",
+    "ImageCASDataModule": "vesselfm.data.datamodules",
+    "PhantomDataModule": "vesselfm.data.datamodules",
     "PreprocessConfig": "vesselfm.data.preprocessing",
     "PrepareOptions": "vesselfm.data.prepare",
     "prepare_dataset": "vesselfm.data.prepare",
