@@ -93,7 +93,7 @@ def _reference_worker_init(_: int) -> None:
 
 
 def _reference_worker_init_keeping_memory(worker_id: int) -> None:
-    from vesselfm.data.imagecas_datamodule import keep_freed_memory
+    from vesselfm.data.loading import keep_freed_memory
 
     _reference_worker_init(worker_id)
     keep_freed_memory()
@@ -209,9 +209,11 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    from vesselfm.data.imagecas_datamodule import ImageCASDataModule, read_prepared_cases
+    from vesselfm.data.datamodules import ImageCASDataModule
+    from vesselfm.data.datasets import read_prepared_cases
+    from vesselfm.data.manifest import load_manifest
     from vesselfm.data.phantom import write_phantom_dataset
-    from vesselfm.data.prepare import PrepareOptions, load_manifest, prepare_dataset
+    from vesselfm.data.prepare import PrepareOptions, prepare_dataset
     from vesselfm.data.preprocessing import PreprocessConfig
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_loader_"))

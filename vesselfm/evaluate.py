@@ -17,7 +17,6 @@ resolution with the label header's voxel spacing. Writes ``metrics.csv``, ``summ
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import re
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from vesselfm.data.manifest import manifest_path, read_manifest
 from vesselfm.utils.cli import UserError, hydra_entrypoint
 
 log = logging.getLogger(__name__)
@@ -201,12 +201,9 @@ def expected_cases(
         raise UserError(
             f"split={split} needs manifest=: the prepared set's folder or its manifest.json"
         )
-    path = Path(str(manifest)).expanduser()
-    if path.is_dir():
-        path = path / "manifest.json"
+    path = manifest_path(str(manifest))
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        entries = data["cases"]
+        entries = read_manifest(path)["cases"]
         ids = [c for c, e in entries.items() if isinstance(e, dict) and e.get("split") == split]
     except FileNotFoundError as err:
         raise UserError(

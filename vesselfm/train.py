@@ -143,7 +143,7 @@ def run_demo(cfg: DictConfig, net: Any, datamodule: Any, cases: int) -> list[dic
     Writes ``<run dir>/demo/<case>_pred.nii.gz``, ``<case>_pred.stl`` and the viz outputs
     (``<case>_3d.html``, PNG overlays) beside the ground truth's.
     """
-    from vesselfm.data.prepare import load_manifest
+    from vesselfm.data.manifest import load_manifest
     from vesselfm.inference import SlidingWindowPredictor
     from vesselfm.viz import visualise_case
 

@@ -17,3 +17,17 @@ def phantom_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw = tmp_path_factory.mktemp("phantoms") / "raw"
     write_phantom_dataset(raw, 6, shape=SHAPE, seed=7, progress=False)
     return raw
+
+
+@pytest.fixture(scope="session")
+def prepared(phantom_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``phantom_source`` prepared on its own grid, split at random (read-only)."""
+    from vesselfm.data.prepare import PrepareOptions, prepare_dataset
+    from vesselfm.data.preprocessing import PreprocessConfig
+
+    out = tmp_path_factory.mktemp("prepared")
+    options = PrepareOptions(preprocess=PreprocessConfig(in_plane_size=None))
+    prepare_dataset(
+        phantom_source, out, split="random", seed=0, options=options, workers=1, progress=False
+    )
+    return out

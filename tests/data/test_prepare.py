@@ -13,13 +13,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from vesselfm.data.prepare import (
-    PrepareOptions,
-    dice,
-    load_manifest,
-    prepare_dataset,
-    write_manifest,
-)
+from vesselfm.data.manifest import ManifestEntry, load_manifest, write_manifest
+from vesselfm.data.prepare import PrepareOptions, dice, prepare_dataset
 from vesselfm.data.preprocessing import PreprocessConfig, intensity_range
 from vesselfm.utils.errors import UserError
 from vesselfm.utils.io import _HOST
@@ -44,6 +39,7 @@ def test_random_split_layout_and_manifest(phantom_source, tmp_path):
     assert m["preprocess"] == SMALL.preprocess.to_dict()
     assert m["split"]["mode"] == "random" and m["split"]["seed"] == 1 and m["created"]
     for case_id, e in m["cases"].items():
+        assert set(e) == ManifestEntry.__required_keys__  # the documented entry
         img = np.load(out / e["image"])
         mask = np.load(out / e["mask"])
         assert e["image"] == f"{e['split']}/{case_id}/img.npy"

@@ -1,4 +1,11 @@
-"""Data: ImageCAS discovery and preparation, shared preprocessing, DataModules, transforms, phantoms.
+"""Data: ImageCAS discovery and preparation, shared preprocessing, the prepared set's manifest,
+datasets and DataModules, loader tuning, transforms, phantoms.
+
+``imagecas`` (discovery, splits), ``preprocessing`` (one resampling and normalisation),
+``prepare`` (raw pairs to a prepared set), ``manifest`` (the prepared set's ``manifest.json``),
+``datasets`` (patches and volumes of a prepared set), ``loading`` (loader workers, label bits),
+``datamodules`` (Lightning DataModules), ``transforms`` (augmentation), ``phantom/`` (synthetic
+coronary CTA: anatomy, trees, CT realism, writing).
 
 Imports are lazy (PEP 562): ``import vesselfm.data`` loads neither torch nor Lightning until a
 name that needs them is used, so the command-line tools start quickly.
@@ -10,8 +17,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ImageCASDataModule": "vesselfm.data.imagecas_datamodule",
-    "PhantomDataModule": "vesselfm.data.imagecas_datamodule",
+    "ImageCASDataModule": "vesselfm.data.datamodules",
+    "PhantomDataModule": "vesselfm.data.datamodules",
     "PreprocessConfig": "vesselfm.data.preprocessing",
     "PrepareOptions": "vesselfm.data.prepare",
     "prepare_dataset": "vesselfm.data.prepare",

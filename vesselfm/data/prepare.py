@@ -31,7 +31,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime as _dt
 import gzip
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -56,6 +55,17 @@ from vesselfm.data.imagecas import (
     read_official_split,
     split_sizes,
 )
+from vesselfm.data.manifest import (
+    FG_FILE,
+    IMAGE_FILE,
+    LABEL_COPY,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    MASK_FILE,
+    case_is_complete,
+    load_manifest,
+    write_manifest,
+)
 from vesselfm.data.preprocessing import (
     PreprocessConfig,
     bounding_box,
@@ -73,11 +83,8 @@ from vesselfm.utils.io import atomic_path, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 # new cases whose split is drawn once the run knows which cases prepared successfully
 PENDING = ".pending"
-MANIFEST_FORMAT = 1
-IMAGE_FILE, MASK_FILE, FG_FILE, LABEL_COPY = "img.npy", "mask.npy", "fg.npy", "label.nii.gz"
 IMAGE_DTYPES = ("auto", "int16", "float16", "float32")
 # Thin vessels: a prepared voxel is vessel when at least this share of it was vessel. 0.5 is the
 # unbiased choice (volume preserved); see ImageCASDataSetPrep.md for the round-trip Dice per threshold.
@@ -556,55 +563,6 @@ def _run_case(
         return case.case_id, None, str(err)
     except MemoryError:
         return case.case_id, None, f"{case.image}: out of memory (lower workers=)"
-
-
-# ---------------------------------------------------------------------------------- manifest
-
-
-def load_manifest(output: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The manifest of a prepared set, or ``None`` when there is none yet."""
-    path = Path(output) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path}: not valid JSON ({err}); delete it to prepare the set again"
-        ) from err
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("cases", {}), dict):
-        raise ValueError(
-            f"{path}: not a prepared set's manifest (no 'cases' table); choose another output= "
-            "folder, or move that file away"
-        )
-    return manifest
-
-
-def write_manifest(output: str | os.PathLike[str], manifest: Mapping[str, Any]) -> None:
-    """Write ``manifest.json`` atomically (never half-written)."""
-    with atomic_path(Path(output) / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=False))
-
-
-def case_is_complete(output: Path, entry: Mapping[str, Any]) -> bool:
-    """True when a manifest entry's files exist with the recorded shape and dtype."""
-    try:
-        shape = tuple(entry["prepared_shape"])
-        img = np.load(output / entry["image"], mmap_mode="r")
-        mask = np.load(output / entry["mask"], mmap_mode="r")
-        fg = np.load(output / entry["fg"], mmap_mode="r")
-        ok = (
-            img.shape == shape
-            and str(img.dtype) == entry["image_dtype"]
-            and mask.shape == shape
-            and mask.dtype == np.uint8
-            and fg.ndim == 2
-        )
-        if ok and not Path(entry["original_label"]).is_absolute():
-            ok = (output / entry["original_label"]).is_file()
-        return ok
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
 
 
 # ---------------------------------------------------------------------------------- the set
@@ -1264,10 +1222,8 @@ __all__ = [
     "CaseError",
     "PrepareOptions",
     "PrepareSummary",
-    "case_is_complete",
     "dice",
     "foreground_samples",
-    "load_manifest",
     "case_folder",
     "split_settings",
     "prepare_case",
@@ -1276,5 +1232,4 @@ __all__ = [
     "read_nifti_array",
     "read_volume",
     "round_trip_dice",
-    "write_manifest",
 ]

@@ -115,7 +115,7 @@ class VesselSegLitModule(L.LightningModule):
         # ImageCASDataModule's batches travel as float16 images and packed labels, restored in
         # its on_after_batch_transfer; loaders used without it still train in float32
         if "label_bits" in batch:
-            from vesselfm.data.imagecas_datamodule import unpacked_batch
+            from vesselfm.data.loading import unpacked_batch
 
             batch = unpacked_batch(batch)
         image, label = batch["image"].float(), batch["label"].float()

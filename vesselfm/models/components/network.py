@@ -6,7 +6,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from hydra.utils import instantiate
 from torch import nn
 
 from vesselfm.models.components.checkpoint import (
@@ -24,6 +23,9 @@ def build_network(net_cfg: Mapping[str, Any]) -> nn.Module:
 
     The network maps ``(B, 1, D, H, W)`` intensities to ``(B, 1, D, H, W)`` vessel logits.
     """
+    # imported here: ``import vesselfm.models`` stays free of Hydra (a Python API without it)
+    from hydra.utils import instantiate
+
     return instantiate(net_cfg, _convert_="all")
 
 

@@ -1,0 +1,143 @@
+"""Phantoms on disk in the ImageCAS layout: ``<output>/1-200/1.img.nii.gz`` and
+``1.label.nii.gz`` (deterministic gzip, the same affine as qform and sform), one seed per case."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from vesselfm.data.phantom.generate import Phantom, _check_seed, _check_shape, generate_phantom
+from vesselfm.utils.errors import UserError
+from vesselfm.utils.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+IMAGECAS_FOLDER_SIZE = 200
+
+
+def case_seed(seed: int, index: int) -> int:
+    """The seed of case ``index`` in a dataset written with ``seed`` (independent of ``n``)."""
+    return int(
+        np.random.SeedSequence([_check_seed(seed), _check_seed(index, "index")]).generate_state(1)[
+            0
+        ]
+    )
+
+
+def case_paths(output: str | Path, index: int) -> tuple[Path, Path]:
+    """``<output>/<lo>-<hi>/<index>.img.nii.gz`` and ``.label.nii.gz`` (ImageCAS folders of 200)."""
+    lo = (index - 1) // IMAGECAS_FOLDER_SIZE * IMAGECAS_FOLDER_SIZE + 1
+    folder = Path(output) / f"{lo}-{lo + IMAGECAS_FOLDER_SIZE - 1}"
+    return folder / f"{index}.img.nii.gz", folder / f"{index}.label.nii.gz"
+
+
+def _nifti(data: np.ndarray, affine: np.ndarray, description: str):  # -> nib.Nifti1Image
+    import nibabel as nib
+
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_data_dtype(data.dtype)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units(xyz="mm")
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["descrip"] = description.encode()[:79]
+    return img
+
+
+def save_phantom(phantom: Phantom, image_path: str | Path, label_path: str | Path) -> None:
+    """Write ``phantom`` as two NIfTI files (int16 image, uint8 label), each atomically.
+
+    Both carry the same affine as qform and sform (code 1, scanner), ``scl_slope`` 1 and
+    ``scl_inter`` 0. gzip output is deterministic (no timestamp, no file name).
+    """
+    import nibabel as nib
+
+    for path, data, what in (
+        (image_path, phantom.image.astype(np.int16, copy=False), "image HU"),
+        (label_path, phantom.label.astype(np.uint8, copy=False), "coronary lumen"),
+    ):
+        with atomic_path(path) as tmp:
+            nib.save(
+                _nifti(data, phantom.affine, f"vesselfm phantom {phantom.case_id} {what}"), tmp
+            )
+
+
+def write_phantom_dataset(
+    output: str | Path,
+    n: int,
+    shape: tuple[int, int, int] = (512, 512, 256),
+    seed: int = 0,
+    start_index: int = 1,
+    progress: bool = True,
+    overwrite: bool = False,
+    **options: object,
+) -> list[tuple[Path, Path]]:
+    """Write cases ``start_index .. start_index + n - 1`` in the ImageCAS layout.
+
+    ``<output>/1-200/1.img.nii.gz`` and ``1.label.nii.gz``, ..., ``<output>/201-400/201...``.
+    Case ``i`` is ``generate_phantom(shape, case_seed(seed, i), **options)``, so it is the same
+    whatever ``n`` is. Every file is written atomically and recorded as ours
+    (:mod:`vesselfm.utils.outputs`): phantoms written earlier are replaced, but a folder holding
+    files vesselfm did not write (real scans, say) is refused before anything is written.
+
+    Args:
+        output: the dataset folder (created).
+        n: number of cases, >= 1.
+        shape: ``(X, Y, Z)`` voxels of every case.
+        seed: dataset seed.
+        start_index: index of the first case, >= 1.
+        progress: show a tqdm progress bar.
+        overwrite: write even where ``output`` holds files vesselfm did not write (those with
+            the names of the phantoms are replaced).
+        **options: passed to ``generate_phantom`` (``spacing``, ``noise_std``, ``stenoses``,
+            ``calcifications``, ``streaks``).
+
+    Returns:
+        ``[(image_path, label_path), ...]`` in case order.
+
+    Raises:
+        ValueError: a bad ``n``, ``start_index``, shape, seed or option.
+        UserError: ``output`` holds files vesselfm did not write, and not ``overwrite``.
+    """
+    from tqdm.auto import tqdm
+
+    from vesselfm.utils.outputs import foreign_files_in
+
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive number of cases, got {n!r}; e.g. n=10")
+    if (
+        isinstance(start_index, bool)
+        or not isinstance(start_index, (int, np.integer))
+        or start_index < 1
+    ):
+        raise ValueError(f"start_index must be an integer >= 1, got {start_index!r}")
+    allowed = {"spacing", "noise_std", "stenoses", "calcifications", "streaks"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"unknown phantom option(s) {unknown}; allowed: {sorted(allowed)}")
+    shape = _check_shape(shape)
+    seed = _check_seed(seed)
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"output={output} is a file; give a folder for the phantom dataset")
+    # a generator never writes into someone else's data: checked before the first file
+    foreign = [] if overwrite else foreign_files_in(output)
+    if foreign:
+        raise UserError(
+            f"output={output} holds {len(foreign)} file(s) vesselfm did not write (e.g. "
+            f"{foreign[0]}); write the phantoms into an empty or new folder, or pass overwrite=true"
+        )
+
+    paths = []
+    for index in tqdm(
+        range(start_index, start_index + n), desc="phantoms", unit="case", disable=not progress
+    ):
+        phantom = generate_phantom(shape, case_seed(seed, index), case_id=str(index), **options)  # type: ignore[arg-type]
+        image_path, label_path = case_paths(output, index)
+        save_phantom(phantom, image_path, label_path)
+        paths.append((image_path, label_path))
+    log.info("wrote %d phantom case(s) of shape %s to %s", n, shape, output)
+    return paths
