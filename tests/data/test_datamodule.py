@@ -20,7 +20,6 @@ from vesselfm.data.imagecas_datamodule import (
 )
 from vesselfm.data.prepare import PrepareOptions, load_manifest, prepare_dataset
 from vesselfm.data.preprocessing import PreprocessConfig, normalize_intensity
-from vesselfm.data.transforms import DEFAULT_AUGMENTATIONS
 
 
 @pytest.fixture(scope="module")
@@ -327,11 +326,22 @@ def test_augmented_items_repeat_with_torchs_seed(prepared):
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
-def test_yaml_augmentation_is_the_published_pipeline():
+def test_yaml_augmentation_is_the_published_pipeline_and_fast_transforms_switches_it():
     cfg = yaml.safe_load(
         (Path(str(files("vesselfm.configs"))) / "data" / "imagecas.yaml").read_text()
     )
-    assert cfg["augment"] == DEFAULT_AUGMENTATIONS
+    assert cfg["fast_transforms"] is True
+    assert [c["_target_"].rpartition(".")[0] for c in cfg["augment"]] == ["monai.transforms"] * 7
+    modules = {
+        fast: {
+            type(t).__module__.split(".")[0]
+            for t in ImageCASDataModule("unused", fast_transforms=fast)._train_transform.transforms[
+                :7
+            ]
+        }
+        for fast in (True, False)
+    }
+    assert modules == {True: {"vesselfm", "monai"}, False: {"monai"}}
     with pytest.raises(ValueError, match="_target_"):
         ImageCASDataModule("unused", augment=[{"keys": ["image"]}])
     with pytest.raises(ValueError, match="cannot be imported"):
