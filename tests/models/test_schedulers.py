@@ -77,7 +77,13 @@ def test_each_experiment_keeps_its_learning_rate_sequence(compose_cfg, trainer_a
 def test_the_step_interval_by_hand(compose_cfg, trainer_attr):
     """Warm-up over 2 steps, then cosine over the 6 remaining of 8 steps to eta_min, then flat."""
     cfg = compose_cfg(
-        "train", ["scheduler.warmup=2", "scheduler.interval=step", "scheduler.eta_min=1e-7"]
+        "train",
+        [
+            "experiment=imagecas_finetune",
+            "scheduler.warmup=2",
+            "scheduler.interval=step",
+            "scheduler.eta_min=1e-7",
+        ],
     )
     lr, eta = cfg.optimizer.lr, 1e-7
     trainer = SimpleNamespace(max_epochs=None, estimated_stepping_batches=8)
@@ -112,3 +118,9 @@ def test_bad_intervals_and_lengths_name_the_key(kwargs, trainer, message):
     optimizer = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
     with pytest.raises(ValueError, match=message):
         warmup_cosine(optimizer, trainer, **kwargs)
+
+
+def test_a_bad_interval_fails_when_the_module_is_built(compose_cfg):
+    cfg = compose_cfg("train", ["scheduler.interval=batch"])
+    with pytest.raises(ValueError, match="scheduler.interval must be one of"):
+        _module(cfg)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from vesselfm.models.components.checkpoint import to_plain
+from vesselfm.models.schedulers import SCHEDULER_INTERVALS
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,9 @@ class VesselSegLitModule(L.LightningModule):
         metadata: extra facts stored in every checkpoint under ``"vesselfm"`` (e.g. the model
             config's name), beside the preprocessing and threshold ``infer`` reads back.
 
-    ``inference``, ``output_dir`` and ``metadata`` are stored in checkpoints as plain dicts, lists, str and numbers (OmegaConf configs resolved, paths as str), so that our
-    checkpoints load with ``torch.load(weights_only=True)``; other objects raise ``TypeError``.
+    ``inference``, ``output_dir`` and ``metadata`` are stored in checkpoints as plain dicts,
+    lists, str and numbers (OmegaConf configs resolved, paths as str), so that our checkpoints
+    load with ``torch.load(weights_only=True)``; other objects raise ``TypeError``.
     ``optimizer`` and ``scheduler`` are recorded as ``{"_target_": ..., **bound arguments}``.
 
     Example:
@@ -84,6 +86,12 @@ class VesselSegLitModule(L.LightningModule):
         self.loss_fn = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        # a bound interval is checked now, not when fit starts (after the data are prepared)
+        interval = (getattr(scheduler, "keywords", None) or {}).get("interval", "epoch")
+        if interval not in SCHEDULER_INTERVALS:
+            raise ValueError(
+                f"scheduler.interval must be one of {SCHEDULER_INTERVALS}, got {interval!r}"
+            )
         self.inference_cfg = dict(inference or {})
         self.threshold = float(self.inference_cfg.get("threshold", 0.5))
         self.output_dir = Path(output_dir) if output_dir is not None else None
