@@ -79,13 +79,10 @@ class WholeVolumeReference(Dataset):
 
 
 def reference_transforms(patch):
-    """The published pipeline with MONAI's original classes (vesselfm's subclasses swapped back)."""
-    from vesselfm.data.transforms import augmentation_configs, train_transforms
+    """The published pipeline with MONAI's original classes (data.fast_transforms=false)."""
+    from vesselfm.data.transforms import train_transforms
 
-    configs = augmentation_configs(True)
-    for c in configs:
-        c["_target_"] = c["_target_"].replace("vesselfm.data.transforms.", "monai.transforms.")
-    return train_transforms(configs, patch)
+    return train_transforms(True, patch, fast=False)
 
 
 def _reference_worker_init(_: int) -> None:
@@ -153,7 +150,7 @@ def per_transform(dataset: Dataset, calls: int = 20) -> None:
     try:
         for config in vt.augmentation_configs(True):
             name = config["_target_"].rsplit(".", 1)[1]
-            if not config["_target_"].startswith("vesselfm."):
+            if name not in vt.FAST_TRANSFORMS:
                 continue
             kwargs = {k: v for k, v in config.items() if k != "_target_"} | {"prob": 1.0}
             times = []

@@ -5,7 +5,7 @@ Variants, all on the same prepared phantom volume (default: a 512×512×200 phan
 - ``reference``: vesselFM's path, MONAI ``SlidingWindowInfererAdapt``, fp32, window batch 1,
   overlap 0.5, constant blending, under ``torch.no_grad``.
 - ``ours-same-fp32``: ``SlidingWindowPredictor`` at the same settings (fp32), with its default
-  CPU path: the network run channels-last (``vesselfm.inference.cpu_kernels``).
+  CPU path: the network run channels-last (``vesselfm.inference.channels_last``).
 - ``ours-same-fp32-nchw`` (only when named in ``--variants``): the same without the channels-last
   view (``inference.cpu.channels_last=false``), to see what the view alone gains.
 - ``ours-same-bf16``: the same settings with bf16 autocast. Not run where bf16 is emulated (an
@@ -170,7 +170,7 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     bf16_note = emulated_note("bf16", device.type)
 
     # warm-up: one window per code path (oneDNN builds its kernels on first use)
-    from vesselfm.inference.cpu_kernels import channels_last_view
+    from vesselfm.inference.channels_last import channels_last_view
 
     window = torch.rand(1, 1, 128, 128, 128, device=device)
     with torch.inference_mode():

@@ -86,8 +86,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     model = VesselSegLitModule(
         net=net,
         loss=instantiate(cfg.loss),
+        # partials (configs/optim): the module calls them with its parameters and its trainer
         optimizer=instantiate(cfg.optimizer),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") is not None else None,
         inference=OmegaConf.to_container(cfg.inference, resolve=True),
         output_dir=cfg.paths.output_dir,
         metadata={"model_name": cfg.model.name},

@@ -13,7 +13,6 @@ import yaml
 from vesselfm.data.datamodules import ImageCASDataModule, PhantomDataModule
 from vesselfm.data.manifest import load_manifest
 from vesselfm.data.preprocessing import PreprocessConfig, normalize_intensity
-from vesselfm.data.transforms import DEFAULT_AUGMENTATIONS
 
 
 def _first_batches(prepared, seed=5, **kwargs):
@@ -131,11 +130,22 @@ def test_a_loader_in_the_main_process_repeats_its_batches_with_torchs_seed(prepa
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
 
 
-def test_yaml_augmentation_is_the_published_pipeline():
+def test_yaml_augmentation_is_the_published_pipeline_and_fast_transforms_switches_it():
     cfg = yaml.safe_load(
         (Path(str(files("vesselfm.configs"))) / "data" / "imagecas.yaml").read_text()
     )
-    assert cfg["augment"] == DEFAULT_AUGMENTATIONS
+    assert cfg["fast_transforms"] is True
+    assert [c["_target_"].rpartition(".")[0] for c in cfg["augment"]] == ["monai.transforms"] * 7
+    modules = {
+        fast: {
+            type(t).__module__.split(".")[0]
+            for t in ImageCASDataModule("unused", fast_transforms=fast)._train_transform.transforms[
+                :7
+            ]
+        }
+        for fast in (True, False)
+    }
+    assert modules == {True: {"vesselfm", "monai"}, False: {"monai"}}
     with pytest.raises(ValueError, match="_target_"):
         ImageCASDataModule("unused", augment=[{"keys": ["image"]}])
     with pytest.raises(ValueError, match="cannot be imported"):

@@ -1,5 +1,7 @@
-"""The faster subclasses in vesselfm.data.transforms against their MONAI originals: same random
-draws, same values (up to float rounding), MONAI's own code where the shortcut does not apply."""
+"""The faster subclasses in vesselfm.data.transforms against their MONAI originals: each claim of
+the module docstring (same random draws and values up to float rounding, except RandGaussianNoised's
+noise; dtypes; plain tensors; MONAI's own code where the shortcut does not apply), and the
+data.fast_transforms switch."""
 
 from __future__ import annotations
 
@@ -7,10 +9,11 @@ import monai.transforms as mt
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 from scipy import ndimage
 
 import vesselfm.data.transforms as vt
-from vesselfm.data.transforms import DEFAULT_AUGMENTATIONS, train_transforms
+from vesselfm.data.transforms import FAST_TRANSFORMS, default_augmentations, train_transforms
 
 SHAPE = (40, 36, 24)
 
@@ -289,20 +292,89 @@ def test_rand_gaussian_noise_draws_as_monai(sample):
     assert torch.equal(_run(x, sample)["image"], _run(y, sample)["image"])
 
 
-def test_published_pipeline_uses_the_fast_subclasses_with_the_published_settings():
-    targets = [c["_target_"] for c in DEFAULT_AUGMENTATIONS]
+def test_the_published_list_is_plain_monai_and_written_once():
+    targets = [c["_target_"] for c in default_augmentations()]
     assert targets == [
-        "vesselfm.data.transforms.RandZoomd",
-        "vesselfm.data.transforms.RandAffined",
+        "monai.transforms.RandZoomd",
+        "monai.transforms.RandAffined",
         "monai.transforms.RandFlipd",
         "monai.transforms.RandFlipd",
-        "vesselfm.data.transforms.RandGaussianSmoothd",
-        "vesselfm.data.transforms.RandGaussianNoised",
-        "vesselfm.data.transforms.RandHistogramShiftd",
+        "monai.transforms.RandGaussianSmoothd",
+        "monai.transforms.RandGaussianNoised",
+        "monai.transforms.RandHistogramShiftd",
     ]
-    for t in train_transforms(True, (16, 16, 16)).transforms:
-        if type(t).__module__ == "vesselfm.data.transforms" and type(t).__name__.startswith("Rand"):
-            assert isinstance(t, getattr(mt, type(t).__name__))
+    # the Python default is the YAML's list, read from the shipped config
+    assert "DEFAULT_AUGMENTATIONS" not in vars(vt)
+    assert default_augmentations()[1]["shear_range"] == [0.4, 0.4, 0.4]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_fast_transforms_swaps_in_the_faster_classes_and_logs_it_once(fast, caplog):
+    with caplog.at_level("INFO", logger="vesselfm.data.transforms"):
+        pipeline = train_transforms(True, (16, 16, 16), fast=fast)
+    built = [type(t) for t in pipeline.transforms[:7]]
+    names = [c.__name__ for c in built]
+    if fast:
+        # each listed MONAI transform with a faster class is built as it, the others as MONAI's
+        assert built == [FAST_TRANSFORMS.get(n, getattr(mt, n)) for n in names]
+        assert built.count(mt.RandFlipd) == 2 and len(set(built) - {mt.RandFlipd}) == 5
+    else:
+        assert built == [getattr(mt, n) for n in names]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and f"data.fast_transforms={str(fast).lower()}" in lines[0]
+    assert ("RandZoomd" in lines[0]) == fast
+    # the faster classes are the MONAI classes of the same name, same arguments
+    for name, cls in FAST_TRANSFORMS.items():
+        assert issubclass(cls, getattr(mt, name)) and cls.__name__ == name
+
+
+def test_a_transform_without_a_faster_class_is_monais():
+    flip = {"_target_": "monai.transforms.RandFlipd", "keys": ["image"], "prob": 1.0}
+    assert type(vt.instantiate_transform(flip, fast=True)) is mt.RandFlipd
+    assert vt.fast_class(mt.RandFlipd) is mt.RandFlipd
+    # a class named explicitly is built as named, whatever the switch
+    zoom = {"_target_": "vesselfm.data.transforms.RandZoomd", "keys": ["image"]}
+    assert type(vt.instantiate_transform(zoom, fast=False)) is vt.RandZoomd
+
+
+FAST_KWARGS = {
+    "RandZoomd": {**ZOOM, "min_zoom": 1.0, "max_zoom": 1.3},
+    "RandAffined": {**AFFINE, "shear_range": [0.4, 0.4, 0.4]},
+    "RandGaussianSmoothd": {"keys": ["image"], "sigma_x": (0.0, 0.5), "sigma_y": (0.0, 0.5)},
+    "RandGaussianNoised": {"keys": ["image"], "mean": 0.3, "std": 0.01},
+    "RandHistogramShiftd": {"keys": ["image"], "num_control_points": (5, 10)},
+}
+
+
+# whether the image comes out a plain torch.Tensor (not a MetaTensor): (applied, skipped)
+PLAIN_OUTPUT = {
+    "RandZoomd": (True, True),
+    "RandAffined": (True, True),
+    "RandGaussianSmoothd": (True, False),
+    "RandGaussianNoised": (False, False),
+    "RandHistogramShiftd": (False, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAST_TRANSFORMS))
+def test_each_fast_class_decides_as_monai_with_the_documented_output_types(sample, name):
+    """The docstring's claims common to all five: the same decision to apply on every call
+    (the same draws of the transform's random state; RandGaussianNoised's later draws differ,
+    its decisions do not), the image in float32, plain tensors where the docstring says so
+    (MONAI: always MetaTensor)."""
+    assert set(FAST_KWARGS) == set(FAST_TRANSFORMS)
+    ours, ref = _pair(name, 3, prob=0.5, **FAST_KWARGS[name])
+    decisions = []
+    for _ in range(8):
+        a = ours({k: v.clone() for k, v in sample.items()})
+        b = ref({k: v.clone() for k, v in sample.items()})
+        decisions.append(ours._do_transform)
+        assert ours._do_transform == ref._do_transform
+        assert a["image"].dtype == b["image"].dtype == torch.float32
+        plain = PLAIN_OUTPUT[name][0 if ours._do_transform else 1]
+        assert (type(a["image"]) is torch.Tensor) == plain
+        assert isinstance(b["image"], MetaTensor)
+    assert True in decisions and False in decisions
 
 
 def test_lazy_mode_runs_monai_code(sample):

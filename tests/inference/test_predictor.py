@@ -158,7 +158,7 @@ def test_cpu_stitching_and_explicit_cpu_device(tiny_net: nn.Module) -> None:
 def test_cpu_prediction_runs_the_channels_last_view_by_default(
     tiny_net: nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vesselfm.inference.cpu_kernels as kernels
+    import vesselfm.inference.channels_last as kernels
 
     built, original = [], kernels.channels_last_view
 

@@ -225,6 +225,7 @@ def test_our_checkpoint_loads_weights_only_even_from_non_plain_arguments(tmp_pat
     also when the Python API is given a Path, OmegaConf configs and numpy numbers."""
     import lightning as L
     import numpy as np
+    from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
     from omegaconf import OmegaConf
     from torch import nn
@@ -249,7 +250,18 @@ def test_our_checkpoint_loads_weights_only_even_from_non_plain_arguments(tmp_pat
         net=nn.Conv3d(1, 1, 3, padding=1),
         loss=nn.BCEWithLogitsLoss(),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
-        scheduler=OmegaConf.create({"warmup": 1, "eta_min": 0.0, "interval": "step"}),
+        # as train() builds it from configs/optim
+        scheduler=instantiate(
+            OmegaConf.create(
+                {
+                    "_target_": "vesselfm.models.schedulers.warmup_cosine",
+                    "_partial_": True,
+                    "warmup": 1,
+                    "eta_min": 0.0,
+                    "interval": "step",
+                }
+            )
+        ),
         inference={"threshold": np.float32(0.25), "roi_size": (8, 8, 8)},
         output_dir=tmp_path / "run",
         metadata={"model_name": "toy", "source": tmp_path / "weights.pt", "seed": np.int64(3)},
@@ -271,6 +283,7 @@ def test_our_checkpoint_loads_weights_only_even_from_non_plain_arguments(tmp_pat
     assert ckpt["global_step"] == 2 and ckpt["optimizer_states"] and ckpt["lr_schedulers"]
     assert ckpt["hyper_parameters"]["output_dir"] == str(tmp_path / "run")
     assert ckpt["hyper_parameters"]["scheduler"] == {
+        "_target_": "vesselfm.models.schedulers.warmup_cosine",
         "warmup": 1,
         "eta_min": 0.0,
         "interval": "step",

@@ -195,7 +195,6 @@ def test_ddp_on_two_cpu_processes(tmp_path):
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.precision=32-true",
-        "trainer.sync_batchnorm=false",
         "data.n_test=2",
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -84,6 +84,33 @@ def test_probability_map_is_thresholded(case, tmp_path: Path) -> None:
     )
 
 
+def test_a_probability_equal_to_the_threshold_is_vessel(case, tmp_path: Path) -> None:
+    """value >= threshold, as infer's predictor and evaluate's metrics threshold: a map holding
+    exactly the threshold on the label gives the label's surface, and no voxel a bit above it."""
+    from vesselfm.metrics import compute_metrics
+
+    threshold = 0.62
+    prob = np.where(case.label > 0, np.float32(threshold), np.float32(0.1)).astype(np.float32)
+    nib.save(nib.Nifti1Image(prob, case.affine), tmp_path / "4_prob.nii.gz")
+    written = visualise_case(
+        tmp_path / "4_prob.nii.gz", tmp_path / "out", html=False, png=False, threshold=threshold
+    )
+    mesh = trimesh.load(written["pred_stl"], file_type="stl")
+    assert mesh.volume == pytest.approx(
+        case.label.sum() * abs(np.linalg.det(case.affine[:3, :3])), rel=0.05
+    )
+    # the same voxels are vessel for the metrics (dice 1), and none just above the threshold
+    stored = np.asanyarray(nib.load(tmp_path / "4_prob.nii.gz").dataobj)
+    assert compute_metrics(stored, case.label > 0, threshold=threshold, metrics=["dice"])[
+        "dice"
+    ] == pytest.approx(1.0)
+    above = float(np.nextafter(np.float32(threshold), np.float32(1)))
+    empty = visualise_case(
+        tmp_path / "4_prob.nii.gz", tmp_path / "above", html=False, png=False, threshold=above
+    )
+    assert trimesh.load(empty["pred_stl"], file_type="stl").volume == pytest.approx(0.0)
+
+
 def test_cli_writes_all_three_kinds_of_output(nifti_case, tmp_path: Path) -> None:
     out = tmp_path / "cli-out"
     result = _cli(
@@ -173,9 +200,9 @@ def test_a_nan_affine_is_refused_not_meshed(case, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("threshold", [2.0, 1.0, -0.1])
+@pytest.mark.parametrize("threshold", [2.0, 1.001, -0.1])
 def test_a_threshold_outside_the_unit_interval_is_refused(nifti_case, tmp_path, threshold):
-    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\]"):
         visualise_case(nifti_case["pred"], tmp_path / "out", threshold=threshold)
     assert not (tmp_path / "out").exists()
 

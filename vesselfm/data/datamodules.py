@@ -94,6 +94,8 @@ class ImageCASDataModule(L.LightningDataModule):
             :meth:`on_after_batch_transfer` (or :func:`unpacked_batch`) gives the float32
             ``label`` back; a loop that reads the loader's batches itself must call one of them.
             ``False`` (the default here): uint8 ``label``.
+        fast_transforms: build the listed ``monai.transforms.X`` as the faster
+            ``vesselfm.data.transforms.X`` where there is one (see that module for what differs).
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class ImageCASDataModule(L.LightningDataModule):
         prefetch_factor: int | None = 2,
         transfer_dtype: str = "float16",
         label_bits: bool = False,
+        fast_transforms: bool = True,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None
@@ -151,7 +154,9 @@ class ImageCASDataModule(L.LightningDataModule):
         # Build the transforms now: a bad _target_ fails before any data is touched.
         # labels leave the pipeline as uint8 (float32 after a MONAI resampling) and are
         # checked and cast to uint8 by the dataset
-        self._train_transform = train_transforms(self.augment, self.patch_size, None)
+        self._train_transform = train_transforms(
+            self.augment, self.patch_size, None, fast=bool(fast_transforms)
+        )
         self._cases: dict[str, list[PreparedCase]] | None = None
         self._preprocess: PreprocessConfig | None = None
         self.train_set: RandomPatchDataset | None = None

@@ -4,17 +4,39 @@ The default augmentation is the published vesselFM fine-tune's pipeline (its
 ``configs/data/default_finetune.yaml``): zoom, affine shear, flips, Gaussian smoothing, Gaussian
 noise and histogram shift, with the same probabilities and ranges. It runs on a crop that is
 already normalised with the case's percentile range (the fine-tune's intensity scaling; the
-same mapping ``infer`` applies), and ends with a centre crop to the patch size.
+same mapping ``infer`` applies), and ends with a centre crop to the patch size. The list is
+written once, as plain ``monai.transforms`` entries, in ``configs/data/imagecas.yaml``
+(``data.augment``); ``augment=True`` from Python reads it from there
+(:func:`default_augmentations`).
 
-``configs/data/imagecas.yaml`` holds the same list as YAML (``_target_`` entries), so each
-transform can be changed or removed from the command line; :data:`DEFAULT_AUGMENTATIONS` is the
-Python copy used when ``augment=True`` is passed from code (a test keeps the two equal).
+**Why faster classes exist.** On a 2-core machine MONAI's versions of five of these transforms
+cost more than the training step of a 128³ patch: the loader, not the GPU, set the pace.
+``data.fast_transforms: true`` (the default) builds each listed ``monai.transforms.X`` that has
+a class of the same name here as that class instead (:data:`FAST_TRANSFORMS`): a subclass taking
+the same arguments, computed 4-10x faster on a 128³ crop (``scripts/bench_dataloader.py
+--per-transform``). ``false`` runs MONAI's own classes. A listed transform without a faster
+class (``RandFlipd``) is MONAI's either way. The choice is logged once per pipeline (one INFO
+line). What differs from MONAI, per class (``tests/data/test_transforms.py`` checks each claim):
 
-Five of its entries are the subclasses defined here (:class:`RandZoomd`, :class:`RandAffined`,
-:class:`RandGaussianSmoothd`, :class:`RandGaussianNoised`, :class:`RandHistogramShiftd`): the
-MONAI transforms of the same name, with the same arguments and random draws, computed 4-10x
-faster on a 128³ training crop (``scripts/bench_dataloader.py --per-transform``;
-``tests/data/test_transforms.py`` compares each with MONAI).
+- output types: :class:`RandZoomd` and :class:`RandAffined` return plain ``torch.Tensor``,
+  :class:`RandGaussianSmoothd` too where it applies (MONAI: ``MetaTensor`` recording the
+  operation; the training pipeline is never inverted, and its last step drops meta data anyway);
+  :class:`RandGaussianNoised` and :class:`RandHistogramShiftd` return ``MetaTensor`` as MONAI.
+- :class:`RandZoomd`: the same random draws; linear keys float32 and equal to MONAI up to float
+  rounding (1e-5); ``nearest`` keys equal and in their own dtype (a uint8 label stays uint8;
+  MONAI: float32). Zooms below 1, ``keep_size=False``, other modes, ``align_corners=True``,
+  another ``dtype`` or lazy mode: MONAI's code.
+- :class:`RandAffined`: the same random draws; ``bilinear`` keys float32 and equal up to 1e-4;
+  ``nearest`` keys in their own dtype, with at most 0.1 % of voxels different (float32 vs
+  float64 coordinates at cell boundaries). Modes other than bilinear/nearest, padding modes other
+  than zeros/border/reflection, an output ``spatial_size`` other than the input's, non-3D input
+  or lazy mode: MONAI's resampling.
+- :class:`RandGaussianSmoothd`: the same random draws and kernels; float32, equal up to 1e-6.
+- :class:`RandGaussianNoised`: **other random draws**. The same decision to apply and the same
+  standard deviation on a call, but the noise field comes from torch's generator in float32
+  (seeded by one draw from the transform's random state) instead of NumPy's float64 normals from
+  that state: same distribution, other numbers, and the transform's later draws differ too.
+- :class:`RandHistogramShiftd`: the same random draws; exactly MONAI's values.
 
 No Lightning, no Hydra: ``_target_`` entries are resolved here with :func:`locate`.
 """
@@ -22,9 +44,12 @@ No Lightning, no Hydra: ``_target_`` entries are resolved here with :func:`locat
 from __future__ import annotations
 
 import copy
-import importlib
+import functools
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from importlib import import_module
+from importlib.resources import files
 from typing import Any
 
 import monai.transforms
@@ -33,53 +58,23 @@ import torch
 import torch.nn.functional as F
 from monai.utils import ensure_tuple, fall_back_tuple
 
+log = logging.getLogger(__name__)
+
 KEYS = ["image", "label"]
 
-# The published fine-tune's augmentation (vesselFM, configs/data/default_finetune.yaml), keyed
-# image/label. Its RandGaussianNoised has mean 0.3, std 0.01: kept as published (in effect a
-# brightness shift of the [0, 1] image on 20 % of the crops).
-DEFAULT_AUGMENTATIONS: list[dict[str, Any]] = [
-    {
-        "_target_": "vesselfm.data.transforms.RandZoomd",
-        "keys": KEYS,
-        "prob": 0.3,
-        "min_zoom": 1.0,
-        "max_zoom": 1.3,
-        "mode": ["trilinear", "nearest"],
-        "padding_mode": "constant",
-    },
-    {
-        "_target_": "vesselfm.data.transforms.RandAffined",
-        "keys": KEYS,
-        "prob": 0.3,
-        "shear_range": [0.4, 0.4, 0.4],
-        "mode": ["bilinear", "nearest"],
-        "padding_mode": "zeros",
-    },
-    {"_target_": "monai.transforms.RandFlipd", "keys": KEYS, "prob": 0.3, "spatial_axis": 0},
-    {"_target_": "monai.transforms.RandFlipd", "keys": KEYS, "prob": 0.3, "spatial_axis": 1},
-    {
-        "_target_": "vesselfm.data.transforms.RandGaussianSmoothd",
-        "keys": ["image"],
-        "prob": 0.2,
-        "sigma_x": [0.0, 0.5],
-        "sigma_y": [0.0, 0.5],
-        "sigma_z": [0.0, 0.5],
-    },
-    {
-        "_target_": "vesselfm.data.transforms.RandGaussianNoised",
-        "keys": ["image"],
-        "prob": 0.2,
-        "mean": 0.3,
-        "std": 0.01,
-    },
-    {
-        "_target_": "vesselfm.data.transforms.RandHistogramShiftd",
-        "keys": ["image"],
-        "prob": 0.3,
-        "num_control_points": [5, 10],
-    },
-]
+
+@functools.cache
+def _published_augmentations() -> tuple[dict[str, Any], ...]:
+    from omegaconf import OmegaConf  # a YAML reader here (not Hydra): no interpolation to resolve
+
+    text = files("vesselfm.configs").joinpath("data", "imagecas.yaml").read_text()
+    return tuple(OmegaConf.to_container(OmegaConf.create(text).augment))
+
+
+def default_augmentations() -> list[dict[str, Any]]:
+    """The published fine-tune's augmentation: ``data.augment`` of ``configs/data/imagecas.yaml``
+    (a fresh copy; the file is the one place the list is written)."""
+    return copy.deepcopy(list(_published_augmentations()))
 
 
 def locate(path: str) -> Any:
@@ -90,18 +85,39 @@ def locate(path: str) -> Any:
             f"_target_ must be a dotted path like monai.transforms.RandFlipd, got {path!r}"
         )
     try:
-        return getattr(importlib.import_module(module), name)
+        return getattr(import_module(module), name)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"_target_ {path!r} cannot be imported: {err}") from err
 
 
-def instantiate_transform(config: Mapping[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Build one transform from ``{"_target_": "monai.transforms.X", **kwargs}`` (nested ones too)."""
+def fast_class(cls: Any) -> Any:
+    """The faster class for MONAI's ``cls`` (:data:`FAST_TRANSFORMS`), else ``cls`` itself."""
+    return FAST_TRANSFORMS.get(getattr(cls, "__name__", None), cls) if _is_monai(cls) else cls
+
+
+def _is_monai(cls: Any) -> bool:
+    name = getattr(cls, "__name__", None)
+    return name is not None and getattr(monai.transforms, name, None) is cls
+
+
+def instantiate_transform(
+    config: Mapping[str, Any], fast: bool = False
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Build one transform from ``{"_target_": "monai.transforms.X", **kwargs}`` (nested ones too).
+
+    Args:
+        config: the transform's config.
+        fast: build ``monai.transforms.X`` as this module's ``X`` where there is one
+            (:func:`fast_class`); any other target is built as named.
+    """
 
     def build(value: Any) -> Any:
         if isinstance(value, Mapping):
             kwargs = {k: build(v) for k, v in value.items() if k != "_target_"}
-            return locate(value["_target_"])(**kwargs) if "_target_" in value else kwargs
+            if "_target_" not in value:
+                return kwargs
+            cls = locate(value["_target_"])
+            return (fast_class(cls) if fast else cls)(**kwargs)
         if isinstance(value, (list, tuple)):
             return [build(v) for v in value]
         return value
@@ -121,7 +137,7 @@ def augmentation_configs(
     if augment is None or augment is False:
         return []
     if augment is True:
-        return copy.deepcopy(DEFAULT_AUGMENTATIONS)
+        return default_augmentations()
     if isinstance(augment, Mapping):
         return [dict(v) for v in augment.values() if v is not None]
     if isinstance(augment, (list, tuple)):
@@ -135,6 +151,7 @@ def train_transforms(
     augment: bool | Sequence[Any] | Mapping[str, Any] | None,
     patch_size: Sequence[int],
     label_dtype: torch.dtype | None = torch.float32,
+    fast: bool = True,
 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """The training pipeline: the augmentations, a centre crop to ``patch_size``, tensors.
 
@@ -142,10 +159,27 @@ def train_transforms(
     of at least ``patch_size``; the label float or uint8). Output: the same keys as
     ``torch.Tensor`` of shape ``(1, *patch_size)``: the image float32, the label as
     ``label_dtype`` (``None``: the dtype the augmentations leave it in).
+
+    Args:
+        augment: see :func:`augmentation_configs`.
+        patch_size: the output's spatial size.
+        label_dtype: the label's output dtype.
+        fast: ``data.fast_transforms``: build the listed MONAI transforms as this module's
+            faster classes where there is one (see the module docstring for what differs).
     """
     from monai.transforms import CenterSpatialCropd, Compose, EnsureTyped, SpatialPadd
 
-    transforms = [instantiate_transform(c) for c in augmentation_configs(augment)]
+    transforms = [instantiate_transform(c, fast) for c in augmentation_configs(augment)]
+    if transforms:
+        faster = [type(t).__name__ for t in transforms if type(t).__module__ == __name__]
+        log.info(
+            "data.augment: %d transforms, data.fast_transforms=%s: %s",
+            len(transforms),
+            str(bool(fast)).lower(),
+            f"{', '.join(faster)} from vesselfm.data.transforms, the others MONAI's"
+            if faster
+            else "MONAI's own",
+        )
     transforms += [
         _ToPatchSize(
             CenterSpatialCropd(keys=KEYS, roi_size=list(patch_size)),
@@ -173,13 +207,9 @@ class _ToPatchSize:
 
 
 # ------------------------------------------------------------------ faster equivalents
-# The published pipeline's transforms, as subclasses of the MONAI transforms of the same name:
-# same arguments, same random draws in the same order (``set_random_state`` gives the MONAI
-# transform's parameters), the same interpolation, computed with less work. Each falls back to
-# MONAI's own code where its shortcut does not apply (lazy mode, other modes or ranges). The
-# outputs are plain tensors (no MetaTensor: the pipeline is not inverted), float32 except where
-# a resampling with mode ``nearest`` keeps the key's own dtype (a uint8 label stays uint8).
-# Tests compare each one with its MONAI original.
+# Subclasses of the MONAI transforms of the same name: same arguments, computed with less work.
+# What differs from MONAI, class by class, is listed in the module docstring. Where a shortcut
+# does not apply (the conditions listed there) the class runs MONAI's own code.
 
 
 def _float_tensor(img: Any) -> torch.Tensor:
@@ -604,8 +634,18 @@ class RandHistogramShiftd(monai.transforms.RandHistogramShiftd):
         self.shifter = _TakeHistogramShift(num_control_points=s.num_control_points, prob=1.0)
 
 
+# data.fast_transforms: MONAI transform name -> its faster class here
+FAST_TRANSFORMS: dict[str, type] = {
+    "RandZoomd": RandZoomd,
+    "RandAffined": RandAffined,
+    "RandGaussianSmoothd": RandGaussianSmoothd,
+    "RandGaussianNoised": RandGaussianNoised,
+    "RandHistogramShiftd": RandHistogramShiftd,
+}
+
+
 __all__ = [
-    "DEFAULT_AUGMENTATIONS",
+    "FAST_TRANSFORMS",
     "KEYS",
     "RandAffined",
     "RandGaussianNoised",
@@ -613,6 +653,8 @@ __all__ = [
     "RandHistogramShiftd",
     "RandZoomd",
     "augmentation_configs",
+    "default_augmentations",
+    "fast_class",
     "instantiate_transform",
     "locate",
     "train_transforms",

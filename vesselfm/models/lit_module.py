@@ -7,7 +7,6 @@ Validation and test use the same :class:`~vesselfm.inference.SlidingWindowPredic
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,26 +17,24 @@ import torch
 from torch import nn
 
 from vesselfm.models.components.checkpoint import to_plain
+from vesselfm.models.schedulers import SCHEDULER_INTERVALS
 
 log = logging.getLogger(__name__)
 
 VAL_METRICS = ("dice", "cldice")
-SCHEDULER_INTERVALS = ("epoch", "step")
 
 
-def warmup_cosine_lambda(
-    warmup: int, total: int, base_lr: float, eta_min: float
-) -> Callable[[int], float]:
-    """LR factor for linear warm-up over ``warmup`` units, then cosine decay to ``eta_min`` at ``total``."""
-
-    def factor(i: int) -> float:
-        if warmup > 0 and i < warmup:
-            return (i + 1) / warmup
-        progress = min(1.0, (i - warmup) / max(1, total - warmup))
-        floor = eta_min / base_lr if base_lr > 0 else 0.0
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
+def describe_factory(factory: Callable[..., Any] | None) -> dict[str, Any] | None:
+    """A plain record of an optimizer/scheduler factory for the checkpoint's hyperparameters:
+    ``{"_target_": "module.name", **bound keyword arguments}`` (a ``functools.partial``, as
+    Hydra's ``_partial_: true`` builds), else just its name."""
+    if factory is None:
+        return None
+    func = getattr(factory, "func", factory)
+    name = getattr(func, "__qualname__", type(func).__qualname__)
+    record: dict[str, Any] = {"_target_": f"{getattr(func, '__module__', '')}.{name}"}
+    record.update(getattr(factory, "keywords", None) or {})
+    return record
 
 
 class VesselSegLitModule(L.LightningModule):
@@ -47,20 +44,25 @@ class VesselSegLitModule(L.LightningModule):
         net: the network ``(B, 1, X, Y, Z) -> (B, 1, X, Y, Z)`` logits; kept as ``self.model``
             so checkpoint keys carry the ``model.`` prefix vesselFM's checkpoints use.
         loss: a loss on logits and binary targets.
-        optimizer: a partial optimizer (``torch.optim.AdamW`` with lr and weight decay bound).
-        scheduler: ``{"warmup": int, "eta_min": float, "interval": "epoch"|"step"}``; ``None``
-            keeps the learning rate constant.
+        optimizer: a partial optimizer (``torch.optim.AdamW`` with lr and weight decay bound),
+            called with the parameters.
+        scheduler: a partial scheduler factory, called as ``scheduler(optimizer=...,
+            trainer=...)`` and returning Lightning's lr-scheduler config (e.g.
+            :func:`vesselfm.models.schedulers.warmup_cosine` with warmup, eta_min and interval
+            bound); ``None`` keeps the learning rate constant.
         inference: the ``inference`` config group (sliding window, threshold) for validation/test.
         output_dir: where test writes ``metrics.csv``, ``summary.json`` and ``summary.md``.
         metadata: extra facts stored in every checkpoint under ``"vesselfm"`` (e.g. the model
             config's name), beside the preprocessing and threshold ``infer`` reads back.
 
-    ``scheduler``, ``inference``, ``output_dir`` and ``metadata`` are stored in checkpoints as
-    plain dicts, lists, str and numbers (OmegaConf configs resolved, paths as str), so that our
-    checkpoints load with ``torch.load(weights_only=True)``; other objects raise ``TypeError``.
+    ``inference``, ``output_dir`` and ``metadata`` are stored in checkpoints as plain dicts,
+    lists, str and numbers (OmegaConf configs resolved, paths as str), so that our checkpoints
+    load with ``torch.load(weights_only=True)``; other objects raise ``TypeError``.
+    ``optimizer`` and ``scheduler`` are recorded as ``{"_target_": ..., **bound arguments}``.
 
     Example:
-        >>> module = VesselSegLitModule(net, DiceCELoss(sigmoid=True), partial(AdamW, lr=1e-3))  # doctest: +SKIP
+        >>> module = VesselSegLitModule(net, DiceCELoss(sigmoid=True), partial(AdamW, lr=1e-3),
+        ...     partial(warmup_cosine, warmup=0, eta_min=1e-7, interval="epoch"))  # doctest: +SKIP
     """
 
     def __init__(
@@ -68,21 +70,24 @@ class VesselSegLitModule(L.LightningModule):
         net: nn.Module,
         loss: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Mapping[str, Any] | None = None,
+        scheduler: Callable[..., Mapping[str, Any]] | None = None,
         inference: Mapping[str, Any] | None = None,
         output_dir: str | Path | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "loss", "optimizer"], logger=False)
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
+        self.hparams["optimizer"] = describe_factory(optimizer)
+        self.hparams["scheduler"] = describe_factory(scheduler)
         # Checkpoints hold only plain types (they load with weights_only=True): convert now, so
         # that an unstorable argument fails here and not at the first checkpoint, epochs later.
         self.hparams.update(to_plain(dict(self.hparams), "VesselSegLitModule"))
         self.model = net.train()
         self.loss_fn = loss
         self.optimizer_factory = optimizer
-        self.scheduler_cfg = dict(scheduler or {})
-        interval = self.scheduler_cfg.get("interval", "epoch")
+        self.scheduler_factory = scheduler
+        # a bound interval is checked now, not when fit starts (after the data are prepared)
+        interval = (getattr(scheduler, "keywords", None) or {}).get("interval", "epoch")
         if interval not in SCHEDULER_INTERVALS:
             raise ValueError(
                 f"scheduler.interval must be one of {SCHEDULER_INTERVALS}, got {interval!r}"
@@ -229,30 +234,10 @@ class VesselSegLitModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(params=self.model.parameters())
-        if not self.scheduler_cfg:
+        if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        interval = self.scheduler_cfg.get("interval", "epoch")
-        total = (
-            self.trainer.max_epochs
-            if interval == "epoch"
-            else self.trainer.estimated_stepping_batches
-        )
-        if total is None or total < 0:
-            raise ValueError(
-                f"scheduler.interval={interval} needs trainer.max_epochs (or max_steps) to be set, got {total}"
-            )
-        base_lr = optimizer.param_groups[0]["lr"]
-        factor = warmup_cosine_lambda(
-            int(self.scheduler_cfg.get("warmup", 0)),
-            int(total),
-            base_lr,
-            float(self.scheduler_cfg.get("eta_min", 0.0)),
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": interval, "frequency": 1},
-        }
+        scheduler = self.scheduler_factory(optimizer=optimizer, trainer=self.trainer)
+        return {"optimizer": optimizer, "lr_scheduler": dict(scheduler)}
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -99,7 +99,8 @@ def visualise_case(
             colours TP / FP / FN in the 3D view and outlines it on the PNGs.
         image_path: optional image NIfTI (e.g. the CTA in HU) for the PNG backgrounds.
         case_id: name used in the output files; default from ``pred_path``.
-        threshold: foreground is ``value > threshold`` (for the prediction and the ground truth).
+        threshold: foreground is ``value >= threshold`` (for the prediction and the ground truth),
+            as in ``infer`` and ``evaluate``.
         step_size: marching-cubes step for the STL files (1: full resolution).
         smooth_iterations: Taubin smoothing passes for the STL files (0: exact voxel surface).
         html_step_size: marching-cubes step for the 3D view; ``None`` keeps it near
@@ -117,16 +118,16 @@ def visualise_case(
     Raises:
         FileNotFoundError: an input file does not exist.
         ValueError: an input is not a 3D NIfTI, the shapes differ, the affine is not finite, a
-            grid is too thin for a surface, or the threshold is outside [0, 1).
+            grid is too thin for a surface, or the threshold is outside [0, 1].
         UserError: ``output_dir`` is a file, or holds outputs vesselfm did not write.
     """
     import nibabel as nib
 
     from vesselfm.utils.outputs import check_overwrite, forget_files
 
-    if not 0.0 <= float(threshold) < 1.0:
+    if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(
-            f"threshold must be in [0, 1) (foreground is value > threshold), got {threshold}"
+            f"threshold must be in [0, 1] (foreground is value >= threshold), got {threshold}"
         )
     pred_img = _load(pred_path, "pred")
     if min(pred_img.shape) < 2:
@@ -168,13 +169,15 @@ def visualise_case(
     affine = pred_img.affine
 
     def binary(img: Any) -> np.ndarray:
-        return np.asanyarray(img.dataobj) > threshold
+        return np.asanyarray(img.dataobj) >= threshold
 
     pred = binary(pred_img)
     gt = None if gt_img is None else binary(gt_img)
     if not pred.any():
         log.warning(
-            "pred=%s: no voxel above threshold %s; the meshes will be empty", pred_path, threshold
+            "pred=%s: no voxel at or above threshold %s; the meshes will be empty",
+            pred_path,
+            threshold,
         )
     written: dict[str, Path] = {}
     started = time.time_ns()

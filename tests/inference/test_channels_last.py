@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vesselfm.inference.cpu_kernels import channels_last_view
+from vesselfm.inference.channels_last import channels_last_view
 
 
 def _assert_channels_last_close(
@@ -33,7 +33,7 @@ def test_output_and_every_activation_stay_channels_last(tiny_net: nn.Module) -> 
             seen.append(out.is_contiguous(memory_format=torch.channels_last_3d))
 
     # the swapped layers and the activations (the wrapped torch layers inside may differ)
-    layers = [m for m in view.modules() if type(m).__module__.endswith("cpu_kernels")]
+    layers = [m for m in view.modules() if type(m).__module__.endswith("channels_last")]
     layers += [m for m in view.modules() if isinstance(m, nn.LeakyReLU)]
     hooks = [m.register_forward_hook(record) for m in layers]
     with torch.inference_mode():

@@ -21,7 +21,7 @@ not do well in eager PyTorch:
 that is still training is always seen with its current weights), a module tree whose forward
 is the network's forward with those three layers swapped and channels-last windows. Its outputs
 equal the network's up to float rounding (the sums run in another order; largest logit
-difference about 2e-3 on the base model in fp32, ``tests/inference/test_cpu_kernels.py``).
+difference about 2e-3 on the base model in fp32, ``tests/inference/test_channels_last.py``).
 Used by :class:`~vesselfm.inference.predictor.SlidingWindowPredictor` on CPUs
 (``inference.cpu.channels_last``, on by default).
 """
