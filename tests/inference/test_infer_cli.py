@@ -233,14 +233,16 @@ def test_mesh_and_postprocessing(
     assert (vertices.min(0) >= lo - 1).all() and (vertices.max(0) <= hi + 1).all()
 
 
-def test_find_label_never_returns_the_scan_itself(tmp_path: Path) -> None:
-    from vesselfm.infer import find_label
+def test_label_lookup_never_returns_the_scan_itself(tmp_path: Path) -> None:
+    from vesselfm.io import find_labels, match_label
 
     scan = tmp_path / "scan.nii.gz"
     scan.write_bytes(b"")
-    assert find_label(tmp_path, "scan", scan) is None
+    (tmp_path / "other.nii.gz").write_bytes(b"")
+    assert match_label("scan", find_labels(tmp_path, exclude=[scan])) is None
     (tmp_path / "scan.label.nii.gz").write_bytes(b"")
-    assert find_label(tmp_path, "scan", scan) == tmp_path / "scan.label.nii.gz"
+    labels = find_labels(tmp_path, exclude=[scan])
+    assert match_label("scan", labels) == tmp_path / "scan.label.nii.gz"
 
 
 def _patients(root: Path, shapes: dict[str, tuple[int, int, int]], label: bool = False) -> None:

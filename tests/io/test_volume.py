@@ -161,8 +161,8 @@ def _gzip_named_nii(path: Path) -> Path:
 
 
 BAD_INPUTS = {
-    "not_nifti": (_not_nifti, "bad.nii.gz", "not a readable NIfTI"),
-    "gzip_of_garbage": (_gzip_of_garbage, "garbage.nii.gz", "not a readable NIfTI"),
+    "not_nifti": (_not_nifti, "bad.nii.gz", "unreadable, not a NIfTI file"),
+    "gzip_of_garbage": (_gzip_of_garbage, "garbage.nii.gz", "unreadable, not a NIfTI file"),
     "gzip_named_nii": (
         _gzip_named_nii,
         "zipped.nii",
@@ -248,7 +248,7 @@ def test_bytes_of_an_archive_member_read_as_the_file(scan_file: Path, tmp_path: 
     np.testing.assert_array_equal(member.array, on_disk.array)
     np.testing.assert_array_equal(member.affine, on_disk.affine)
     assert member.path is None and member.name == "1.img.nii.gz"
-    with pytest.raises(VolumeError, match=r"::1-200/cut\.img\.nii\.gz: .*truncated or corrupt"):
+    with pytest.raises(VolumeError, match=r"::1-200/cut\.img\.nii\.gz: .*unreadable or truncated"):
         read_volume_bytes(cut, f"{archive}::1-200/cut.img.nii.gz")
 
 
@@ -328,3 +328,26 @@ def test_check_same_grid_tolerance_is_a_parameter(tmp_path: Path) -> None:
     check_same_grid(b, a, atol=0.02)
     with pytest.raises(GridError):
         check_same_grid(b, a)
+
+
+@pytest.mark.parametrize("gzip_module", ["gzip", "isal.igzip"])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_arrays_are_read_as_nibabel_reads_them(tmp_path, monkeypatch, gzip_module, suffix):
+    import importlib
+
+    from vesselfm.io import nifti
+
+    module = importlib.import_module(gzip_module)
+    monkeypatch.setattr(nifti, "_gzip_module", lambda: module)
+    affine = np.diag([0.4, 0.4, 0.6, 1.0])
+    data = np.random.default_rng(0).integers(-1024, 3000, size=(9, 8, 7)).astype(np.int16)
+    plain, scaled = tmp_path / f"plain{suffix}", tmp_path / f"scaled{suffix}"
+    nib.save(nib.Nifti1Image(data, affine), plain)
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_slope_inter(0.5, -3.0)
+    nib.save(img, scaled)
+    for path in (plain, scaled):
+        volume = read_volume(path)
+        np.testing.assert_array_equal(volume.array, nib.load(path).get_fdata())
+        np.testing.assert_array_equal(volume.affine, nib.load(path).affine)
+    assert read_volume(plain).array.dtype == np.int16

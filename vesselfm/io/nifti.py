@@ -57,7 +57,7 @@ def _image(fileobj: IO[bytes], where: str) -> Any:
         klass = nib.Nifti2Image if _NIFTI2_HEADER_SIZE in sizes else nib.Nifti1Image
         return klass.from_file_map(klass.make_file_map({"image": fileobj, "header": fileobj}))
     except Exception as err:  # noqa: BLE001 - nibabel, gzip and zlib raise many types
-        raise _error(f"{where}: not a readable NIfTI file ({_reason(err)})") from err
+        raise _error(f"{where}: unreadable, not a NIfTI file ({_reason(err)})") from err
 
 
 def _array(image: Any, dtype: Any, where: str) -> np.ndarray:
@@ -71,7 +71,7 @@ def _array(image: Any, dtype: Any, where: str) -> np.ndarray:
         inter = float(getattr(proxy, "inter", 0.0))
     except Exception as err:  # noqa: BLE001 - truncated gzip (EOFError, zlib.error), short files (OSError)
         raise _error(
-            f"{where}: cannot read the voxel data, the file is truncated or corrupt ({_reason(err)})"
+            f"{where}: unreadable or truncated, the voxel data cannot be read ({_reason(err)})"
         ) from err
     if slope == 1.0 and inter == 0.0:
         return raw
@@ -110,9 +110,7 @@ def read_file(
     except IsADirectoryError as err:
         raise _error(f"{where}: a folder, not a file") from err
     except OSError as err:
-        if isinstance(err, gzip.BadGzipFile) or "gzip" in str(err).lower():
-            raise _error(f"{where}: not a readable NIfTI file ({_reason(err)})") from err
-        raise _error(f"{where}: cannot read it ({_reason(err)})") from err
+        raise _error(f"{where}: unreadable ({_reason(err)})") from err
 
 
 def read_bytes(
@@ -124,7 +122,7 @@ def read_bytes(
             data = _gzip_module().decompress(data)
         except Exception as err:  # noqa: BLE001 - gzip, zlib and EOF errors
             raise _error(
-                f"{where}: cannot inflate it, the file is truncated or corrupt ({_reason(err)})"
+                f"{where}: unreadable or truncated, it cannot be inflated ({_reason(err)})"
             ) from err
     return _read(io.BytesIO(data), where, dtype)
 
