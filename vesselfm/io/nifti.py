@@ -16,6 +16,8 @@ from typing import IO, Any
 import nibabel as nib
 import numpy as np
 
+from vesselfm.io.volume import VolumeError, error_reason
+
 GZIP_MAGIC = b"\x1f\x8b"
 _NIFTI2_HEADER_SIZE = 540
 
@@ -37,17 +39,6 @@ def _gzip_module() -> Any:
     return igzip
 
 
-def _reason(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def _error(message: str) -> Exception:
-    from vesselfm.io.volume import VolumeError
-
-    return VolumeError(message)
-
-
 def _image(fileobj: IO[bytes], where: str) -> Any:
     """The image of an open file (header read; the data are read on access)."""
     try:
@@ -57,7 +48,7 @@ def _image(fileobj: IO[bytes], where: str) -> Any:
         klass = nib.Nifti2Image if _NIFTI2_HEADER_SIZE in sizes else nib.Nifti1Image
         return klass.from_file_map(klass.make_file_map({"image": fileobj, "header": fileobj}))
     except Exception as err:  # noqa: BLE001 - nibabel, gzip and zlib raise many types
-        raise _error(f"{where}: unreadable, not a NIfTI file ({_reason(err)})") from err
+        raise VolumeError(f"{where}: unreadable, not a NIfTI file ({error_reason(err)})") from err
 
 
 def _array(image: Any, dtype: Any, where: str) -> np.ndarray:
@@ -70,8 +61,8 @@ def _array(image: Any, dtype: Any, where: str) -> np.ndarray:
         slope = float(getattr(proxy, "slope", 1.0))
         inter = float(getattr(proxy, "inter", 0.0))
     except Exception as err:  # noqa: BLE001 - truncated gzip (EOFError, zlib.error), short files (OSError)
-        raise _error(
-            f"{where}: unreadable or truncated, the voxel data cannot be read ({_reason(err)})"
+        raise VolumeError(
+            f"{where}: unreadable or truncated, the voxel data cannot be read ({error_reason(err)})"
         ) from err
     if slope == 1.0 and inter == 0.0:
         return raw
@@ -98,7 +89,7 @@ def read_file(
         if not gz:
             with open(path, "rb") as fh:
                 if fh.read(2) == GZIP_MAGIC:
-                    raise _error(
+                    raise VolumeError(
                         f"{where}: the file is gzip-compressed but named .nii; rename it to "
                         f"{path.name}.gz"
                     )
@@ -106,11 +97,11 @@ def read_file(
         with opener(path, "rb") as fileobj:
             return _read(fileobj, where, dtype)
     except FileNotFoundError as err:
-        raise _error(f"{where}: no such file") from err
+        raise VolumeError(f"{where}: no such file") from err
     except IsADirectoryError as err:
-        raise _error(f"{where}: a folder, not a file") from err
+        raise VolumeError(f"{where}: a folder, not a file") from err
     except OSError as err:
-        raise _error(f"{where}: unreadable ({_reason(err)})") from err
+        raise VolumeError(f"{where}: unreadable ({error_reason(err)})") from err
 
 
 def read_bytes(
@@ -121,8 +112,8 @@ def read_bytes(
         try:
             data = _gzip_module().decompress(data)
         except Exception as err:  # noqa: BLE001 - gzip, zlib and EOF errors
-            raise _error(
-                f"{where}: unreadable or truncated, it cannot be inflated ({_reason(err)})"
+            raise VolumeError(
+                f"{where}: unreadable or truncated, it cannot be inflated ({error_reason(err)})"
             ) from err
     return _read(io.BytesIO(data), where, dtype)
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vesselfm.io.names import ROLE_TAGS, case_id, check_case_id, is_volume_file, role_of
+from vesselfm.io.volume import error_reason
 from vesselfm.utils.errors import UserError
 
 #: the extension of the volumes vesselfm writes for NIfTI input
@@ -48,11 +49,6 @@ def find_outputs(folder: str | os.PathLike[str], role: str, key: str) -> dict[st
     return found
 
 
-def _reason(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
 def ensure_writable_dir(path: str | os.PathLike[str], key: str = "output") -> Path:
     """Create ``path`` if needed and check that files can be created in it.
 
@@ -66,7 +62,7 @@ def ensure_writable_dir(path: str | os.PathLike[str], key: str = "output") -> Pa
             pass
     except OSError as err:
         raise UserError(
-            f"{key}={path} is not a writable folder ({_reason(err)}); choose another {key}="
+            f"{key}={path} is not a writable folder ({error_reason(err)}); choose another {key}="
         ) from err
     return path
 

@@ -94,7 +94,8 @@ class Volume:
         return dataclasses.replace(self, array=array, where=str(path), path=Path(path))
 
 
-def _reason(err: BaseException) -> str:
+def error_reason(err: BaseException) -> str:
+    """``"<type>: <first line>"`` of an exception, for one-line messages."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
