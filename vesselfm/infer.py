@@ -6,7 +6,8 @@ any failed, or (with ``label=``) if a case had no label to be scored against.
 
 Checks about the run (inputs, case ids, labels, the output folder) run before its first write,
 checks about a case (its output names, outputs vesselfm did not write) before that case's first
-write. Case ids are unique per run (:func:`vesselfm.inference.io.unique_case_ids`).
+write. Case ids are unique per run (:func:`vesselfm.io.unique_case_ids`); with ``label=``, each
+case is scored as ``evaluate`` scores it (:func:`vesselfm.metrics.folders.score_volumes`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from vesselfm.utils.cli import UserError, hydra_entrypoint
@@ -26,27 +26,14 @@ log = logging.getLogger(__name__)
 
 def default_output_dir(spec: str) -> Path:
     """``vesselfm_pred/`` in the input's folder (the folder itself when ``input=`` is one)."""
+    from vesselfm.io import static_root
+
     path = Path(spec).expanduser()
     if path.is_dir():
         return path / "vesselfm_pred"
     if path.is_file():
         return path.parent / "vesselfm_pred"
-    # a glob: the deepest folder without wildcards
-    parts = []
-    for part in path.parts:
-        if any(c in part for c in "*?["):
-            break
-        parts.append(part)
-    return (Path(*parts) if parts else Path(".")) / "vesselfm_pred"
-
-
-def find_label(label_dir: Path, case: str, scan: Path | None = None) -> Path | None:
-    """The label file of ``case`` in ``label_dir`` (``<case>.label.nii.gz``, ``<case>_label.nii.gz``,
-    ``<case>.nii.gz``), never the ``scan`` itself (when labels sit beside the scans)."""
-    from vesselfm.inference.io import is_nifti, label_files, match_label
-
-    files = [p for p in Path(label_dir).iterdir() if p.is_file() and is_nifti(p)]
-    return match_label(case, label_files(files, exclude=[scan] if scan is not None else ()))
+    return static_root(path) / "vesselfm_pred"  # a glob: the deepest folder without wildcards
 
 
 def _resolve_preprocess_and_threshold(cfg: DictConfig) -> tuple[Any, float]:
@@ -79,48 +66,27 @@ def _resolve_preprocess_and_threshold(cfg: DictConfig) -> tuple[Any, float]:
     return preprocess, threshold
 
 
-def _score(
-    case: str,
-    mask: np.ndarray,
-    prob: np.ndarray | None,
-    spacing: tuple[float, float, float],
-    label_path: Path,
-    threshold: float,
-) -> dict[str, Any]:
-    """``{"case": case, **compute_metrics(...)}`` of a mask (and its probabilities) against a label file."""
-    from vesselfm.inference import load_scan
+def _score(case: str, result: dict[str, Any], label_path: Path, threshold: float) -> dict[str, Any]:
+    """``{"case": case, **compute_metrics(...)}`` of a case's prediction against its label file,
+    by :func:`vesselfm.metrics.folders.score_volumes`, as ``evaluate`` scores it: from the arrays
+    just predicted, or (a case skipped because its outputs exist) from the files it left, with its
+    probabilities when they were saved."""
+    from vesselfm.io import output_paths
+    from vesselfm.metrics.folders import CaseError, read_case_volume, score_volumes
 
     try:
-        from vesselfm.metrics import compute_metrics
-    except ImportError as err:
-        raise UserError(
-            "label= needs vesselfm.metrics.compute_metrics, which this installation lacks"
-        ) from err
-    label = load_scan(label_path)
-    if label.data.shape != mask.shape:
-        raise UserError(
-            f"{label_path}: label shape {label.data.shape} differs from the scan's {mask.shape}"
-        )
-    values = compute_metrics(
-        (np.asarray(mask) > 0).astype(np.uint8),
-        label.data > 0.5,
-        spacing=spacing,
-        threshold=threshold,
-        prob=prob,
-    )
-    return {"case": case, **values}
-
-
-def _score_existing(
-    case: str, output_dir: Path, label_path: Path, threshold: float
-) -> dict[str, Any]:
-    """Score a skipped case from the files it left (with its probabilities when they were saved)."""
-    from vesselfm.inference import load_scan, output_paths
-
-    paths = output_paths(output_dir, case)
-    pred = load_scan(paths["pred"])
-    prob = load_scan(paths["prob"]).data if paths["prob"].exists() else None
-    return _score(case, pred.data, prob, pred.spacing, label_path, threshold)
+        label = read_case_volume(label_path)
+        if result["skipped"]:
+            pred = read_case_volume(result["pred"])
+            prob_path = output_paths(result["pred"].parent, case)["prob"]
+            prob = read_case_volume(prob_path) if prob_path.exists() else None
+        else:
+            arrays = result["arrays"]
+            pred = arrays["scan"].with_array(arrays["mask"], result["pred"])
+            prob = arrays["scan"].with_array(arrays["prob"])
+        return score_volumes(case, pred, label, prob, threshold)
+    except CaseError as err:
+        raise UserError(str(err)) from err
 
 
 def infer(cfg: DictConfig) -> dict[str, Any]:
@@ -141,7 +107,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from vesselfm.inference import SlidingWindowPredictor
-    from vesselfm.inference.io import (
+    from vesselfm.io import (
         check_output_dir,
         ensure_writable_dir,
         find_inputs,
@@ -233,20 +199,8 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
                         case,
                         cfg.label,
                     )
-                elif result["skipped"]:
-                    rows.append(_score_existing(case, output_dir, label_path, threshold))
                 else:
-                    arrays = result["arrays"]
-                    rows.append(
-                        _score(
-                            case,
-                            arrays["mask"],
-                            arrays["prob"],
-                            arrays["spacing"],
-                            label_path,
-                            threshold,
-                        )
-                    )
+                    rows.append(_score(case, result, label_path, threshold))
             result.pop("arrays", None)
         except KeyboardInterrupt:
             raise

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from vesselfm.data.imagecas import (
-    case_id_from_name,
     discover_cases,
     random_split,
     read_official_split,
 )
+from vesselfm.io import case_id
 
 
 def _touch(path: Path) -> Path:
@@ -55,8 +55,8 @@ def test_images_labels_folders_and_case_ids(tmp_path):
     _touch(tmp_path / "masks" / "7.label.nii.gz")
     found = discover_cases(tmp_path)
     assert sorted(c.case_id for c in found.cases) == ["7", "ct_001"]
-    assert case_id_from_name("12.img.nii.gz") == "12"
-    assert case_id_from_name("12.label.nii") == "12"
+    assert case_id("12.img.nii.gz", "image") == "12"
+    assert case_id("12.label.nii", "label") == "12"
 
 
 def test_zip_archive_and_zip_inside_a_folder(tmp_path):
@@ -231,7 +231,7 @@ def test_new_cases_are_drawn_beside_placed_ones_to_fill_each_share():
 
 
 def test_case_ids_that_cannot_name_a_folder_are_not_cases(tmp_path):
-    from vesselfm.data.imagecas import case_id_problem
+    from vesselfm.io import case_id_problem
 
     for i in ("1", ""):
         _touch(tmp_path / "1-200" / f"{i}.img.nii.gz")

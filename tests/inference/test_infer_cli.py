@@ -165,6 +165,43 @@ def test_skip_existing_overwrite_and_label_scoring(
     assert [r["skipped"] for r in third["results"]] == [False]
 
 
+@pytest.mark.parametrize("label", ["good", "not_binary", "shifted"])
+def test_infer_label_and_evaluate_score_a_pair_alike(
+    compose_cfg: Callable[..., DictConfig], scan_file: Path, tmp_path: Path, label: str
+) -> None:
+    """``infer label=`` and ``evaluate`` call one scoring function: the same rows, or the same
+    refusal, for the same pair."""
+    from vesselfm.metrics.folders import evaluate_folders
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    _, mask = tube_phantom()
+    affine = FLIPPED_AFFINE.copy()
+    if label == "not_binary":
+        mask = mask * 2
+    elif label == "shifted":
+        affine[1, 3] += 0.5
+    save_nifti(labels / "1.label.nii.gz", mask, affine=affine)
+    out = tmp_path / "preds"
+    cfg = compose_cfg(
+        "infer", [f"input={scan_file}", f"output={out}", f"label={labels}", "save_prob=true", *FAST]
+    )
+    refused = {"not_binary": "expected a binary mask", "shifted": "affine differs"}.get(label)
+    if refused is None:
+        rows = infer(cfg)["metrics"]
+    else:
+        with pytest.raises(UserError, match=refused) as info:
+            infer(cfg)
+        infer_error = str(info.value)
+    result = evaluate_folders(pred=out, gt=labels, output=tmp_path / "eval", prob=out)
+    if refused is None:
+        assert len(rows) == 1 and rows == result.rows
+        assert rows[0]["roc_auc"] is not None  # the probabilities were scored by both
+    else:
+        assert result.rows == [] and refused in result.errors["1"]
+        assert result.errors["1"] in infer_error
+
+
 def test_checkpoint_metadata_sets_preprocess_and_threshold(
     compose_cfg: Callable[..., DictConfig],
     scan_file: Path,
@@ -233,14 +270,16 @@ def test_mesh_and_postprocessing(
     assert (vertices.min(0) >= lo - 1).all() and (vertices.max(0) <= hi + 1).all()
 
 
-def test_find_label_never_returns_the_scan_itself(tmp_path: Path) -> None:
-    from vesselfm.infer import find_label
+def test_label_lookup_never_returns_the_scan_itself(tmp_path: Path) -> None:
+    from vesselfm.io import find_labels, match_label
 
     scan = tmp_path / "scan.nii.gz"
     scan.write_bytes(b"")
-    assert find_label(tmp_path, "scan", scan) is None
+    (tmp_path / "other.nii.gz").write_bytes(b"")
+    assert match_label("scan", find_labels(tmp_path, exclude=[scan])) is None
     (tmp_path / "scan.label.nii.gz").write_bytes(b"")
-    assert find_label(tmp_path, "scan", scan) == tmp_path / "scan.label.nii.gz"
+    labels = find_labels(tmp_path, exclude=[scan])
+    assert match_label("scan", labels) == tmp_path / "scan.label.nii.gz"
 
 
 def _patients(root: Path, shapes: dict[str, tuple[int, int, int]], label: bool = False) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vesselfm.evaluate import evaluate, find_cases
+from vesselfm.evaluate import evaluate
+from vesselfm.metrics.folders import find_cases
 from vesselfm.utils.cli import UserError
 
 DAMAGES = {"1": "label", "2": "cut", "3": "no_branch", "4": "extra_blob"}
@@ -144,7 +145,8 @@ def test_cli_empty_gt_folder_is_one_line_error(tmp_path, folders):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
-        f"error: gt={empty}: no NIfTI labels found; expected <case>.label.nii.gz or <case>.nii.gz files"
+        f"error: gt={empty}: no NIfTI labels found; expected <case>.label.nii.gz, "
+        "<case>.coronary.nii.gz or <case>.nii.gz files"
     ]
     assert not folders["out"].exists()
 
@@ -290,14 +292,16 @@ def test_a_non_finite_affine_fails_the_grid_check(
         target = folders["prob"] / f"{case}_prob.nii.gz"
         write_nifti(target, tree.prob(tree.cut), affine=bad)
     cfg = compose_cfg("evaluate", _args(folders, f"prob={folders['prob']}"))
-    with pytest.raises(UserError, match=rf"\(case {case}: .*{target.name}: the affine holds NaN"):
+    with pytest.raises(
+        UserError, match=rf"\(case {case}: .*{target.name}: the affine is not finite"
+    ):
         evaluate(cfg)
     assert list(_rows(folders["out"] / "metrics.csv")) == ["1", "3", "4"]
 
 
 def test_output_that_is_a_file_is_refused_before_scoring(compose_cfg, folders, caplog):
     folders["out"].write_text("not a folder")
-    with caplog.at_level(logging.INFO, logger="vesselfm.evaluate"):
+    with caplog.at_level(logging.INFO, logger="vesselfm.metrics.folders"):
         with pytest.raises(UserError, match=r"^output=.*eval is a file, not a folder") as info:
             evaluate(compose_cfg("evaluate", _args(folders)))
     assert "Errno" not in str(info.value)

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import trimesh
 
+from vesselfm.io import case_id
 from vesselfm.utils.errors import UserError
 from vesselfm.utils.outputs import RECORD_NAME, read_record, written_by_us
-from vesselfm.viz import case_id_from_path, visualise_case
+from vesselfm.viz import visualise_case
 
 EXPECTED = [
     RECORD_NAME,  # the output record naming every file below
@@ -51,8 +52,8 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ("a.b_pred.nii.gz", "a.b"),
     ],
 )
-def test_case_id_from_path(name: str, case: str) -> None:
-    assert case_id_from_path(Path("/x") / name) == case
+def test_case_id_of_any_role(name: str, case: str) -> None:
+    assert case_id(Path("/x") / name) == case
 
 
 def test_visualise_case_writes_every_output_in_scanner_mm(nifti_case, case, tmp_path: Path) -> None:

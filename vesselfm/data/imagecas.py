@@ -36,14 +36,14 @@ from typing import Any
 
 import numpy as np
 
+from vesselfm.io import case_id as case_id_of
+from vesselfm.io import case_id_problem, is_volume_file, role_of
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 DOC = "ImageCASDataSetPrep.md"
 
-_IMAGE_SUFFIXES = (".img.nii.gz", ".img.nii")
-_LABEL_SUFFIXES = (".label.nii.gz", ".label.nii")
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Sibling folder conventions for "any img/label folder" (nnU-Net, MSD and plain names).
 _IMAGE_DIRS = {"images", "imagestr", "imagests", "image", "imgs", "img"}
 _LABEL_DIRS = {"labels", "labelstr", "labelsts", "label", "masks", "mask", "segmentations", "seg"}
@@ -136,50 +136,9 @@ def case_sort_key(case_id: str) -> tuple[int, int, str]:
     return (0, int(case_id), "") if case_id.isdigit() else (1, 0, case_id)
 
 
-def case_id_from_name(name: str) -> str:
-    """The case id of a file name: ``1.img.nii.gz`` / ``1.label.nii.gz`` → ``1``; ``x.nii.gz`` → ``x``;
-    nnU-Net's channel suffix is dropped (``x_0000.nii.gz`` → ``x``)."""
-    for suffix in _IMAGE_SUFFIXES + _LABEL_SUFFIXES + _NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            stem = name[: -len(suffix)]
-            break
-    else:
-        stem = name
-    return re.sub(r"_0000$", "", stem)
-
-
-def case_id_problem(case_id: str) -> str | None:
-    """Why ``case_id`` cannot name a case folder, or ``None`` when it can.
-
-    Refused: ``""`` (from ``.img.nii.gz``), ``.`` and ``..`` (they name the folder itself or
-    its parent), ids holding a path separator or a NUL, and ids longer than a file name may be.
-    """
-    if case_id == "":
-        return "its name gives an empty case id, which cannot name a case folder"
-    if case_id in (".", ".."):
-        where = "the split folder itself" if case_id == "." else "the folder above it"
-        return (
-            f"its name gives the case id {case_id!r}, which would name {where}, not a case folder"
-        )
-    if "\0" in case_id or any(sep and sep in case_id for sep in (os.sep, os.altsep)):
-        return f"its name gives the case id {case_id!r}, which holds a path separator"
-    size = len(os.fsencode(case_id))
-    if size > 255:
-        return f"its name gives a case id of {size} bytes, more than the 255 a folder name may have"
-    return None
-
-
 def is_duplicate_marked(parts: Iterable[str]) -> bool:
     """True when a path component carries a copy marker such as ``(1)``."""
     return any(_DUPLICATE.search(p) for p in parts)
-
-
-def _kind(name: str) -> str | None:
-    if name.endswith(_IMAGE_SUFFIXES):
-        return "image"
-    if name.endswith(_LABEL_SUFFIXES):
-        return "label"
-    return None
 
 
 def _pair(
@@ -194,18 +153,18 @@ def _pair(
             continue
         name = parts[-1]
         parent = parts[:-1]
-        if not name.endswith(_NIFTI_SUFFIXES):
+        if not is_volume_file(name):
             continue
-        kind = _kind(name)
+        kind = role_of(name)
         folder = parent[-1].lower() if parent else ""
         # images*/X.nii.gz pairs with labels*/X.nii.gz (or masks/...): key both on the folder above.
         if folder in _IMAGE_DIRS and kind != "label":
             kind, parent = "image", parent[:-1] + ("\0pair",)
         elif folder in _LABEL_DIRS and kind != "image":
             kind, parent = "label", parent[:-1] + ("\0pair",)
-        if kind is None:
+        if kind not in ("image", "label"):
             continue
-        key = (parent, case_id_from_name(name))
+        key = (parent, case_id_of(name, kind))
         (images if kind == "image" else labels)[key] = src
     for key, img in images.items():
         lab = labels.get(key)
@@ -318,7 +277,7 @@ def discover_cases(source: str | os.PathLike[str] | Sequence[str | os.PathLike[s
                         _scan_zip(full, found, inside_folder=True)
                     else:
                         found.split_archive_parts.append(str(full))
-                elif name.endswith(_NIFTI_SUFFIXES):  # other files are never opened
+                elif is_volume_file(name):  # other files are never opened
                     disk_files.append((rel + (name,), _disk_file(full)))
         _pair(disk_files, str(root), found)
 
@@ -409,7 +368,7 @@ def normalise_case_id(value: Any) -> str | None:
         return None
     if re.fullmatch(r"\d+(\.0+)?", text):
         return str(int(float(text)))
-    return case_id_from_name(text)
+    return case_id_of(text)
 
 
 def _split_value(value: Any, where: str) -> str | None:

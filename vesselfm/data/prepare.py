@@ -47,7 +47,6 @@ from vesselfm.data.imagecas import (
     SPLITS,
     Case,
     SourceFile,
-    case_id_problem,
     case_sort_key,
     discover_cases,
     draw_splits,
@@ -77,6 +76,15 @@ from vesselfm.data.preprocessing import (
     resampled_affine,
     spacing_from_affine,
     target_shape,
+)
+from vesselfm.io import (
+    GridError,
+    Volume,
+    VolumeError,
+    case_id_problem,
+    check_same_grid,
+    read_volume,
+    read_volume_bytes,
 )
 from vesselfm.utils.errors import UserError
 from vesselfm.utils.io import atomic_path, remove_stale_temporaries
@@ -228,80 +236,30 @@ class PrepareSummary:
 # ------------------------------------------------------------------------------------ reading
 
 
-def _gzip_module() -> Any:
-    """ISA-L's gzip (``isal.igzip``, 2-3x faster inflate, same API) when installed, else ``gzip``."""
-    try:
-        from isal import igzip
-    except ImportError:
-        return gzip
-    return igzip
+def read_source(src: SourceFile, what: str) -> Volume:
+    """The volume of a file on disk or inside a zip archive, in its stored dtype
+    (:func:`vesselfm.io.read_volume`).
 
-
-def read_nifti(src: SourceFile) -> Any:
-    """Open a NIfTI file on disk or inside a zip archive (header read; data read on access)."""
-    import nibabel as nib
-
-    if src.member is None:
-        return nib.load(src.path)
-    with zipfile.ZipFile(src.path) as zf:
-        data = zf.read(src.member)
-    if src.member.endswith(".gz"):
-        data = _gzip_module().decompress(data)
-    return nib.Nifti1Image.from_bytes(data)
-
-
-def read_nifti_array(src: SourceFile) -> tuple[np.ndarray, np.ndarray]:
-    """The voxel array (see :func:`read_volume`) and the 4×4 affine of a NIfTI file.
-
-    A ``.nii.gz`` on disk is inflated straight into the array's buffer, with ISA-L when
-    ``isal`` is installed (decompression is most of the time of reading a CTA).
+    Raises:
+        CaseError: the file cannot be read or is no valid volume, naming ``what`` (``image``,
+            ``label``) and the file.
     """
-    import nibabel as nib
-
-    if src.member is None and str(src.path).endswith(".gz"):
-        with _gzip_module().open(src.path, "rb") as fileobj:
-            img = nib.Nifti1Image.from_file_map(
-                nib.Nifti1Image.make_file_map({"image": fileobj, "header": fileobj})
-            )
-            return read_volume(img), np.asarray(img.affine, dtype=np.float64)
-    img = read_nifti(src)
-    return read_volume(img), np.asarray(img.affine, dtype=np.float64)
-
-
-def read_volume(img: Any) -> np.ndarray:
-    """The voxel array of a nibabel image in its stored dtype, scaled only when the header
-    says so (float32 then, never float64: a 512×512×275 scan is 144 MB as int16, 577 MB as float64)."""
-    proxy = img.dataobj
-    if not hasattr(proxy, "get_unscaled"):
-        return np.asanyarray(proxy)
-    raw = np.asanyarray(proxy.get_unscaled())
-    slope = float(getattr(proxy, "slope", 1.0))
-    inter = float(getattr(proxy, "inter", 0.0))
-    if slope == 1.0 and inter == 0.0:
-        return raw
-    if raw.dtype.kind in "iu" and slope.is_integer() and inter.is_integer():
-        return raw.astype(np.int32) * int(slope) + int(inter)
-    return raw.astype(np.float32) * np.float32(slope) + np.float32(inter)
-
-
-def _load(src: SourceFile, what: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        data, affine = read_nifti_array(src)
-    except Exception as err:  # noqa: BLE001 - nibabel, gzip, zlib and zipfile raise many types
+        if src.member is None:
+            return read_volume(src.path)
+        with zipfile.ZipFile(src.path) as zf:
+            data = zf.read(src.member)
+        return read_volume_bytes(data, str(src))
+    except VolumeError as err:
+        raise CaseError(f"{what} {err}") from err
+    except (OSError, zipfile.BadZipFile, KeyError) as err:
         raise CaseError(
-            f"{what} {src}: unreadable or truncated ({type(err).__name__}: {err})"
+            f"{what} {src}: cannot read it from the archive ({type(err).__name__}: {err})"
         ) from err
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise CaseError(f"{what} {src}: expected a 3D volume, got shape {data.shape}")
-    return data, affine
 
 
 def _check_label(label: np.ndarray, src: SourceFile) -> np.ndarray:
-    """The label as bool; raise when it is not binary 0/1 or holds NaN."""
-    if label.dtype.kind == "f" and not np.isfinite(label).all():
-        raise CaseError(f"label {src}: holds NaN or infinite values")
+    """The label as bool; raise when it is not binary 0/1 (NaN was refused when it was read)."""
     if label.dtype == np.bool_:
         return label
     if label.dtype.kind in "iu":
@@ -436,22 +394,15 @@ def prepare_case(
     start = time.perf_counter()
     output = Path(output)
     case_dir = case_folder(output, split, case.case_id)  # checked before any work
-    image, affine = _load(case.image, "image")
-    if image.dtype.kind == "f" and not np.isfinite(image).all():
-        raise CaseError(f"image {case.image}: holds NaN or infinite values")
-    label_raw, label_affine = _load(case.label, "label")
-    if label_raw.shape != image.shape:
-        raise CaseError(
-            f"label {case.label}: shape {tuple(label_raw.shape)} differs from the image's {tuple(image.shape)}"
-        )
-    diff = float(np.max(np.abs(label_affine - affine)))
-    if diff > options.affine_tolerance:
-        raise CaseError(
-            f"label {case.label}: affine differs from the image's by up to {diff:.4g} mm "
-            f"(tolerance {options.affine_tolerance:g} mm)"
-        )
-    label = _check_label(label_raw, case.label)
-    del label_raw
+    image_volume = read_source(case.image, "image")
+    label_volume = read_source(case.label, "label")
+    try:
+        check_same_grid(label_volume, image_volume, atol=options.affine_tolerance)
+    except GridError as err:
+        raise CaseError(f"label {err}") from err
+    image, affine = image_volume.array, image_volume.affine
+    label = _check_label(label_volume.array, case.label)
+    del image_volume, label_volume
 
     cfg = options.preprocess
     spacing = spacing_from_affine(affine)
@@ -487,9 +438,8 @@ def prepare_case(
         # Archive sources: keep a readable copy of the original label for native-resolution scoring.
         with zipfile.ZipFile(case.label.path) as zf, atomic_path(case_dir / LABEL_COPY) as tmp:
             data = zf.read(case.label.member)
-            tmp.write_bytes(
-                data if case.label.member.endswith(".gz") else gzip.compress(data, compresslevel=1)
-            )
+            gz = case.label.member.lower().endswith(".gz")
+            tmp.write_bytes(data if gz else gzip.compress(data, compresslevel=1))
         original_label = f"{rel}/{LABEL_COPY}"
     else:
         original_label = str(Path(case.label.path).resolve())
@@ -1228,8 +1178,6 @@ __all__ = [
     "split_settings",
     "prepare_case",
     "prepare_dataset",
-    "read_nifti",
-    "read_nifti_array",
-    "read_volume",
+    "read_source",
     "round_trip_dice",
 ]

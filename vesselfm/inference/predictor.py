@@ -510,7 +510,8 @@ class SlidingWindowPredictor:
                 output that is not (or was changed since) is refused before it is predicted.
             save_mesh: also write an STL surface of the mask.
             case: the case id (default: from the file name, ``1.img.nii.gz`` → ``1``).
-            return_arrays: add ``"prob"``/``"mask"`` arrays and ``"spacing"`` under ``"arrays"``.
+            return_arrays: add the ``"prob"``/``"mask"`` arrays, their ``"spacing"`` and the
+                ``"scan"`` (:class:`~vesselfm.io.Volume`, for their grid) under ``"arrays"``.
 
         Returns:
             ``{"case", "input", "pred", ["prob"], ["mesh"], "skipped", "shape", "timings"}``:
@@ -522,18 +523,11 @@ class SlidingWindowPredictor:
                 output name is too long for the file system, or an existing output was not
                 written by vesselfm (without ``overwrite``).
         """
-        from vesselfm.inference.io import (
-            case_id,
-            check_case_outputs,
-            load_scan,
-            output_paths,
-            save_prediction,
-            save_probabilities,
-        )
+        from vesselfm.io import case_id, check_case_outputs, output_paths, read_volume, write_like
         from vesselfm.utils.outputs import written_from
 
         path = Path(path)
-        case = case or case_id(path)
+        case = case or case_id(path, "image")
         paths = output_paths(output_dir, case)
         wanted = ["pred"] + (["prob"] if save_prob else []) + (["mesh"] if save_mesh else [])
         result: dict[str, Any] = {
@@ -552,21 +546,21 @@ class SlidingWindowPredictor:
         mesh_writer = _mesh_writer() if save_mesh else None
 
         t0 = time.perf_counter()
-        scan = load_scan(path)
+        scan = read_volume(path, dtype=np.float32)
         t1 = time.perf_counter()
-        prob = self.predict_array(scan.data, scan.affine)
+        prob = self.predict_array(scan.array, scan.affine)
         t2 = time.perf_counter()
         spacing = scan.spacing
         mask = self.binarize(prob, spacing)
         t3 = time.perf_counter()
         with written_from(path):  # the record says which input each output was made from
-            if save_prob:
-                save_probabilities(prob, scan.image, paths["prob"])
+            if save_prob:  # float32 in [0, 1]
+                write_like(np.clip(np.asarray(prob, np.float32), 0.0, 1.0), scan, paths["prob"])
             if mesh_writer is not None:
                 mesh_writer(mask, scan.affine, paths["mesh"])
-            save_prediction(mask, scan.image, paths["pred"])
+            write_like((np.asarray(mask) > 0).astype(np.uint8), scan, paths["pred"])  # uint8 0/1
         t4 = time.perf_counter()
-        result["shape"] = tuple(int(s) for s in scan.data.shape)
+        result["shape"] = scan.shape
         result["timings"] = {
             "read": t1 - t0,
             "predict": t2 - t1,
@@ -575,7 +569,7 @@ class SlidingWindowPredictor:
             "total": t4 - t0,
         }
         if return_arrays:
-            result["arrays"] = {"prob": prob, "mask": mask, "spacing": spacing}
+            result["arrays"] = {"prob": prob, "mask": mask, "spacing": spacing, "scan": scan}
         return result
 
 

@@ -5,7 +5,9 @@ aggregate the rows ``{"case": id, **compute_metrics(...)}`` into ``metrics.csv``
 ``summary.json`` and ``summary.md``. Nothing here imports Lightning or Hydra.
 
 Modules: ``overlap`` (confusion counts), ``curves`` (ROC AUC, average precision), ``topology``
-(clDice, Betti numbers), ``surface`` (HD95, ASSD in mm), ``report`` (aggregation and writers).
+(clDice, Betti numbers), ``surface`` (HD95, ASSD in mm), ``report`` (aggregation and writers),
+``folders`` (pairing prediction and label files and scoring them: what ``evaluate`` and
+``infer label=`` share).
 Each module's docstring states the value of its metrics on empty masks.
 """
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 
@@ -199,9 +198,8 @@ class VesselSegLitModule(L.LightningModule):
         self._test_rows = []
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        import nibabel as nib
-
         from vesselfm.data.preprocessing import resample_probabilities
+        from vesselfm.io import read_volume
         from vesselfm.metrics import compute_metrics
 
         prob = self._predict(batch["image"])
@@ -209,11 +207,7 @@ class VesselSegLitModule(L.LightningModule):
             shape = tuple(int(s) for s in batch["original_shape"][i])
             spacing = tuple(float(s) for s in batch["original_spacing"][i])
             native = resample_probabilities(prob[i, 0].float().cpu(), shape)
-            label = np.asarray(nib.load(batch["original_label"][i]).dataobj)
-            # prepare accepts (X, Y, Z, 1) labels; score them as the 3D volume they hold
-            label = (
-                label.reshape(label.shape[:3]) if label.ndim == 4 and label.shape[3] == 1 else label
-            )
+            label = read_volume(batch["original_label"][i]).array  # (X, Y, Z, 1) squeezed
             # the same mask infer would write: threshold, then inference.postprocess
             mask = self.predictor.binarize(native, spacing)
             values = compute_metrics(mask, label > 0, spacing=spacing, threshold=0.5, prob=native)

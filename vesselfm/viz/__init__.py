@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from vesselfm.viz.case import case_id_from_path, visualise_case
+from vesselfm.viz.case import visualise_case
 from vesselfm.viz.figure3d import error_masks, make_figure, save_html
 from vesselfm.viz.mesh import (
     apply_affine,
@@ -24,7 +24,6 @@ from vesselfm.viz.overlay import save_overlays
 
 __all__ = [
     "apply_affine",
-    "case_id_from_path",
     "error_masks",
     "load_stl",
     "make_figure",

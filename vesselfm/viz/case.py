@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from vesselfm.io import (
+    GridError,
+    Volume,
+    VolumeError,
+    check_case_id,
+    check_same_grid,
+    ras_voxel_order,
+    read_volume,
+)
+from vesselfm.io import case_id as file_case_id
 from vesselfm.utils.errors import UserError
 from vesselfm.viz.figure3d import (
     DEFAULT_MAX_FACES,
@@ -32,40 +40,18 @@ from vesselfm.viz.overlay import save_overlays
 
 log = logging.getLogger(__name__)
 
-_CASE_SUFFIXES = re.compile(r"(\.img|\.label|_pred|_prob|_label|_gt|_img|_image)$")
 
-
-def case_id_from_path(path: str | os.PathLike[str]) -> str:
-    """``1.img.nii.gz``, ``1.label.nii.gz`` and ``1_pred.nii.gz`` -> ``1``; ``scan.nii`` -> ``scan``."""
-    name = Path(path).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return _CASE_SUFFIXES.sub("", name) or name
-
-
-def _load(path: str | os.PathLike[str], role: str) -> Any:
-    """Load a NIfTI image, with a one-line error naming the role and the file."""
-    import nibabel as nib
-
+def _load(path: str | os.PathLike[str], role: str) -> Volume:
+    """Read a volume (:func:`vesselfm.io.read_volume`), with a one-line error naming the role."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"{role}={path}: no such file; give the path of a .nii or .nii.gz file"
         )
     try:
-        img = nib.load(str(path))
-    except Exception as err:  # nibabel raises several types for unreadable files
-        raise ValueError(
-            f"{role}={path}: not a readable NIfTI file ({type(err).__name__}: {err})"
-        ) from err
-    if len(img.shape) != 3:
-        if len(img.shape) == 4 and img.shape[3] == 1:
-            img = img.slicer[..., 0]
-        else:
-            raise ValueError(f"{role}={path}: expected a 3D volume, got shape {img.shape}")
-    return img
+        return read_volume(path)
+    except VolumeError as err:
+        raise ValueError(f"{role}={err}") from err
 
 
 def visualise_case(
@@ -98,7 +84,8 @@ def visualise_case(
         gt_path: optional ground-truth NIfTI on the prediction's grid: adds ``<case>_gt.stl``,
             colours TP / FP / FN in the 3D view and outlines it on the PNGs.
         image_path: optional image NIfTI (e.g. the CTA in HU) for the PNG backgrounds.
-        case_id: name used in the output files; default from ``pred_path``.
+        case_id: name used in the output files; default the case id of ``pred_path``
+            (:func:`vesselfm.io.case_id`: ``1_pred.nii.gz`` → ``1``).
         threshold: foreground is ``value >= threshold`` (for the prediction and the ground truth),
             as in ``infer`` and ``evaluate``.
         step_size: marching-cubes step for the STL files (1: full resolution).
@@ -117,62 +104,43 @@ def visualise_case(
 
     Raises:
         FileNotFoundError: an input file does not exist.
-        ValueError: an input is not a 3D NIfTI, the shapes differ, the affine is not finite, a
+        ValueError: an input is not a valid 3D volume (:func:`vesselfm.io.read_volume`), the
+            inputs are not on one grid (:func:`vesselfm.io.check_same_grid`), the prediction's
             grid is too thin for a surface, or the threshold is outside [0, 1].
         UserError: ``output_dir`` is a file, or holds outputs vesselfm did not write.
     """
-    import nibabel as nib
-
     from vesselfm.utils.outputs import check_overwrite, forget_files
 
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(
             f"threshold must be in [0, 1] (foreground is value >= threshold), got {threshold}"
         )
-    pred_img = _load(pred_path, "pred")
-    if min(pred_img.shape) < 2:
+    pred_vol = _load(pred_path, "pred")
+    if min(pred_vol.shape) < 2:
         raise ValueError(
-            f"pred={pred_path}: shape {pred_img.shape} has an axis shorter than 2 voxels; "
+            f"pred={pred_path}: shape {pred_vol.shape} has an axis shorter than 2 voxels; "
             "a surface needs a 3D volume"
         )
-    if (
-        not np.isfinite(pred_img.affine).all()
-        or abs(np.linalg.det(pred_img.affine[:3, :3])) < 1e-12
-    ):
-        raise ValueError(
-            f"pred={pred_path}: its affine is not finite or singular; fix the file's header "
-            "(qform/sform)"
-        )
-    gt_img = None if gt_path is None else _load(gt_path, "gt")
-    image_img = None if image_path is None else _load(image_path, "image")
-    for role, path, other in (("gt", gt_path, gt_img), ("image", image_path, image_img)):
-        if other is None:
-            continue
-        if other.shape != pred_img.shape:
-            raise ValueError(
-                f"{role}={path}: shape {other.shape} differs from the prediction's {pred_img.shape} "
-                f"({pred_path}); give files on the same voxel grid"
-            )
-        if not np.allclose(other.affine, pred_img.affine, atol=1e-3):
-            log.warning(
-                "%s=%s: affine differs from the prediction's; using the prediction's", role, path
-            )
-    case = case_id or case_id_from_path(pred_path)
+    gt_vol = None if gt_path is None else _load(gt_path, "gt")
+    image_vol = None if image_path is None else _load(image_path, "image")
+    for role, other in (("gt", gt_vol), ("image", image_vol)):
+        if other is not None:
+            try:
+                check_same_grid(other, pred_vol)
+            except GridError as err:
+                raise ValueError(f"{role}={err}") from err
+    case = case_id or check_case_id(pred_path, file_case_id(pred_path), "pred")
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output={output_dir} is a file; give a folder for the views")
-    names = [f"{case}_pred.stl"] * stl + [f"{case}_gt.stl"] * (stl and gt_img is not None)
+    names = [f"{case}_pred.stl"] * stl + [f"{case}_gt.stl"] * (stl and gt_vol is not None)
     names += [f"{case}_3d.html"] * html
     names += [f"{case}_{view}.png" for view in ("axial", "coronal", "sagittal", "mip")] * png
     check_overwrite([output_dir / n for n in names], overwrite)
     output_dir.mkdir(parents=True, exist_ok=True)
-    affine = pred_img.affine
-
-    def binary(img: Any) -> np.ndarray:
-        return np.asanyarray(img.dataobj) >= threshold
-
-    pred = binary(pred_img)
-    gt = None if gt_img is None else binary(gt_img)
+    affine = pred_vol.affine
+    pred = pred_vol.array >= threshold
+    gt = None if gt_vol is None else gt_vol.array >= threshold
     if not pred.any():
         log.warning(
             "pred=%s: no voxel at or above threshold %s; the meshes will be empty",
@@ -204,20 +172,19 @@ def visualise_case(
             written["html"] = save_html(fig, output_dir / f"{case}_3d.html")
         if png:
             # Overlays are drawn in RAS+ voxel order (radiological display), whatever the file's.
-            ornt = nib.orientations.io_orientation(affine)
+            reorder, spacing = ras_voxel_order(affine)
 
             def canonical(a: np.ndarray | None) -> np.ndarray | None:
-                return None if a is None else nib.orientations.apply_orientation(a, ornt)
+                return None if a is None else reorder(a)
 
-            spacing = nib.affines.voxel_sizes(affine)[np.argsort(ornt[:, 0])]
-            image = None if image_img is None else np.asanyarray(image_img.dataobj)
+            image = None if image_vol is None else image_vol.array
             pngs = save_overlays(
                 canonical(image),
                 canonical(pred),
                 output_dir,
                 gt=canonical(gt),
                 prefix=f"{case}_",
-                spacing=tuple(spacing),
+                spacing=spacing,
             )
             written.update(zip(("axial", "coronal", "sagittal", "mip"), pngs, strict=True))
     except BaseException:

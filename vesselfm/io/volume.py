@@ -1,0 +1,225 @@
+"""Reading a volume file into a format-neutral :class:`Volume`, and writing outputs like it.
+
+:func:`read_volume` is the only reader of image files in vesselfm. It refuses, with one line
+naming the file, what would give a wrong or meaningless result: a file that is not a volume of a
+known format, a truncated one, a 2D or 4D volume (a trailing singleton 4th axis is squeezed),
+an empty one, non-finite voxels, a non-finite or singular affine. :func:`write_like` writes an
+array on the grid of a volume that was read, in that volume's format and with its header, so
+an output has the input's shape, affine and orientation codes; it writes through
+:func:`vesselfm.utils.io.atomic_path`, so an interrupted run leaves no partial file.
+
+Frames: :attr:`Volume.affine` maps voxel indices to the NIfTI world frame (RAS, as nibabel
+reports it) in mm, whatever the file's format; a format with another frame (LPS for ITK, NRRD,
+DICOM) is converted in its reader and writer, here and nowhere else.
+
+Volumes are NumPy arrays in the file's voxel order ``(X, Y, Z)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vesselfm.io.names import EXTENSIONS, split_extension
+from vesselfm.utils.errors import UserError
+
+#: the formats :func:`read_volume` reads, by extension (lower case)
+FORMATS: dict[str, str] = {".nii.gz": "nifti", ".nii": "nifti"}
+assert set(FORMATS) == set(EXTENSIONS)
+
+
+class VolumeError(UserError, ValueError):
+    """A volume file that cannot be read or used; the message is one line naming the file."""
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A volume read by :func:`read_volume`.
+
+    Attributes:
+        array: voxels ``(X, Y, Z)``, the file's scaling applied; in the stored dtype (integer
+            scaling in int32, float scaling in float32) unless :func:`read_volume` was asked for
+            another.
+        affine: 4×4 float64 voxel-index-to-world matrix, RAS mm (nibabel's frame).
+        where: the file, for messages (``archive.zip::member`` for a member of an archive).
+        format: the file's format (``"nifti"``).
+        path: the file on disk, ``None`` for one read from bytes.
+        native: the format's header, kept for :func:`write_like`; opaque to callers.
+
+    Example:
+        >>> vol = read_volume("1.img.nii.gz", dtype=np.float32)  # doctest: +SKIP
+        >>> vol.array.shape, vol.spacing  # doctest: +SKIP
+        ((512, 512, 275), (0.39, 0.39, 0.5))
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    where: str
+    format: str = "nifti"
+    path: Path | None = None
+    native: Any = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The voxel grid's shape ``(X, Y, Z)``."""
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along each array axis: the column norms of the affine."""
+        from vesselfm.data.preprocessing import spacing_from_affine
+
+        return spacing_from_affine(self.affine)
+
+    @property
+    def name(self) -> str:
+        """The file's name (``where``'s last part)."""
+        return Path(self.where.rsplit("::", 1)[-1]).name
+
+    def with_array(self, array: np.ndarray, path: str | os.PathLike[str] | None = None) -> Volume:
+        """This volume's grid and header holding ``array`` (e.g. a mask predicted for it),
+        named ``path`` in messages when given."""
+        array = np.asarray(array)
+        if tuple(array.shape) != self.shape:
+            raise ValueError(
+                f"array shape {tuple(array.shape)} differs from the grid's {self.shape} ({self.where})"
+            )
+        if path is None:
+            return dataclasses.replace(self, array=array)
+        return dataclasses.replace(self, array=array, where=str(path), path=Path(path))
+
+
+def error_reason(err: BaseException) -> str:
+    """``"<type>: <first line>"`` of an exception, for one-line messages."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _format(where: str, name: str) -> str:
+    ext = split_extension(name)[1].lower()
+    if not ext:
+        allowed = ", ".join(EXTENSIONS)
+        raise VolumeError(f"{where}: not a volume file of a known format; expected {allowed}")
+    return FORMATS[ext]
+
+
+def _validated(
+    array: np.ndarray, affine: np.ndarray, header_shape: tuple[int, ...], where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The checks every volume passes, whatever its format."""
+    shape = tuple(int(s) for s in header_shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise VolumeError(
+            f"{where}: expected a 3D volume (X, Y, Z), got {len(header_shape)}D shape "
+            f"{tuple(header_shape)}; give one 3D scan per file"
+        )
+    if min(shape) < 1:
+        raise VolumeError(f"{where}: empty volume, shape {shape}")
+    array = array.reshape(shape)
+    if array.dtype.kind in "fc":
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(array.size - np.count_nonzero(finite))
+            raise VolumeError(
+                f"{where}: {bad} of {array.size} voxels are NaN or infinite; fix or re-export "
+                "the file"
+            )
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise VolumeError(
+            f"{where}: the affine is not finite or singular; fix the header (qform/sform)"
+        )
+    return array, affine
+
+
+def read_volume(path: str | os.PathLike[str], dtype: np.dtype | type | None = None) -> Volume:
+    """Read and validate a 3D volume file.
+
+    Args:
+        path: a file named with one of :data:`~vesselfm.io.names.EXTENSIONS`.
+        dtype: the array's dtype, the file's scaling applied in it (``np.float32`` for
+            intensities); ``None`` keeps the stored dtype (scaled files: int32 for integer
+            scaling, else float32), the smallest exact array.
+
+    Returns:
+        The :class:`Volume`.
+
+    Raises:
+        VolumeError: one line naming the file: no such file, not a volume of a known format,
+            truncated or corrupt, not 3D, empty, NaN or infinite voxels, a non-finite or
+            singular affine.
+    """
+    path = Path(path)
+    where = str(path)
+    fmt = _format(where, path.name)
+    if fmt == "nifti":
+        from vesselfm.io import nifti
+
+        array, affine, header_shape, native = nifti.read_file(path, dtype, where)
+    array, affine = _validated(array, affine, header_shape, where)
+    return Volume(array=array, affine=affine, where=where, format=fmt, path=path, native=native)
+
+
+def read_volume_bytes(data: bytes, name: str, dtype: np.dtype | type | None = None) -> Volume:
+    """:func:`read_volume` of a file's bytes (a member of a zip archive).
+
+    Args:
+        data: the file's content, compressed as its name says (``.nii.gz``: gzip).
+        name: where it came from (``archive.zip::1-200/1.img.nii.gz``), for its format and
+            for messages.
+        dtype: as for :func:`read_volume`.
+    """
+    fmt = _format(name, name.rsplit("::", 1)[-1])
+    if fmt == "nifti":
+        from vesselfm.io import nifti
+
+        array, affine, header_shape, native = nifti.read_bytes(data, name, dtype)
+    array, affine = _validated(array, affine, header_shape, name)
+    return Volume(array=array, affine=affine, where=name, format=fmt, native=native)
+
+
+def write_like(array: np.ndarray, like: Volume, target: str | os.PathLike[str]) -> Path:
+    """Write ``array`` on ``like``'s grid, in its format and with its header, atomically.
+
+    The file holds ``array``'s values in its dtype, unscaled, with ``like``'s shape, affine and
+    orientation codes (NIfTI: qform/sform and their codes; no intensity scaling or calibration
+    range of the input).
+
+    Args:
+        array: ``(X, Y, Z)`` of ``like``'s shape (uint8 0/1 for a mask, float32 for
+            probabilities).
+        like: the volume the output belongs to (the input scan).
+        target: the output file; its extension must be one of ``like``'s format.
+
+    Returns:
+        ``target``.
+
+    Raises:
+        ValueError: ``array``'s shape is not ``like``'s, or ``target``'s extension is not one of
+            ``like``'s format.
+    """
+    from vesselfm.utils.io import atomic_path
+
+    array = np.asarray(array)
+    target = Path(target)
+    if tuple(array.shape) != like.shape:
+        raise ValueError(f"output shape {tuple(array.shape)} differs from the input's {like.shape}")
+    ext = split_extension(target.name)[1].lower()
+    if FORMATS.get(ext) != like.format:
+        same = [e for e, f in FORMATS.items() if f == like.format]
+        raise ValueError(
+            f"{target}: an output of a {like.format} input is named {' or '.join(same)}"
+        )
+    if like.format == "nifti":
+        from vesselfm.io import nifti
+
+        with atomic_path(target) as tmp:
+            nifti.write_like(array, like.affine, like.native, tmp)
+    return target

@@ -1,0 +1,466 @@
+"""Scoring predictions against labels, file by file: what ``evaluate`` and ``infer label=`` share.
+
+Cases pair by id (:mod:`vesselfm.io.names`): ``<case>_pred.nii.gz`` in ``pred`` with the label
+of that case in ``gt`` (``<case>.label.nii.gz``, ``<case>.coronary.nii.gz`` or
+``<case>.nii.gz``, in a folder or a glob; ids that clash get their parent folder's name
+prefixed, as ``infer`` names its outputs), and ``<case>_prob.nii.gz`` in ``prob`` when given
+(for ROC AUC and AP).
+
+:func:`score_volumes` scores one case from volumes already read: the prediction must be on the
+label's grid (:func:`vesselfm.io.check_same_grid`), the label binary, the probabilities in
+[0, 1]; the spacing is the label's. ``infer label=`` calls it with the arrays it just wrote,
+:func:`score_case` with the files, so both give the same metrics for the same pair.
+:func:`evaluate_folders` scores every pair of two folders in a process pool and writes the
+reports (:mod:`vesselfm.metrics.report`). Nothing here imports Lightning or Hydra.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import re
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from vesselfm.io import Volume
+from vesselfm.utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+_NO_RESAMPLING = "predictions must be on the label's grid (scoring does not resample)"
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """The files of one case: prediction, label and optional probability map."""
+
+    case: str
+    pred: Path
+    gt: Path | None
+    prob: Path | None = None
+
+
+class CaseError(Exception):
+    """A case that cannot be scored; the message names the file and the reason."""
+
+
+def natural_key(case: str) -> list[Any]:
+    """Sort key of case ids: numbers numerically (``2`` before ``10``)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", case)]
+
+
+def _folder(value: Any, key: str) -> Path:
+    if value in (None, "", "???"):
+        raise UserError(f"{key}= is required: give the folder, e.g. {key}=/path/to/folder")
+    path = Path(str(value)).expanduser()
+    if not path.is_dir():
+        raise UserError(f"{key}={value}: no such folder; give an existing folder of NIfTI files")
+    return path
+
+
+def find_predictions(pred_dir: str | Path) -> dict[str, Path]:
+    """``{case: file}`` of the ``<case>_pred`` files in ``pred_dir``.
+
+    Raises:
+        UserError: there is none.
+    """
+    from vesselfm.io import find_outputs
+
+    preds = find_outputs(pred_dir, "prediction", "pred")
+    if not preds:
+        raise UserError(
+            f"pred={pred_dir}: no <case>_pred.nii.gz files found; point pred= at the folder "
+            "python -m vesselfm.infer wrote"
+        )
+    return preds
+
+
+def pair_cases(
+    pred_dir: str | Path, gt: str | Path, prob_dir: str | Path | None = None
+) -> tuple[list[CaseFiles], list[str]]:
+    """Pair ``<case>_pred.nii.gz`` files with their labels (and probability maps).
+
+    Args:
+        pred_dir: folder of ``<case>_pred.nii.gz`` (or ``.nii``).
+        gt: folder (or glob) of labels; ids by :func:`vesselfm.io.find_labels`.
+        prob_dir: optional folder of ``<case>_prob.nii.gz``.
+
+    Returns:
+        ``(cases, unpredicted)``: one entry per prediction, sorted by case id (numbers
+        numerically; ``gt`` is ``None`` where no label was found), and the ids of the labels
+        that no prediction pairs with.
+
+    Raises:
+        UserError: ``gt`` holds no label, or ``pred_dir`` no ``*_pred`` file.
+    """
+    from vesselfm.io import find_labels, find_outputs, match_label
+
+    labels = find_labels(gt, key="gt")
+    preds = find_predictions(pred_dir)
+    probs = find_outputs(prob_dir, "probability", "prob") if prob_dir is not None else {}
+    cases = []
+    # by id first; the prefixed-id fallback only among the labels left
+    paired = {labels[case] for case in preds if case in labels}
+    for case in sorted(preds, key=natural_key):
+        label = match_label(case, labels, taken=paired)
+        if label is not None:
+            paired.add(label)
+        cases.append(CaseFiles(case=case, pred=preds[case], gt=label, prob=probs.get(case)))
+    unpredicted = sorted(
+        (case for case, path in labels.items() if path not in paired), key=natural_key
+    )
+    if unpredicted:
+        shown = ", ".join(unpredicted[:10]) + (" ..." if len(unpredicted) > 10 else "")
+        log.warning(
+            "%d label(s) in %s have no prediction and are not scored: %s",
+            len(unpredicted),
+            gt,
+            shown,
+        )
+    return cases, unpredicted
+
+
+def find_cases(
+    pred_dir: str | Path, gt_dir: str | Path, prob_dir: str | Path | None = None
+) -> list[CaseFiles]:
+    """The cases of :func:`pair_cases` (one per prediction), without the unpredicted labels."""
+    return pair_cases(pred_dir, gt_dir, prob_dir)[0]
+
+
+def expected_cases(
+    cases: Any = None, split: str | None = None, manifest: str | Path | None = None
+) -> tuple[list[str], str] | None:
+    """The case ids a run must score, from ``cases=`` or ``split=`` (``None`` when neither).
+
+    Args:
+        cases: a list of ids, or a text file with one id per line (blank lines and ``#``
+            comments skipped).
+        split: ``train``, ``val`` or ``test``: the cases of that split in ``manifest``.
+        manifest: a prepared set's folder or its ``manifest.json`` (``python -m
+            vesselfm.prepare``).
+
+    Returns:
+        ``(ids, where)``: the ids in order, without repeats, and the keys that named them (for
+        messages).
+
+    Raises:
+        UserError: both keys given, a missing or empty file, an unknown split, no manifest.
+    """
+    if cases not in (None, "") and split not in (None, ""):
+        raise UserError("cases= and split= both name the expected cases; give one of them")
+    if cases not in (None, ""):
+        if isinstance(cases, list | tuple):
+            ids = [str(c).strip() for c in cases]
+        elif isinstance(cases, int) and not isinstance(cases, bool):
+            ids = [str(cases)]
+        else:
+            path = Path(str(cases)).expanduser()
+            if not path.is_file():
+                raise UserError(
+                    f"cases={cases}: no such file; give a file with one case id per line, or a "
+                    "list: cases=[1,2,3]"
+                )
+            lines = path.read_text(encoding="utf-8").splitlines()
+            ids = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        ids = list(dict.fromkeys(i for i in ids if i))
+        if not ids:
+            raise UserError(f"cases={cases}: no case ids in it; list the cases to score")
+        return ids, "cases="
+    if split in (None, ""):
+        return None
+    if split not in SPLITS:
+        raise UserError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    if manifest in (None, ""):
+        raise UserError(
+            f"split={split} needs manifest=: the prepared set's folder or its manifest.json"
+        )
+    from vesselfm.data.manifest import manifest_path, read_manifest
+
+    path = manifest_path(str(manifest))
+    try:
+        entries = read_manifest(path)["cases"]
+        ids = [c for c, e in entries.items() if isinstance(e, dict) and e.get("split") == split]
+    except FileNotFoundError as err:
+        raise UserError(
+            f"manifest={manifest}: no {path.name} there; give a prepared set's folder or its "
+            "manifest.json"
+        ) from err
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(
+            f"manifest={manifest}: {path} is not a prepared set's manifest ({type(err).__name__})"
+        ) from err
+    if not ids:
+        raise UserError(f"split={split}: {path} lists no {split} case")
+    return ids, f"split={split} (manifest={manifest})"
+
+
+def score_volumes(
+    case: str,
+    pred: Volume,
+    label: Volume,
+    prob: Volume | None = None,
+    threshold: float = 0.5,
+    metrics: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Score one case at native resolution, with the label's voxel spacing.
+
+    Args:
+        case: the case id (the row's ``case``).
+        pred: the prediction: a 0/1 mask, or probabilities (float) thresholded at ``threshold``.
+        label: the binary label (0/1, any dtype).
+        prob: optional probabilities in [0, 1] on the same grid (ROC AUC and AP).
+        threshold: applied when ``pred`` holds probabilities (float, not only 0/1).
+        metrics: subset of metric names, ``None`` for all.
+
+    Returns:
+        ``{"case": case, **compute_metrics(...)}``.
+
+    Raises:
+        CaseError: a grid mismatch (:func:`vesselfm.io.check_same_grid`), a label that is not
+            binary, probabilities outside [0, 1], or invalid values, naming the file.
+    """
+    from vesselfm.io import GridError, check_same_grid
+    from vesselfm.metrics import compute_metrics
+    from vesselfm.metrics.compute import _as_binary, _check_probabilities
+
+    try:
+        check_same_grid(pred, label, hint=_NO_RESAMPLING)
+        if prob is not None:
+            check_same_grid(prob, label, hint=_NO_RESAMPLING)
+    except GridError as err:
+        raise CaseError(str(err)) from err
+    scores = None
+    if prob is not None:
+        scores = np.asarray(prob.array, dtype=np.float32)
+        try:  # checked here so that the message names the prob file, not the prediction
+            _check_probabilities(scores, prob.where)
+        except ValueError as err:
+            raise CaseError(str(err)) from err
+    try:
+        _as_binary(np.asarray(label.array), label.where)
+    except ValueError as err:
+        raise CaseError(str(err)) from err
+    values = pred.array
+    # A float file holding only 0 and 1 is a mask saved as float, not a probability map.
+    if values.dtype.kind == "f" and np.all((values == 0) | (values == 1)):
+        values = values.astype(bool)
+    try:
+        row = compute_metrics(
+            values,
+            label.array,
+            spacing=label.spacing,
+            threshold=threshold,
+            metrics=metrics,
+            prob=scores,
+        )
+    except (ValueError, TypeError) as err:
+        raise CaseError(f"{pred.where}: {err}") from err
+    return {"case": case, **row}
+
+
+def read_case_volume(path: Path) -> Volume:
+    """:func:`vesselfm.io.read_volume`, its errors as :class:`CaseError` (that case only)."""
+    from vesselfm.io import VolumeError, read_volume
+
+    try:
+        return read_volume(path)
+    except VolumeError as err:
+        raise CaseError(str(err)) from err
+
+
+def score_case(
+    files: CaseFiles, threshold: float = 0.5, metrics: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Read one case's files and score them with :func:`score_volumes`.
+
+    Args:
+        files: the case's files (``files.gt`` must be set).
+        threshold: applied when the prediction holds probabilities (float, not only 0/1).
+        metrics: subset of metric names, ``None`` for all.
+
+    Returns:
+        ``{"case": id, **compute_metrics(...)}``.
+
+    Raises:
+        CaseError: a missing label, an unreadable file, a shape/affine mismatch, invalid values.
+    """
+    if files.gt is None:
+        raise CaseError(
+            f"{files.pred}: no label {files.case}.label.nii.gz or {files.case}.nii.gz in gt= "
+            "(a prediction without a label cannot be scored)"
+        )
+    label = read_case_volume(files.gt)
+    pred = read_case_volume(files.pred)
+    prob = read_case_volume(files.prob) if files.prob is not None else None
+    return score_volumes(files.case, pred, label, prob, threshold, metrics)
+
+
+def _score_task(
+    files: CaseFiles, threshold: float, metrics: Sequence[str] | None
+) -> tuple[str, dict[str, Any] | None, str | None]:
+    """Worker entry: never raises for a case-level problem, so one bad case stops nothing."""
+    try:
+        return files.case, score_case(files, threshold, metrics), None
+    except CaseError as err:
+        return files.case, None, str(err)
+
+
+class Evaluation(NamedTuple):
+    """What :func:`evaluate_folders` scored and wrote.
+
+    Attributes:
+        rows: a row per scored case, sorted by case id.
+        errors: ``{case: reason}`` for the cases that could not be scored.
+        paths: the report files by kind (``csv``, ``json``, ``md``).
+        missing_predictions: the ids of the labels without a prediction (listed in the
+            reports, not scored).
+    """
+
+    rows: list[dict[str, Any]]
+    errors: dict[str, str]
+    paths: dict[str, Path]
+    missing_predictions: list[str]
+
+
+def evaluate_folders(
+    pred: str | Path,
+    gt: str | Path,
+    output: str | Path,
+    prob: str | Path | None = None,
+    workers: int = 1,
+    threshold: float = 0.5,
+    metrics: Sequence[str] | None = None,
+    expected: Sequence[str] | None = None,
+    expected_by: str = "cases=",
+    overwrite: bool = False,
+) -> Evaluation:
+    """Score every ``<case>_pred`` file in ``pred`` against ``gt`` and write the reports.
+
+    Everything about the run (folders, options, the output folder and the files to be replaced
+    in it, the expected cases) is checked before the first case is scored.
+
+    Args:
+        pred: folder of ``<case>_pred.nii.gz``.
+        gt: folder (or glob) of ``<case>.label.nii.gz`` / ``<case>.nii.gz``.
+        output: folder for ``metrics.csv``, ``summary.json``, ``summary.md``.
+        prob: optional folder of ``<case>_prob.nii.gz`` (ROC AUC and AP).
+        workers: parallel processes; 1 scores in this process.
+        threshold: for prediction files that hold probabilities.
+        metrics: subset of metric names, ``None`` for all.
+        expected: the case ids to score (:func:`expected_cases`); every one must have a
+            prediction, and predictions of other cases are left out. ``None``: every prediction.
+        expected_by: the keys that named ``expected``, for messages.
+        overwrite: replace report files in ``output`` that vesselfm did not write.
+
+    Returns:
+        ``(rows, errors, paths, missing_predictions)`` as an :class:`Evaluation`.
+
+    Raises:
+        UserError: missing folders, no labels, no predictions, bad ``workers``/``threshold``,
+            ``output`` not a writable folder or holding reports vesselfm did not write, or an
+            expected case without a prediction.
+    """
+    from tqdm.auto import tqdm
+
+    from vesselfm.io import check_output_dir
+    from vesselfm.metrics.compute import _select
+    from vesselfm.metrics.report import REPORT_FILES, write_reports
+
+    if output in (None, "", "???"):
+        raise UserError("output= is required: give the folder for the reports, e.g. output=eval")
+    pred_dir = _folder(pred, "pred")
+    prob_dir = _folder(prob, "prob") if prob not in (None, "") else None
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise UserError(f"workers must be an integer >= 1, got {workers!r}")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise UserError(f"threshold must be in [0, 1], got {threshold}")
+    names = list(_select(metrics))
+    output = check_output_dir(output, "output", REPORT_FILES, overwrite)
+
+    cases, unpredicted = pair_cases(pred_dir, gt, prob_dir)
+    if expected is not None:
+        wanted = set(expected)
+        have = {c.case for c in cases}
+        absent = [case for case in expected if case not in have]
+        if absent:
+            shown = ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else "")
+            raise UserError(
+                f"{expected_by}: {len(absent)} of {len(expected)} expected case(s) have no "
+                f"<case>_pred.nii.gz in pred={pred_dir}: {shown}; segment them "
+                "(python -m vesselfm.infer) or leave them out of the expected cases"
+            )
+        others = [c.case for c in cases if c.case not in wanted]
+        if others:
+            log.info(
+                "%d prediction(s) are not among the expected cases (%s) and are left out: %s",
+                len(others),
+                expected_by,
+                ", ".join(others[:10]),
+            )
+        cases = [c for c in cases if c.case in wanted]
+        unpredicted = []
+    if prob_dir is not None:
+        missing = [c.case for c in cases if c.prob is None]
+        if missing:
+            log.warning(
+                "no <case>_prob.nii.gz in %s for %d case(s) (%s): their AUCs come from the pred file, or are empty",
+                prob_dir,
+                len(missing),
+                ", ".join(missing[:5]),
+            )
+    total = len(cases) + len(unpredicted)
+    log.info(
+        "scoring %d case(s) from %s against %s with %d worker(s)",
+        len(cases),
+        pred_dir,
+        gt,
+        workers,
+    )
+
+    rows: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+
+    def collect(case: str, row: dict[str, Any] | None, error: str | None) -> None:
+        if error is not None:
+            errors[case] = error
+            log.error("case %s: %s", case, error)
+        else:
+            rows[case] = row  # type: ignore[assignment]
+
+    bar = tqdm(total=len(cases), desc="evaluate", unit="case")
+    if workers == 1:
+        for files in cases:
+            collect(*_score_task(files, threshold, names))
+            bar.update()
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=ctx) as pool:
+            futures = [pool.submit(_score_task, files, threshold, names) for files in cases]
+            for future in as_completed(futures):
+                collect(*future.result())
+                bar.update()
+    bar.close()
+
+    ordered = [rows[c.case] for c in cases if c.case in rows]
+    failed = {c.case: errors[c.case] for c in cases if c.case in errors}
+    # always written, so that an earlier run's summary never stands for this one
+    paths = write_reports(
+        ordered,
+        output,
+        expected=total,
+        missing={"missing_predictions": unpredicted},
+        failed=failed,
+    )
+    log.info(
+        "scored %d of %d case(s); wrote %s",
+        len(ordered),
+        total,
+        ", ".join(str(p) for p in paths.values()),
+    )
+    return Evaluation(ordered, failed, paths, unpredicted)
