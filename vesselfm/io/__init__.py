@@ -9,7 +9,7 @@ MHA, DICOM) touches only this package:
   the label of a case.
 - :mod:`~vesselfm.io.outputs`: output names and the checks that outputs may be written.
 - :mod:`~vesselfm.io.volume`: :func:`read_volume` → :class:`Volume` (array, RAS affine, spacing,
-  the header for writing) and :func:`write_like`.
+  the header for writing), :func:`write_like` and :func:`write_volume`.
 - :mod:`~vesselfm.io.grid`: :func:`check_same_grid`.
 - :mod:`~vesselfm.io.frames`: voxel orders and world frames (:func:`ras_voxel_order`).
 
@@ -50,7 +50,14 @@ from vesselfm.io.outputs import (
     output_name,
     output_paths,
 )
-from vesselfm.io.volume import Volume, VolumeError, read_volume, read_volume_bytes, write_like
+from vesselfm.io.volume import (
+    Volume,
+    VolumeError,
+    read_volume,
+    read_volume_bytes,
+    write_like,
+    write_volume,
+)
 
 __all__ = [
     "AFFINE_ATOL_MM",
@@ -85,4 +92,5 @@ __all__ = [
     "static_root",
     "unique_case_ids",
     "write_like",
+    "write_volume",
 ]

@@ -138,3 +138,21 @@ def write_like(
     out.set_qform(qform if qform is not None else affine, code=int(qcode or 0))
     out.set_sform(sform if sform is not None else affine, code=int(scode or 0))
     nib.save(out, str(target))
+
+
+def write_new(
+    array: np.ndarray, affine: np.ndarray, target: str | os.PathLike[str], description: str = ""
+) -> None:
+    """Write ``array`` as a new NIfTI-1 file: ``affine`` as qform and sform (code 1, scanner),
+    mm units, ``scl_slope`` 1 and ``scl_inter`` 0, ``description`` in ``descrip`` (79 bytes).
+
+    nibabel writes ``.nii.gz`` deterministically (no timestamp, no file name in the gzip header).
+    """
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_data_dtype(array.dtype)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units(xyz="mm")
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["descrip"] = description.encode()[:79]
+    nib.save(img, str(target))

@@ -223,3 +223,36 @@ def write_like(array: np.ndarray, like: Volume, target: str | os.PathLike[str]) 
         with atomic_path(target) as tmp:
             nifti.write_like(array, like.affine, like.native, tmp)
     return target
+
+
+def write_volume(
+    array: np.ndarray,
+    affine: np.ndarray,
+    target: str | os.PathLike[str],
+    description: str = "",
+) -> Path:
+    """Write ``array`` as a new volume file (no input to copy a header from), atomically.
+
+    Args:
+        array: ``(X, Y, Z)`` values, stored in their dtype, unscaled.
+        affine: ``(4, 4)`` voxel-to-world matrix in mm (RAS, as nibabel reports it).
+        target: the file; its extension picks the format (``.nii.gz``, ``.nii``).
+        description: a short free text stored in the header where the format has a place.
+
+    Returns:
+        ``target``.
+
+    Raises:
+        ValueError: ``target``'s extension is not a format this function writes.
+    """
+    from vesselfm.utils.io import atomic_path
+
+    target = Path(target)
+    ext = split_extension(target.name)[1].lower()
+    if FORMATS.get(ext) != "nifti":
+        raise ValueError(f"{target}: new volumes are written as {' or '.join(FORMATS)}")
+    from vesselfm.io import nifti
+
+    with atomic_path(target) as tmp:
+        nifti.write_new(np.asarray(array), np.asarray(affine, dtype=np.float64), tmp, description)
+    return target

@@ -10,7 +10,6 @@ import numpy as np
 
 from vesselfm.data.phantom.generate import Phantom, _check_seed, _check_shape, generate_phantom
 from vesselfm.utils.errors import UserError
-from vesselfm.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -34,35 +33,19 @@ def case_paths(output: str | Path, index: int) -> tuple[Path, Path]:
     return folder / f"{index}.img.nii.gz", folder / f"{index}.label.nii.gz"
 
 
-def _nifti(data: np.ndarray, affine: np.ndarray, description: str):  # -> nib.Nifti1Image
-    import nibabel as nib
-
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_data_dtype(data.dtype)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units(xyz="mm")
-    img.header.set_slope_inter(1.0, 0.0)
-    img.header["descrip"] = description.encode()[:79]
-    return img
-
-
 def save_phantom(phantom: Phantom, image_path: str | Path, label_path: str | Path) -> None:
     """Write ``phantom`` as two NIfTI files (int16 image, uint8 label), each atomically.
 
     Both carry the same affine as qform and sform (code 1, scanner), ``scl_slope`` 1 and
     ``scl_inter`` 0. gzip output is deterministic (no timestamp, no file name).
     """
-    import nibabel as nib
+    from vesselfm.io import write_volume
 
     for path, data, what in (
         (image_path, phantom.image.astype(np.int16, copy=False), "image HU"),
         (label_path, phantom.label.astype(np.uint8, copy=False), "coronary lumen"),
     ):
-        with atomic_path(path) as tmp:
-            nib.save(
-                _nifti(data, phantom.affine, f"vesselfm phantom {phantom.case_id} {what}"), tmp
-            )
+        write_volume(data, phantom.affine, path, f"vesselfm phantom {phantom.case_id} {what}")
 
 
 def write_phantom_dataset(
