@@ -49,6 +49,53 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     GlobalHydra.instance().clear()
 
 
+# The real train config shrunk for a 2-core CPU, as lightning-hydra-template's cfg_train: the
+# phantom demo (tiny model, cpu trainer) on 3 phantoms of 48x48x40, 32^3 patches and windows,
+# 1 epoch of 2 steps (samples_per_epoch 4 / batch 2: the batch limit), num_workers=0, no demo
+# segmentation; no logger unless the test names one. Outputs go to tmp_path (compose_cfg).
+SHRUNK_TRAIN = (
+    "experiment=phantom_demo",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+    "data.n_train=2",
+    "data.n_val=1",
+    "data.n_test=1",
+    "data.shape=[48,48,40]",
+    "data.patch_size=[32,32,32]",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "data.samples_per_epoch=4",
+    "data.foreground_ratio=1.0",
+    "inference.roi_size=[32,32,32]",
+    "demo.cases=0",
+)
+
+
+def _train_overrides(*overrides: str) -> list[str]:
+    logger = any(o.lstrip("+~").startswith("logger") for o in overrides)
+    return [*SHRUNK_TRAIN, *([] if logger else ["~logger"]), *overrides]
+
+
+@pytest.fixture()
+def train_overrides() -> Callable[..., list[str]]:
+    """``train_overrides(*overrides)``: ``SHRUNK_TRAIN`` then ``overrides``, as command-line
+    arguments for ``python -m vesselfm.train`` (later values win: ``trainer.max_epochs=4``)."""
+    return _train_overrides
+
+
+@pytest.fixture()
+def train_cfg(compose_cfg: Callable[..., DictConfig]) -> Callable[..., DictConfig]:
+    """``train_cfg(*overrides)``: ``configs/train.yaml`` composed with ``SHRUNK_TRAIN``, then
+    ``overrides``; paths in ``tmp_path``. ``train(train_cfg())`` fits and tests in seconds."""
+
+    def _cfg(*overrides: str) -> DictConfig:
+        return compose_cfg("train", _train_overrides(*overrides))
+
+    return _cfg
+
+
 @pytest.fixture()
 def fake_cpu(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     """A function that makes torch's CPU probes report a given machine (see vesselfm.utils.hardware).

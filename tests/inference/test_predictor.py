@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from inference_helpers import FLIPPED_AFFINE, IdentityNet, tube_phantom
+from inference_helpers import IdentityNet
 from omegaconf import DictConfig, OmegaConf
+from synthetic import FLIPPED_AFFINE, tube_phantom
 from torch import nn
 
 from vesselfm.data.preprocessing import (
