@@ -1,7 +1,9 @@
 """Shared fixtures: real configs composed with Hydra's compose API, then shrunk for a CPU.
 
-As in lightning-hydra-template: every test gets the real config tree, 1 epoch, tiny batches,
-cpu, ``num_workers=0``, no logger unless asked, and outputs in ``tmp_path``.
+As in lightning-hydra-template: ``compose_cfg`` gives any real config with its paths in
+``tmp_path``; ``train_cfg`` the train config shrunk for a CPU (1 epoch of 2 steps, tiny model and
+phantoms, cpu, ``num_workers=0``, the CSV logger unless asked). Synthetic volumes come from
+``synthetic.py``, subprocesses start through ``cli.py``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 # The real train config shrunk for a 2-core CPU, as lightning-hydra-template's cfg_train: the
 # phantom demo (tiny model, cpu trainer) on 3 phantoms of 48x48x40, 32^3 patches and windows,
 # 1 epoch of 2 steps (samples_per_epoch 4 / batch 2: the batch limit), num_workers=0, no demo
-# segmentation; no logger unless the test names one. Outputs go to tmp_path (compose_cfg).
+# segmentation; outputs in tmp_path (compose_cfg). The logger is the local CSV one unless the
+# test names another: the default callbacks' LearningRateMonitor refuses a run without logger.
 SHRUNK_TRAIN = (
     "experiment=phantom_demo",
     "trainer.accelerator=cpu",
@@ -75,7 +78,7 @@ SHRUNK_TRAIN = (
 
 def _train_overrides(*overrides: str) -> list[str]:
     logger = any(o.lstrip("+~").startswith("logger") for o in overrides)
-    return [*SHRUNK_TRAIN, *([] if logger else ["~logger"]), *overrides]
+    return [*SHRUNK_TRAIN, *([] if logger else ["logger=csv"]), *overrides]
 
 
 @pytest.fixture()
