@@ -463,6 +463,7 @@ def test_nifti_arrays_are_read_as_nibabel_reads_them(tmp_path, monkeypatch, gzip
     assert prepare.read_nifti_array(SourceFile(plain))[0].dtype == np.int16
 
 
+@pytest.mark.slow
 def test_forked_and_spawned_workers_prepare_the_same_files(phantom_source, tmp_path):
     import threading
 

@@ -26,6 +26,7 @@ from vesselfm.inference import SlidingWindowPredictor
 from vesselfm.utils.cli import UserError
 
 
+@pytest.mark.slow
 def test_same_prediction_for_two_window_batch_sizes(tiny_net: nn.Module) -> None:
     x = torch.rand(1, 1, 40, 40, 32)  # 2 x 2 x 1 windows: batches of 3 + 1 against 4 x 1
     one = SlidingWindowPredictor(
@@ -156,6 +157,7 @@ def test_cpu_stitching_and_explicit_cpu_device(tiny_net: nn.Module) -> None:
     assert a.device == torch.device("cpu")
 
 
+@pytest.mark.slow
 def test_cpu_prediction_runs_the_channels_last_view_by_default(
     tiny_net: nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -175,6 +177,7 @@ def test_cpu_prediction_runs_the_channels_last_view_by_default(
     assert built == [tiny_net]
 
 
+@pytest.mark.slow
 def test_cpu_bf16_and_channels_last_stay_close(tiny_net: nn.Module) -> None:
     x = torch.rand(1, 1, 32, 32, 32)
     ref = SlidingWindowPredictor(tiny_net, roi_size=32).predict_volume(x)

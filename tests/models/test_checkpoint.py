@@ -18,6 +18,7 @@ from vesselfm.models import (
 )
 
 
+@pytest.mark.slow
 def test_base_architecture_has_vesselfm_parameter_count(compose_cfg):
     cfg = compose_cfg("train", ["model=vesselfm_base"])
     net = build_network(cfg.model.net)
