@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from cli import run_cli, run_code
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,30 +21,14 @@ def test_every_subpackage_is_listed_in_pyproject():
     assert found == listed
 
 
+@pytest.mark.slow
 def test_wheel_ships_configs_and_runs_outside_the_checkout(tmp_path):
     """Build the wheel, install it (without deps, beside the test venv's) and run --help from elsewhere."""
-    import os
-    import subprocess
-    import sys
     import zipfile
 
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(wheel_dir),
-            str(ROOT),
-        ],
-        check=True,
-        timeout=300,
-    )
+    pip_wheel = ("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir))
+    run_cli("pip", *pip_wheel, str(ROOT), check=True)
     (wheel,) = wheel_dir.glob("vesselfm-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for config in (
@@ -53,40 +38,18 @@ def test_wheel_ships_configs_and_runs_outside_the_checkout(tmp_path):
         "hydra/default.yaml",
     ):
         assert f"vesselfm/configs/{config}" in names, config
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--no-deps",
-            "-q",
-            "--target",
-            str(target),
-            str(wheel),
-        ],
-        check=True,
-        timeout=300,
-    )
-    env = dict(os.environ, PYTHONPATH=str(target))
+    run_cli("pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel), check=True)
+    env = {"PYTHONPATH": str(target)}
     # -I would drop PYTHONPATH; -P keeps the cwd off sys.path, so only the installed wheel is found.
-    proc = subprocess.run(
-        [sys.executable, "-P", "-c", "import vesselfm.configs as c; print(c.__file__)"],
-        cwd=tmp_path,
+    proc = run_code(
+        "import vesselfm.configs as c; print(c.__file__)",
+        flags=["-P"],
         env=env,
-        capture_output=True,
-        text=True,
+        cwd=tmp_path,
         check=True,
     )
     assert proc.stdout.strip().startswith(str(target)), proc.stdout
-    proc = subprocess.run(
-        [sys.executable, "-P", "-m", "vesselfm.train", "--help"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli("vesselfm.train", "--help", flags=["-P"], env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "experiment" in proc.stdout and "vesselfm_base" in proc.stdout
 
@@ -106,25 +69,21 @@ LIBRARY_IMPORTS = [
         id="library-without-lightning-or-hydra",
     ),
     pytest.param(
-        ("vesselfm.data.manifest", "vesselfm.data.phantom"),
+        ("vesselfm.io", "vesselfm.data.manifest", "vesselfm.data.phantom"),
         ("torch", "lightning", "hydra", "omegaconf"),
-        id="manifest-and-phantom-without-torch",
+        id="io-manifest-and-phantom-without-torch",
     ),
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("modules", "forbidden"), LIBRARY_IMPORTS)
 def test_library_modules_import_neither_lightning_nor_hydra(modules, forbidden):
     """Metrics, models, transforms, I/O and the predictor are plain code (DESIGN.md): a Python API
-    without Hydra; the CLIs compose them. The manifest and the phantom need no torch either."""
-    import subprocess
-    import sys
-
+    without Hydra; the CLIs compose them. The case-file layer, the manifest and the phantom need no torch either."""
     code = (
         f"import sys, {', '.join(modules)};"
         f"print(sorted(m for m in {forbidden!r} if m in sys.modules))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    out = run_code(code, check=True).stdout
     assert out.strip() == "[]", f"importing {modules} loaded {out.strip()}"

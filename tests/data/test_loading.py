@@ -45,24 +45,18 @@ print((faults() - before) / 10)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="glibc's malloc: keep_freed_memory is Linux-only"
 )
 def test_workers_keep_freed_memory_instead_of_faulting_it_in_again():
-    import os
-    import subprocess
+    from cli import run_code
 
     def faults_per_patch(mode: str) -> float:
         # glibc's adaptive thresholds make its default depend on the process's history; pinned
         # at their start value (mmap every block over 128 kB) the baseline faults every time
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-        out = subprocess.run(
-            [sys.executable, "-c", _FAULTS_SCRIPT, mode],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=env,
-        )
+        env = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+        out = run_code(_FAULTS_SCRIPT, mode, env=env, check=True)
         return float(out.stdout.strip())
 
     # each 8 MB block mapped and unmapped: 2048 page faults apiece, 24 000 per patch

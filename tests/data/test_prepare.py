@@ -11,7 +11,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from cli import run_cli
 from scipy import ndimage
+from synthetic import save_nifti
 
 from vesselfm.data.manifest import ManifestEntry, load_manifest, write_manifest
 from vesselfm.data.prepare import PrepareOptions, dice, prepare_dataset
@@ -225,10 +227,6 @@ def test_changed_settings_are_refused(phantom_source, tmp_path):
         )
 
 
-def _write(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
-    nib.save(nib.Nifti1Image(data, affine), path)
-
-
 def test_bad_cases_are_reported_and_skipped(phantom_source, tmp_path):
     raw = _copy(phantom_source, tmp_path / "raw")
     d = raw / "1-200"
@@ -242,20 +240,20 @@ def test_bad_cases_are_reported_and_skipped(phantom_source, tmp_path):
     (d / "1.img.nii.gz").write_bytes(blob[: len(blob) // 2])
     # 2: label shape differs
     lab, aff = label(2)
-    _write(d / "2.label.nii.gz", lab[:, :, :40], aff)
+    save_nifti(d / "2.label.nii.gz", lab[:, :, :40], aff)
     # 3: label affine differs
     lab, aff = label(3)
     shifted = aff.copy()
     shifted[0, 3] += 2.0
-    _write(d / "3.label.nii.gz", lab, shifted)
+    save_nifti(d / "3.label.nii.gz", lab, shifted)
     # 4: label not binary
     lab, aff = label(4)
-    _write(d / "4.label.nii.gz", (lab * 2).astype(np.uint8), aff)
+    save_nifti(d / "4.label.nii.gz", (lab * 2).astype(np.uint8), aff)
     # 5: NaN in the image
     img5 = nib.load(d / "5.img.nii.gz")
     data5 = np.asarray(img5.dataobj).astype(np.float32)
     data5[3, 3, 3] = np.nan
-    _write(d / "5.img.nii.gz", data5, img5.affine)
+    save_nifti(d / "5.img.nii.gz", data5, img5.affine)
     # 6 stays good; workers=2 runs the process pool
     s = prepare_dataset(
         raw, tmp_path / "out", split="random", options=SMALL, workers=2, progress=False
@@ -357,15 +355,10 @@ def test_zip_source_keeps_a_copy_of_the_label(phantom_source, tmp_path):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vesselfm.prepare", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli("vesselfm.prepare", *args, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_cli_help(tmp_path):
     r = _cli("--help", cwd=tmp_path)
     assert r.returncode == 0
@@ -376,6 +369,7 @@ def test_cli_help(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_cli_prepares_and_fails_cleanly_when_no_case_survives(phantom_source, tmp_path):
     r = _cli(
         f"source={phantom_source}",
@@ -441,6 +435,7 @@ def test_round_trip_dice_around_the_vessels_equals_the_whole_grid(shape, small, 
     assert round_trip_dice(label, mask, int(label.sum())) == _full_round_trip(label, mask)
 
 
+@pytest.mark.slow
 def test_forked_and_spawned_workers_prepare_the_same_files(phantom_source, tmp_path):
     import threading
 
@@ -551,6 +546,7 @@ def test_an_empty_case_id_is_refused_and_split_folders_are_never_moved(phantom_s
         assert (out / e["image"]).is_file() and (out / e["split"] / cid / "mask.npy").is_file()
 
 
+@pytest.mark.slow
 def test_cli_refuses_dot_ids_with_one_line_after_preparing_the_others(phantom_source, tmp_path):
     # the same rule for "." and ".." (from `..nii.gz` in images/ + labels/, `...img.nii.gz`):
     # never written above a case folder; the run prepares the rest and ends with exit status 2
@@ -719,6 +715,7 @@ def test_a_split_left_empty_is_an_error_before_or_after_the_run(phantom_source, 
     assert load_manifest(out)["failed"]["4"]["split"] == "val"
 
 
+@pytest.mark.slow
 def test_cli_exits_2_when_a_case_fails_after_preparing_the_others(phantom_source, tmp_path):
     # finding 5: prepare exited 0 when cases failed, unlike infer and evaluate
     raw = tmp_path / "raw" / "1-200"
@@ -766,6 +763,7 @@ def test_symlink_loops_that_are_no_case_are_not_even_opened(phantom_source, tmp_
     assert not found.unreadable and not found.invalid
 
 
+@pytest.mark.slow
 def test_cli_output_that_is_a_file_is_named_in_one_line(phantom_source, tmp_path):
     # finding 10: `output=` naming a file said "[Errno 17] File exists"
     target = tmp_path / "notes.txt"

@@ -1,4 +1,5 @@
-"""Fixtures for the inference tests (helpers in ``inference_helpers.py``)."""
+"""Fixtures for the inference tests (volumes from ``tests/synthetic.py``, toy networks in
+``inference_helpers.py``)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from inference_helpers import save_nifti, tube_phantom
+from synthetic import save_nifti, tube_phantom
 from torch import nn
-
-
-@pytest.fixture()
-def scan_file(tmp_path: Path) -> Path:
-    """``<tmp>/scans/1.img.nii.gz`` (48×40×32, flipped affine, qform 1 / sform 2) and its label."""
-    folder = tmp_path / "scans"
-    folder.mkdir()
-    image, label = tube_phantom()
-    save_nifti(folder / "1.label.nii.gz", label)
-    return save_nifti(folder / "1.img.nii.gz", image)
 
 
 @pytest.fixture()
@@ -26,10 +17,8 @@ def make_scan(tmp_path: Path) -> Callable[..., Path]:
     """``make_scan(name, shape=..., seed=...)`` writes a tube phantom into ``<tmp>/scans``."""
 
     def _make(name: str, shape: tuple[int, int, int] = (48, 40, 32), seed: int = 0) -> Path:
-        folder = tmp_path / "scans"
-        folder.mkdir(exist_ok=True)
         image, _ = tube_phantom(shape, seed)
-        return save_nifti(folder / name, image)
+        return save_nifti(tmp_path / "scans" / name, image)
 
     return _make
 

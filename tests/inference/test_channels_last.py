@@ -86,6 +86,7 @@ def test_the_view_shares_the_weights_and_leaves_the_network_alone(tiny_net: nn.M
             first.copy_(saved)
 
 
+@pytest.mark.slow
 def test_under_bf16_autocast_it_is_as_close_to_fp32_as_the_network(tiny_net: nn.Module) -> None:
     x = torch.randn(1, 1, 32, 32, 32)
     view = channels_last_view(tiny_net)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli import run_cli
 
 from vesselfm.data.preprocessing import PreprocessConfig
 from vesselfm.inference import read_checkpoint_metadata
@@ -70,29 +68,21 @@ def test_ckpt_needing_unpickling_is_refused_unless_trusted(
     assert "weights_only=False" in caplog.text
 
 
+@pytest.mark.slow
 def test_infer_cli_refuses_an_untrusted_checkpoint_with_one_line(
     tmp_path: Path, scan_file: Path, hostile_payload
 ) -> None:
     marker = tmp_path / "code_ran"
     evil = _ckpt(tmp_path / "evil.ckpt", {"threshold": 0.5, "note": hostile_payload(marker)})
     out = tmp_path / "preds"
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "VESSELFM_DEBUG": ""}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vesselfm.infer",
-            f"input={scan_file}",
-            f"output={out}",
-            "model=tiny",
-            f"model.checkpoint={evil}",
-            "progress=false",
-        ],
+    proc = run_cli(
+        "vesselfm.infer",
+        f"input={scan_file}",
+        f"output={out}",
+        "model=tiny",
+        f"model.checkpoint={evil}",
+        "progress=false",
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
 
     assert proc.returncode == 2, proc.stderr[-2000:]

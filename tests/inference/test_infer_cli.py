@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from inference_helpers import FLIPPED_AFFINE, save_nifti, tube_phantom
+from cli import dead_pid, run_cli
 from omegaconf import DictConfig
+from synthetic import FLIPPED_AFFINE, save_nifti, tube_phantom
 
 from vesselfm.infer import default_output_dir, infer
 from vesselfm.utils.cli import UserError
@@ -32,18 +32,10 @@ FAST = [
 ]
 
 
-def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "VESSELFM_DEBUG": ""}
-    return subprocess.run(
-        [sys.executable, "-m", "vesselfm.infer", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+_run_cli = partial(run_cli, "vesselfm.infer")
 
 
+@pytest.mark.slow
 def test_help(tmp_path: Path) -> None:
     proc = _run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -51,6 +43,7 @@ def test_help(tmp_path: Path) -> None:
     assert "save_prob" in proc.stdout
 
 
+@pytest.mark.slow
 def test_end_to_end_subprocess_keeps_shape_and_affine(scan_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "preds"
     proc = _run_cli(f"input={scan_file}", f"output={out}", "save_prob=true", *FAST, cwd=tmp_path)
@@ -72,6 +65,7 @@ def test_end_to_end_subprocess_keeps_shape_and_affine(scan_file: Path, tmp_path:
     assert re.search(r"threads=auto -> \d+ torch threads", proc.stderr)
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line_and_no_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.nii.gz"
     bad.write_text("not an image")
@@ -345,12 +339,7 @@ def test_stale_temporaries_are_removed_at_start(
 ) -> None:
     out = tmp_path / "preds"
     out.mkdir()
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    stale = (
-        out / f".1_pred.nii.gz.{_HOST}-{int(dead.stdout)}.k3j4h5g6.tmp.nii.gz"
-    )  # a SIGKILLed run's
+    stale = out / f".1_pred.nii.gz.{_HOST}-{dead_pid()}.k3j4h5g6.tmp.nii.gz"  # a SIGKILLed run's
     stale.write_bytes(b"half a file")
     live = out / f".2_pred.nii.gz.{_HOST}-{os.getpid()}.k3j4h5g6.tmp.nii.gz"  # still being written
     live.write_bytes(b"in progress")
@@ -491,10 +480,9 @@ def test_clashing_ids_the_folders_cannot_tell_apart_stop_the_run_before_any_writ
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_resumed_run_never_passes_off_another_patients_output(tmp_path: Path) -> None:
     # one run per patient into one folder: both scans are case "ct"
-    from inference_helpers import save_nifti, tube_phantom
-
     scans = {}
     for patient, seed in (("a", 0), ("b", 1)):
         (tmp_path / "pat" / patient).mkdir(parents=True)
@@ -514,6 +502,7 @@ def test_a_resumed_run_never_passes_off_another_patients_output(tmp_path: Path) 
     assert again.returncode == 0 and "0 segmented, 1 skipped" in again.stderr
 
 
+@pytest.mark.slow
 def test_the_record_names_the_tool_and_the_weights(
     scan_file: Path, tmp_path: Path, tiny_net
 ) -> None:

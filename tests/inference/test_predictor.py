@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from inference_helpers import FLIPPED_AFFINE, IdentityNet, tube_phantom
+from inference_helpers import IdentityNet
 from omegaconf import DictConfig, OmegaConf
+from synthetic import FLIPPED_AFFINE, tube_phantom
 from torch import nn
 
 from vesselfm.data.preprocessing import (
@@ -25,6 +26,7 @@ from vesselfm.inference import SlidingWindowPredictor
 from vesselfm.utils.cli import UserError
 
 
+@pytest.mark.slow
 def test_same_prediction_for_two_window_batch_sizes(tiny_net: nn.Module) -> None:
     x = torch.rand(1, 1, 40, 40, 32)  # 2 x 2 x 1 windows: batches of 3 + 1 against 4 x 1
     one = SlidingWindowPredictor(
@@ -155,6 +157,7 @@ def test_cpu_stitching_and_explicit_cpu_device(tiny_net: nn.Module) -> None:
     assert a.device == torch.device("cpu")
 
 
+@pytest.mark.slow
 def test_cpu_prediction_runs_the_channels_last_view_by_default(
     tiny_net: nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -174,6 +177,7 @@ def test_cpu_prediction_runs_the_channels_last_view_by_default(
     assert built == [tiny_net]
 
 
+@pytest.mark.slow
 def test_cpu_bf16_and_channels_last_stay_close(tiny_net: nn.Module) -> None:
     x = torch.rand(1, 1, 32, 32, 32)
     ref = SlidingWindowPredictor(tiny_net, roi_size=32).predict_volume(x)

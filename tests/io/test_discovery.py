@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from inference_helpers import save_nifti, tube_phantom
+from synthetic import save_nifti, tube_phantom
 
 from vesselfm.io import (
     check_case_outputs,

@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from inference_helpers import FLIPPED_AFFINE, save_nifti, tube_phantom
+from synthetic import FLIPPED_AFFINE, save_nifti, tube_phantom
 
 from vesselfm.io import (
     GridError,

@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli import run_cli
 
 from vesselfm.evaluate import evaluate
 from vesselfm.metrics.folders import find_cases
@@ -127,18 +126,10 @@ def test_pairing_prefers_label_files_and_sorts_numerically(tmp_path, write_nifti
     assert cases[1].gt is None  # reported as that case's error
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "vesselfm.evaluate", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+_cli = partial(run_cli, "vesselfm.evaluate")
 
 
+@pytest.mark.slow
 def test_cli_empty_gt_folder_is_one_line_error(tmp_path, folders):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -152,6 +143,7 @@ def test_cli_empty_gt_folder_is_one_line_error(tmp_path, folders):
     assert not folders["out"].exists()
 
 
+@pytest.mark.slow
 def test_cli_with_workers_matches_in_process(compose_cfg, tmp_path, folders):
     proc = _cli(
         f"pred={folders['pred']}",
@@ -171,6 +163,7 @@ def test_cli_with_workers_matches_in_process(compose_cfg, tmp_path, folders):
     assert _rows(folders["out"] / "metrics.csv") == _rows(in_process / "metrics.csv")
 
 
+@pytest.mark.slow
 def test_cli_help(tmp_path):
     proc = _cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
@@ -204,6 +197,7 @@ def test_all_predictions_present_lists_no_missing(compose_cfg, folders):
     assert "Scored 4 of 4 case(s)" in (folders["out"] / "summary.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_cases_naming_a_case_without_prediction_exits_2_before_scoring(tmp_path, folders):
     (folders["pred"] / "3_pred.nii.gz").unlink()
     ids = tmp_path / "test_ids.txt"

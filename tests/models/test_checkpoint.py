@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from cli import run_cli
 
 from vesselfm.models import (
     CheckpointError,
@@ -19,6 +18,7 @@ from vesselfm.models import (
 )
 
 
+@pytest.mark.slow
 def test_base_architecture_has_vesselfm_parameter_count(compose_cfg):
     cfg = compose_cfg("train", ["model=vesselfm_base"])
     net = build_network(cfg.model.net)
@@ -131,19 +131,14 @@ def test_bad_hf_uri(spec):
         resolve_checkpoint(spec)
 
 
+@pytest.mark.slow
 def test_cli_offline_not_cached_exits_with_one_line(tmp_path):
-    env = dict(
-        os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1", VESSELFM_ROOT=str(tmp_path)
-    )
-    env.pop("HF_HUB_CACHE", None)
-    env.pop("VESSELFM_DEBUG", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "vesselfm.train", "model=vesselfm_base", "logger=csv"],
+    proc = run_cli(
+        "vesselfm.train",
+        "model=vesselfm_base",
+        "logger=csv",
+        env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": None},
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

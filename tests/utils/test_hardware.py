@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from cli import run_code
 from torch import nn
 
 from vesselfm.inference import SlidingWindowPredictor
@@ -169,17 +168,10 @@ def _probe_in_subprocess(env: dict[str, str]) -> str:
         "import torch; from vesselfm.utils.hardware import cpu_bf16_support as s; "
         "print(torch.backends.cpu.get_cpu_capability(), s().native)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return done.stdout.strip()
+    return run_code(code, env=env, timeout=120, check=True).stdout.strip()
 
 
+@pytest.mark.slow
 def test_the_real_probe_follows_the_avx2_emulation_variables():
     # the settings an AVX-512 machine uses to behave like an AVX2 one: never native there
     out = _probe_in_subprocess({"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"})

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from cli import dead_pid, start_code
 
 from vesselfm.utils import outputs
 from vesselfm.utils.errors import UserError
@@ -61,6 +60,7 @@ def test_a_changed_output_is_no_longer_ours(tmp_path):
     assert written_by_us(path)
 
 
+@pytest.mark.slow
 def test_records_from_several_processes_merge(tmp_path):
     code = (
         "import sys\nfrom pathlib import Path\nfrom vesselfm.utils.io import atomic_path\n"
@@ -68,7 +68,7 @@ def test_records_from_several_processes_merge(tmp_path):
         "    with atomic_path(Path(sys.argv[1]) / f'{sys.argv[2]}_{i}.txt') as t:\n"
         "        t.write_text('x')\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), name]) for name in "ab"]
+    procs = [start_code(code, str(tmp_path), name) for name in "ab"]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     files = read_record(tmp_path)["files"]
     assert len(files) == 40 and foreign_files_in(tmp_path) == []
@@ -93,10 +93,7 @@ def test_a_name_too_long_for_the_file_system_fails_before_writing(tmp_path):
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    pid = int(dead.stdout)
+    pid = dead_pid()
     stale = tmp_path / f".1_pred.nii.gz.{_HOST}-{pid}.abcd1234.tmp.nii.gz"
     stale.write_text("half")
     live = tmp_path / f".2_pred.nii.gz.{_HOST}-{os.getpid()}.abcd1234.tmp.nii.gz"

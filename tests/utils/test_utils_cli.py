@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 
 import pytest
+from cli import run_cli, start_code
 from omegaconf import OmegaConf
 
 from vesselfm.utils.cli import (
@@ -74,17 +73,10 @@ def test_missing_required_key_is_one_line(capsys, monkeypatch):
 
 
 def _tool(tool: str, *args: str, cwd) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in {"VESSELFM_DEBUG", "HYDRA_FULL_ERROR"}}
-    return subprocess.run(
-        [sys.executable, "-m", f"vesselfm.{tool}", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(f"vesselfm.{tool}", *args, cwd=cwd, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("tool", "args", "expected"),
     [
@@ -110,6 +102,7 @@ def test_hydra_errors_are_one_line_and_exit_2(tmp_path, tool, args, expected):
     assert list(tmp_path.iterdir()) == []  # no Hydra output folder, no log file
 
 
+@pytest.mark.slow
 def test_quoted_values_and_help_still_reach_hydra(tmp_path):
     result = _tool("infer", "input='/data/scan (1).nii.gz'", "model=tiny", cwd=tmp_path)
     assert result.returncode == EXIT_USER_ERROR
@@ -136,18 +129,14 @@ run_guarded(work, OmegaConf.create({"out": sys.argv[1]}))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "code", "word"),
     [(signal.SIGTERM, EXIT_TERMINATED, "terminated"), (signal.SIGINT, EXIT_INTERRUPTED, "interrupted")],
 )  # fmt: skip
 def test_a_signal_mid_write_ends_with_one_line_and_no_temporary_file(tmp_path, sig, code, word):
-    env = {k: v for k, v in os.environ.items() if k != "VESSELFM_DEBUG"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    proc = start_code(
+        _WRITER, str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert proc.stdout.readline().strip() == "writing"
     assert [p.name for p in tmp_path.iterdir()]  # the temporary file exists now

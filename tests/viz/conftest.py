@@ -1,7 +1,8 @@
-"""Small synthetic volumes for the viz tests: a sphere, a branching tube tree, an HU image.
+"""Fixtures for the viz tests: a ball, a branching tube tree, an HU image (``tests/synthetic.py``).
 
-The affine is anisotropic, flips an axis and is translated, as scanner affines often are, so
-that tests of millimetre coordinates and face orientation cannot pass by accident.
+The affine (``synthetic.ANISO_AFFINE``) is anisotropic, flips an axis and is translated, as
+scanner affines often are, so that tests of millimetre coordinates and face orientation cannot
+pass by accident.
 """
 
 from __future__ import annotations
@@ -9,63 +10,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
+from synthetic import ANISO_AFFINE, ball, hu_image, save_nifti, tube_tree, write_case
 
 SHAPE = (56, 48, 40)
-# 0.4 x 0.5 x 0.8 mm voxels, x flipped (det < 0, like a LPS-ish scanner frame), offset origin.
-AFFINE = np.array(
-    [
-        [-0.4, 0.0, 0.0, 30.0],
-        [0.0, 0.5, 0.0, -12.0],
-        [0.0, 0.0, 0.8, 100.0],
-        [0.0, 0.0, 0.0, 1.0],
-    ]
-)
-
-
-def sphere(
-    shape: tuple[int, int, int], centre: tuple[float, float, float], radius: float
-) -> np.ndarray:
-    grid = np.indices(shape, dtype=np.float64)
-    dist = np.sqrt(sum((grid[a] - centre[a]) ** 2 for a in range(3)))
-    return dist <= radius
-
-
-def tube_tree(shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
-    """A trunk along z that splits into two curved branches; radius about 2.5 voxels."""
-    grid = np.indices(shape, dtype=np.float64)
-    out = np.zeros(shape, dtype=bool)
-    x0, y0 = shape[0] / 2, shape[1] / 2
-    zs = np.arange(shape[2], dtype=np.float64)
-    split = shape[2] * 0.45
-    for sign in (-1.0, 1.0):
-        # centre line: straight below the split, bending by sign * 0.02 * dz^2 above it
-        cx = x0 + sign * 0.02 * np.clip(zs - split, 0, None) ** 2
-        cy = y0 + 0.15 * (zs - split).clip(0)
-        for z, (x, y) in enumerate(zip(cx, cy, strict=True)):
-            if 2 <= z < shape[2] - 2:
-                out[..., z] |= (grid[0, ..., z] - x) ** 2 + (grid[1, ..., z] - y) ** 2 <= 2.5**2
-    return out
 
 
 @pytest.fixture()
 def affine() -> np.ndarray:
     """The anisotropic, x-flipped, translated affine of every fixture volume."""
-    return AFFINE.copy()
+    return ANISO_AFFINE.copy()
 
 
 @pytest.fixture()
 def make_sphere():
     """``make_sphere(shape, centre, radius)`` -> boolean ball (voxel units)."""
-    return sphere
+    return ball
 
 
 @pytest.fixture()
 def tree() -> np.ndarray:
     """A boolean tube tree of shape ``SHAPE`` (56, 48, 40)."""
-    return tube_tree()
+    return tube_tree(SHAPE)
 
 
 @dataclass
@@ -79,31 +46,24 @@ class Case:
 @pytest.fixture()
 def case() -> Case:
     """A tube-tree label, a prediction with a missed branch tip and a spurious blob, an HU image."""
-    rng = np.random.default_rng(0)
-    label = tube_tree()
+    label = tube_tree(SHAPE)
     pred = label.copy()
     pred[:, :, 34:] = False  # false negatives: the branch tips
-    pred |= sphere(SHAPE, (10, 10, 10), 3)  # a false positive blob
-    image = rng.normal(40, 20, SHAPE).astype(np.int16)  # soft tissue, HU
-    image[:4] = -1000  # some air, so the image reads as HU
-    image[label] = 400  # contrast-filled lumen
+    pred |= ball(SHAPE, (10, 10, 10), 3)  # a false positive blob
     return Case(
-        image=image, label=label.astype(np.uint8), pred=pred.astype(np.uint8), affine=AFFINE.copy()
+        image=hu_image(label, seed=0),
+        label=label.astype(np.uint8),
+        pred=pred.astype(np.uint8),
+        affine=ANISO_AFFINE.copy(),
     )
 
 
 @pytest.fixture()
 def nifti_case(case: Case, tmp_path: Path) -> dict[str, Path]:
     """The case as NIfTI files in the ImageCAS / infer naming: 7.img, 7.label, 7_pred."""
-    paths = {
-        "image": tmp_path / "data" / "7.img.nii.gz",
-        "gt": tmp_path / "data" / "7.label.nii.gz",
-        "pred": tmp_path / "pred" / "7_pred.nii.gz",
-    }
-    for key, array in (("image", case.image), ("gt", case.label), ("pred", case.pred)):
-        paths[key].parent.mkdir(parents=True, exist_ok=True)
-        nib.save(nib.Nifti1Image(array, case.affine), paths[key])
-    return paths
+    files = write_case(tmp_path / "data", "7", case.image, case.label, case.affine)
+    pred = save_nifti(tmp_path / "pred" / "7_pred.nii.gz", case.pred, case.affine)
+    return {"image": files.image, "gt": files.label, "pred": pred}
 
 
 CHROMIUM_FLAGS = [

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import trimesh
+from cli import run_cli
+from synthetic import save_nifti
 
 from vesselfm.io import case_id
 from vesselfm.utils.errors import UserError
@@ -29,17 +29,7 @@ EXPECTED = [
 ]
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    env.pop("VESSELFM_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "vesselfm.visualise", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+_cli = partial(run_cli, "vesselfm.visualise")
 
 
 @pytest.mark.parametrize(
@@ -112,6 +102,7 @@ def test_a_probability_equal_to_the_threshold_is_vessel(case, tmp_path: Path) ->
     assert trimesh.load(empty["pred_stl"], file_type="stl").volume == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_cli_writes_all_three_kinds_of_output(nifti_case, tmp_path: Path) -> None:
     out = tmp_path / "cli-out"
     result = _cli(
@@ -127,6 +118,7 @@ def test_cli_writes_all_three_kinds_of_output(nifti_case, tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli-out", "data", "pred"]
 
 
+@pytest.mark.slow
 def test_cli_default_output_is_beside_the_prediction(nifti_case, tmp_path: Path) -> None:
     result = _cli(f"pred={nifti_case['pred']}", "html=false", "png=false", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -136,6 +128,7 @@ def test_cli_default_output_is_beside_the_prediction(nifti_case, tmp_path: Path)
     ]
 
 
+@pytest.mark.slow
 def test_cli_help(tmp_path: Path) -> None:
     result = _cli("--help", cwd=tmp_path)
     assert result.returncode == 0
@@ -143,6 +136,7 @@ def test_cli_help(tmp_path: Path) -> None:
     assert "html_max_faces" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["pred", "gt"])
 def test_cli_missing_file_is_one_line_error(nifti_case, tmp_path: Path, which: str) -> None:
     args = {"pred": str(nifti_case["pred"]), "output": str(tmp_path / "o")}
@@ -156,6 +150,7 @@ def test_cli_missing_file_is_one_line_error(nifti_case, tmp_path: Path, which: s
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
+@pytest.mark.slow
 def test_cli_shape_mismatch_is_one_line_error(nifti_case, case, tmp_path: Path) -> None:
     small = tmp_path / "small.nii.gz"
     nib.save(nib.Nifti1Image(case.label[:-2], case.affine), small)
@@ -170,14 +165,10 @@ def test_cli_shape_mismatch_is_one_line_error(nifti_case, case, tmp_path: Path) 
 # ------------------------------------------------------------------ checked before the first file
 
 
-def _save(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
-    nib.save(nib.Nifti1Image(array, affine), path)
-    return path
-
-
+@pytest.mark.slow
 def test_a_thin_mask_fails_before_any_output(case, tmp_path: Path) -> None:
     # finding 9: a 64x64x1 mask failed after the STL, the HTML and one PNG were written
-    thin = _save(tmp_path / "5_pred.nii.gz", np.ones((64, 64, 1), np.uint8), case.affine)
+    thin = save_nifti(tmp_path / "5_pred.nii.gz", np.ones((64, 64, 1), np.uint8), case.affine)
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"shorter than 2 voxels"):
         visualise_case(thin, out)
@@ -208,6 +199,7 @@ def test_a_threshold_outside_the_unit_interval_is_refused(nifti_case, tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_output_that_is_a_file_is_named(nifti_case, tmp_path: Path) -> None:
     target = tmp_path / "taken"
     target.write_text("a file")

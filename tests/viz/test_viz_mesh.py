@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
+from synthetic import ANISO_AFFINE as AFFINE
 
 from vesselfm.utils.outputs import RECORD_NAME
 from vesselfm.viz import apply_affine, load_stl, mask_to_mesh, mask_to_stl, mesh_volume, save_stl
 
 SHAPE = (56, 48, 40)
-AFFINE = np.array([[-0.4, 0, 0, 30.0], [0, 0.5, 0, -12.0], [0, 0, 0.8, 100.0], [0, 0, 0, 1.0]])
 VOXEL_MM3 = abs(np.linalg.det(AFFINE[:3, :3]))
 # det > 0 (identity-like, anisotropic) and det < 0 (one flipped axis), with translations.
 AFFINES = {

@@ -3,14 +3,13 @@ and the ``python -m vesselfm.phantom`` entrypoint."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from cli import run_cli
 
 from vesselfm.data.phantom import (
     case_paths,
@@ -167,6 +166,7 @@ def test_phantoms_refuse_a_folder_of_other_files_but_replace_their_own(tmp_path)
     assert (tmp_path / "notes" / "ct.nii.gz").is_file()  # not ours to touch
 
 
+@pytest.mark.slow
 def test_cli_refuses_real_scans_with_one_line(tmp_path):
     image, _ = case_paths(tmp_path / "out", 1)
     before = _real_scan(image, 100)
@@ -178,13 +178,10 @@ def test_cli_refuses_real_scans_with_one_line(tmp_path):
 
 
 def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "VESSELFM_DEBUG": "", "HYDRA_FULL_ERROR": ""}
-    return subprocess.run(
-        [sys.executable, "-m", "vesselfm.phantom", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    return run_cli("vesselfm.phantom", *args, cwd=cwd, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_writes_files(tmp_path):
     result = _run_cli("output=out", "n=2", "shape=[40,40,32]", "seed=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -194,12 +191,14 @@ def test_cli_writes_files(tmp_path):
     assert not (tmp_path / "outputs").exists()  # no Hydra run directory
 
 
+@pytest.mark.slow
 def test_cli_help(tmp_path):
     result = _run_cli("--help", cwd=tmp_path)
     assert result.returncode == 0
     assert "vesselfm.phantom" in result.stdout and "shape" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "key"),
     [
