@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_TRUE = {"1", "true", "yes"}  # VESSELFM_DEBUG values that turn debugging on
+
 
 def default_output_dir(spec: str | os.PathLike[str]) -> Path:
     """``vesselfm_pred/`` in the input's folder (the folder itself when ``spec`` is one).
@@ -146,11 +148,10 @@ def segment_files(
 
     Per scan, :meth:`~vesselfm.inference.SlidingWindowPredictor.predict_file` writes
     ``<case>_pred.nii.gz`` (and ``<case>_prob.nii.gz``, ``<case>_pred.stl``); a case whose outputs
-    exist and were written by vesselfm is skipped unless ``overwrite``. The predictor's
-    threshold (``predictor.threshold``) makes the masks and is the one the scores use. With ``labels``, each case
-    is scored against its label at the predictor's threshold, as ``evaluate`` scores it
-    (:func:`vesselfm.metrics.folders.score_volumes`), and ``metrics.csv``, ``summary.json`` and
-    ``summary.md`` are written into ``output_dir`` at the end. A case line per scan and a summary
+    exist and were written by vesselfm is skipped unless ``overwrite``. With ``labels``, each case
+    is scored against its label at the predictor's threshold (the one its masks use), as
+    ``evaluate`` scores it (:func:`vesselfm.metrics.folders.score_volumes`), and ``metrics.csv``,
+    ``summary.json`` and ``summary.md`` are written into ``output_dir`` at the end. A case line per scan and a summary
     are logged (``logging``, logger ``vesselfm.inference.batch``).
 
     Args:
@@ -181,6 +182,7 @@ def segment_files(
             write.
 
     Example:
+        >>> from pathlib import Path
         >>> from vesselfm.inference import SlidingWindowPredictor, segment_files
         >>> from vesselfm.io import find_labels
         >>> from vesselfm.models import load_model, model_config
@@ -209,11 +211,7 @@ def segment_files(
     log.info("%d scan(s) -> %s | %s", len(cases), output_dir, predictor.describe())
     result = BatchResult(output_dir, expected=len(cases), labels_from=labels_from)
     options = {"save_prob": save_prob, "save_mesh": save_mesh, "overwrite": overwrite}
-    stop_on_error = stop_on_error or os.environ.get("VESSELFM_DEBUG", "").lower() in {
-        "1",
-        "true",
-        "yes",
-    }
+    stop_on_error = stop_on_error or os.environ.get("VESSELFM_DEBUG", "").lower() in _TRUE
 
     bar = tqdm(cases.items(), desc="scans", unit="scan", disable=not progress or len(cases) < 2)
     for path, case in bar:
