@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vesselfm.utils.cli import UserError, hydra_entrypoint
+from vesselfm.utils.cli import hydra_entrypoint
 
 log = logging.getLogger(__name__)
 
@@ -23,39 +23,6 @@ def _instantiate_group(cfg: DictConfig | None) -> list[Any]:
     if not cfg:
         return []
     return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
-
-
-def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
-    """``"last"`` → this task's newest ``checkpoints/last.ckpt`` under ``paths.log_dir``.
-
-    The file is checked to load with ``weights_only=True`` (or ``model.trust_checkpoint=true``)
-    before anything is built, so that a refused checkpoint fails with one line.
-    """
-    path = _find_ckpt_path(ckpt_path, cfg)
-    if path is not None:
-        from vesselfm.models import load_checkpoint, trust_flag
-
-        trust = trust_flag(cfg.model.get("trust_checkpoint"))
-        load_checkpoint(path, trust, mmap=True, key="ckpt_path")
-    return path
-
-
-def _find_ckpt_path(ckpt_path: str | None, cfg: DictConfig) -> str | None:
-    if ckpt_path in (None, "", "null"):
-        return None
-    if ckpt_path == "last":
-        root = Path(cfg.paths.log_dir) / cfg.task_name
-        candidates = sorted(root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not candidates:
-            raise UserError(
-                f"ckpt_path=last: no last.ckpt under {root}; give ckpt_path=/path/to/last.ckpt"
-            )
-        return str(candidates[-1])
-    if not Path(ckpt_path).is_file():
-        raise UserError(
-            f"ckpt_path={ckpt_path}: no such file; give a Lightning .ckpt of this task, or ckpt_path=last"
-        )
-    return str(ckpt_path)
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -71,7 +38,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     import lightning as L
     from hydra.utils import instantiate
 
-    from vesselfm.models import load_model, trust_flag
+    from vesselfm.models import load_model, resolve_resume_checkpoint, trust_flag
     from vesselfm.models.lit_module import VesselSegLitModule
     from vesselfm.utils.hardware import describe_threads, resolve_trainer_precision
 
@@ -80,7 +47,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     # Weights first: a missing checkpoint should fail before any data is touched.
     net = load_model(cfg.model)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
+    trust = trust_flag(cfg.model.get("trust_checkpoint"))
+    runs = Path(cfg.paths.log_dir) / cfg.task_name
+    ckpt_path = resolve_resume_checkpoint(cfg.get("ckpt_path"), runs, trust)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _recursive_=False)
     model = VesselSegLitModule(
@@ -117,8 +86,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     metrics: dict[str, Any] = {}
     if cfg.get("train"):
-        # ckpt_path passed resolve_ckpt_path's check: it loads with weights_only=True, or is trusted
-        trust = trust_flag(cfg.model.get("trust_checkpoint"))
+        # ckpt_path passed resolve_resume_checkpoint's check: weights_only=True, or trusted
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
@@ -133,55 +101,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     if cfg.get("demo") and cfg.demo.get("cases") and trainer.is_global_zero:
-        objects["demo"] = run_demo(cfg, model.model, datamodule, int(cfg.demo.cases))
+        from vesselfm.inference.demo import run_demo
+
+        objects["demo"] = run_demo(
+            model.model,
+            datamodule.data_dir,
+            Path(cfg.paths.output_dir) / "demo",
+            int(cfg.demo.cases),
+            inference=OmegaConf.to_container(cfg.inference, resolve=True),
+            preprocess=datamodule.preprocess,
+        )
 
     return metrics, objects
-
-
-def run_demo(cfg: DictConfig, net: Any, datamodule: Any, cases: int) -> list[dict[str, Any]]:
-    """Segment the first ``cases`` held-out test scans as ``vesselfm.infer`` would, then draw them.
-
-    Writes ``<run dir>/demo/<case>_pred.nii.gz``, ``<case>_pred.stl`` and the viz outputs
-    (``<case>_3d.html``, PNG overlays) beside the ground truth's.
-    """
-    from vesselfm.data.manifest import load_manifest
-    from vesselfm.inference import SlidingWindowPredictor
-    from vesselfm.viz import visualise_case
-
-    manifest = load_manifest(datamodule.data_dir) or {}
-    tests = [(cid, e) for cid, e in manifest.get("cases", {}).items() if e.get("split") == "test"]
-    if not tests:
-        log.warning("demo: the prepared set has no test case to segment")
-        return []
-    out_dir = Path(cfg.paths.output_dir) / "demo"
-    inference = OmegaConf.to_container(cfg.inference, resolve=True)
-    predictor = SlidingWindowPredictor.from_config(
-        net, inference, preprocess=datamodule.preprocess, progress=False
-    )
-    results = []
-    for case_id, entry in tests[:cases]:
-        image = Path(entry["image_source"])
-        if not image.is_file():
-            log.warning("demo: case %s has no scan on disk (%s); skipped", case_id, image)
-            continue
-        # no mesh here: visualise_case writes <case>_pred.stl (and the ground truth's)
-        written = predictor.predict_file(image, out_dir, overwrite=True, case=case_id)
-        views = visualise_case(
-            written["pred"],
-            out_dir,
-            gt_path=entry["original_label"],
-            image_path=image,
-            case_id=case_id,
-        )
-        results.append({**written, "mesh": views.get("pred_stl"), "views": views})
-        log.info(
-            "demo case %s: mask %s, mesh %s, 3D view %s",
-            case_id,
-            written["pred"],
-            views.get("pred_stl"),
-            views.get("html"),
-        )
-    return results
 
 
 @hydra_entrypoint("train")

@@ -17,7 +17,8 @@ from cli import dead_pid, run_cli
 from omegaconf import DictConfig
 from synthetic import FLIPPED_AFFINE, save_nifti, tube_phantom
 
-from vesselfm.infer import default_output_dir, infer
+from vesselfm.infer import infer
+from vesselfm.inference import default_output_dir
 from vesselfm.utils.cli import UserError
 from vesselfm.utils.io import _HOST
 
@@ -299,7 +300,7 @@ def test_same_file_name_in_patient_folders_gets_the_parent_prefixed(
             *FAST,
         ],
     )
-    with caplog.at_level("INFO", logger="vesselfm.infer"):
+    with caplog.at_level("INFO", logger="vesselfm"):
         result = infer(cfg)
     out = tmp_path / "pat" / "vesselfm_pred"
     assert [r["case"] for r in result["results"]] == ["p1_ct", "p2_ct", "p3_ct"]

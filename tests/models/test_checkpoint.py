@@ -304,3 +304,49 @@ def test_an_argument_that_would_need_unpickling_fails_when_the_module_is_built()
             optimizer=torch.optim.AdamW,
             metadata={"note": object()},
         )
+
+
+@pytest.mark.parametrize("name", ["tiny", "vesselfm_base"])
+def test_model_config_reads_what_hydra_composes(compose_cfg, name):
+    from omegaconf import OmegaConf
+
+    from vesselfm.models import model_config
+
+    composed = OmegaConf.to_container(compose_cfg("train", [f"model={name}"]).model, resolve=True)
+    assert model_config(name) == composed
+    assert model_config(name, checkpoint="w.pt") == {**composed, "checkpoint": "w.pt"}
+
+
+def test_model_config_names_the_choices():
+    from vesselfm.models import model_config
+
+    with pytest.raises(ValueError, match=r"model=tinyy: .*\['tiny', 'vesselfm_base'\]"):
+        model_config("tinyy")
+    with pytest.raises(ValueError, match=r"unknown model keys \['chekpoint'\]; allowed: "):
+        model_config("tiny", chekpoint="w.pt")
+
+
+def test_resume_checkpoint_last_is_the_newest_and_each_refusal_is_one_line(
+    tmp_path, hostile_payload
+):
+    from vesselfm.models import resolve_resume_checkpoint
+    from vesselfm.utils.errors import UserError
+
+    runs = tmp_path / "logs" / "task"
+    assert resolve_resume_checkpoint(None, runs, trust=False) is None
+    assert resolve_resume_checkpoint("null", runs, trust=False) is None
+    with pytest.raises(UserError, match=rf"^ckpt_path=last: no last\.ckpt under {runs};"):
+        resolve_resume_checkpoint("last", runs, trust=False)
+    older, newer = (runs / run / "checkpoints" / "last.ckpt" for run in ("r1", "r2"))
+    for i, path in enumerate((older, newer)):
+        path.parent.mkdir(parents=True)
+        torch.save({"state_dict": {}}, path)
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    assert resolve_resume_checkpoint("last", runs, trust=False) == str(newer)
+    assert resolve_resume_checkpoint(str(older), runs, trust=False) == str(older)
+    with pytest.raises(UserError, match=r"^ckpt_path=.*nope\.ckpt: no such file;"):
+        resolve_resume_checkpoint(str(tmp_path / "nope.ckpt"), runs, trust=False)
+    torch.save({"state_dict": {}, "x": hostile_payload(tmp_path / "ran")}, older)
+    with pytest.raises(CheckpointError, match=r"\(ckpt_path\) holds pickled Python objects"):
+        resolve_resume_checkpoint(str(older), runs, trust=False)
+    assert not (tmp_path / "ran").exists()

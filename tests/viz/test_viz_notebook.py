@@ -79,7 +79,8 @@ def test_notebook_runs_end_to_end_on_a_phantom(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_notebook_runs_the_model_when_given_a_checkpoint(tmp_path: Path) -> None:
-    """With ``checkpoint`` set, the prediction comes from vesselfm.infer, not the stand-in."""
+    """With ``checkpoint`` set, the prediction comes from the model (``segment_files``), not the
+    stand-in."""
     import torch
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
@@ -103,10 +104,11 @@ def test_notebook_runs_the_model_when_given_a_checkpoint(tmp_path: Path) -> None
     nb.cells.insert(
         index + 1, nbformat.v4.new_code_cell(params, metadata={"tags": ["injected-parameters"]})
     )
-    nb.cells.append(nbformat.v4.new_code_cell("print('PRED', pred_path)"))
+    # `segmented` exists only where the model ran (the stand-in writes the same file name)
+    nb.cells.append(nbformat.v4.new_code_cell("print('PRED', pred_path, segmented.segmented)"))
     NotebookClient(
         nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
 
-    assert nb.cells[-1].outputs[0]["text"].strip() == f"PRED {tmp_path / 'out' / '1_pred.nii.gz'}"
+    assert nb.cells[-1].outputs[0]["text"].strip() == f"PRED {tmp_path / 'out' / '1_pred.nii.gz'} 1"
     assert (tmp_path / "out" / "1_3d.html").is_file()

@@ -3,16 +3,21 @@
 ``VesselSegLitModule.on_save_checkpoint`` stores
 ``checkpoint["vesselfm"] = {"preprocess": PreprocessConfig.to_dict(), "threshold": float,
 "model_name": str}``; :func:`read_checkpoint_metadata` reads it back so that ``infer`` resamples,
-normalises and thresholds exactly as training did.
+normalises and thresholds exactly as training did; :func:`resolve_preprocess_and_threshold`
+picks between it, explicit values and the defaults.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from vesselfm.data.preprocessing import PreprocessConfig
+
+log = logging.getLogger(__name__)
 
 METADATA_KEY = "vesselfm"
 
@@ -68,3 +73,53 @@ def read_checkpoint_metadata(
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{local}: malformed checkpoint['{METADATA_KEY}'] ({err})") from err
     return meta
+
+
+def resolve_preprocess_and_threshold(
+    model: Mapping[str, Any],
+    preprocess: Mapping[str, Any] | PreprocessConfig | None = None,
+    threshold: float | None = None,
+    default_threshold: float = 0.5,
+) -> tuple[PreprocessConfig, float]:
+    """The preprocessing and threshold to infer with: explicit values first, then the
+    checkpoint's record (:func:`read_checkpoint_metadata`), then the defaults.
+
+    Args:
+        model: a ``model/*.yaml`` config as a mapping (``checkpoint``, ``revision``,
+            ``cache_dir``, ``trust_checkpoint``).
+        preprocess: ``preprocess=``; ``None``: the checkpoint's, else vesselFM's
+            (``PreprocessConfig()``).
+        threshold: ``threshold=``; ``None``: the checkpoint's, else ``default_threshold``.
+        default_threshold: ``inference.threshold``.
+
+    Returns:
+        ``(preprocess, threshold)``; what came from the checkpoint is logged.
+
+    Raises:
+        CheckpointError: the checkpoint's metadata cannot be read (see
+            :func:`read_checkpoint_metadata`).
+        ValueError: ``preprocess`` holds an unknown key or a bad value.
+    """
+    from vesselfm.models import trust_flag
+
+    meta = read_checkpoint_metadata(
+        model.get("checkpoint"),
+        model.get("revision"),
+        model.get("cache_dir"),
+        trust_checkpoint=trust_flag(model.get("trust_checkpoint")),
+    )
+    if preprocess is not None:
+        if not isinstance(preprocess, PreprocessConfig):
+            preprocess = PreprocessConfig.from_mapping(preprocess)
+    else:
+        preprocess = meta.get("preprocess") or PreprocessConfig()
+        if meta.get("preprocess") is not None:
+            log.info("preprocessing from the checkpoint: %s", preprocess.to_dict())
+    if threshold is not None:
+        threshold = float(threshold)
+    elif meta.get("threshold") is not None:
+        threshold = float(meta["threshold"])
+        log.info("threshold %.3f from the checkpoint", threshold)
+    else:
+        threshold = float(default_threshold)
+    return preprocess, threshold

@@ -292,6 +292,14 @@ class SlidingWindowPredictor:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(request)
 
+    def describe(self) -> str:
+        """One line for a run's log: device, threshold, TTA and post-processing."""
+        tta = f"{len(self.tta)} passes" if self.tta.enabled else "off"
+        return (
+            f"device {self.compute_device()} | threshold {self.threshold:.3f} | TTA {tta} | "
+            f"post-processing {'on' if self.postprocess.enabled else 'off'}"
+        )
+
     def stitch_device(self, compute: torch.device) -> torch.device:
         """Where the full-volume output accumulates."""
         if self._cpu_stitch_fallback:

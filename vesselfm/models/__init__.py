@@ -11,8 +11,10 @@ from vesselfm.models.components import (
     load_checkpoint,
     load_model,
     load_weights,
+    model_config,
     read_state_dict,
     resolve_checkpoint,
+    resolve_resume_checkpoint,
     trust_flag,
 )
 
@@ -25,7 +27,9 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "load_weights",
+    "model_config",
     "read_state_dict",
     "resolve_checkpoint",
+    "resolve_resume_checkpoint",
     "trust_flag",
 ]

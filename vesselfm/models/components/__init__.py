@@ -10,9 +10,15 @@ from vesselfm.models.components.checkpoint import (
     load_weights,
     read_state_dict,
     resolve_checkpoint,
+    resolve_resume_checkpoint,
     trust_flag,
 )
-from vesselfm.models.components.network import build_network, count_parameters, load_model
+from vesselfm.models.components.network import (
+    build_network,
+    count_parameters,
+    load_model,
+    model_config,
+)
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
@@ -23,7 +29,9 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "load_weights",
+    "model_config",
     "read_state_dict",
     "resolve_checkpoint",
+    "resolve_resume_checkpoint",
     "trust_flag",
 ]

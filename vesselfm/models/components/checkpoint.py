@@ -343,3 +343,45 @@ def load_weights(
             f"or another model.checkpoint"
         )
     net.load_state_dict(state_dict, strict=True)
+
+
+def resolve_resume_checkpoint(
+    ckpt_path: str | os.PathLike[str] | None, runs_root: str | os.PathLike[str], trust: bool
+) -> str | None:
+    """The Lightning checkpoint to resume or test from (``ckpt_path=``), checked to load.
+
+    ``"last"`` is the newest ``checkpoints/last.ckpt`` under ``runs_root`` (the task's runs,
+    ``<paths.log_dir>/<task_name>``). The file is loaded once (mapped, tensors not read) with
+    ``weights_only=True``, or fully when ``trust`` (``model.trust_checkpoint=true``), so that a
+    refused checkpoint fails with one line before anything is built.
+
+    Args:
+        ckpt_path: ``None``/``""``/``"null"`` (none), ``"last"``, or a ``.ckpt`` path.
+        runs_root: where ``"last"`` is looked for.
+        trust: allow a checkpoint that needs full unpickling.
+
+    Returns:
+        The checkpoint's path, or ``None``.
+
+    Raises:
+        UserError: no ``last.ckpt`` under ``runs_root``, or no such file.
+        CheckpointError: the file cannot be read, or needs unpickling and is not trusted.
+    """
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        root = Path(runs_root)
+        candidates = sorted(root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise UserError(
+                f"ckpt_path=last: no last.ckpt under {root}; give ckpt_path=/path/to/last.ckpt"
+            )
+        path = str(candidates[-1])
+    elif not Path(ckpt_path).is_file():
+        raise UserError(
+            f"ckpt_path={ckpt_path}: no such file; give a Lightning .ckpt of this task, or ckpt_path=last"
+        )
+    else:
+        path = str(ckpt_path)
+    load_checkpoint(path, trust, mmap=True, key="ckpt_path")
+    return path

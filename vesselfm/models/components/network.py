@@ -1,9 +1,11 @@
-"""Build the vesselFM network (a MONAI ``DynUNet``) from a model config and load its weights."""
+"""Build the vesselFM network (a MONAI ``DynUNet``) from a model config and load its weights;
+read a packaged model config by name without Hydra (:func:`model_config`)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -27,6 +29,51 @@ def build_network(net_cfg: Mapping[str, Any]) -> nn.Module:
     from hydra.utils import instantiate
 
     return instantiate(net_cfg, _convert_="all")
+
+
+def model_config(name: str = "vesselfm_base", **overrides: Any) -> dict[str, Any]:
+    """The packaged ``configs/model/<name>.yaml`` as a plain dict, for :func:`load_model` in
+    Python without composing Hydra's configs.
+
+    The file's ``defaults`` (other files of the model group, and ``_self_``, last when not
+    listed) are merged in order, as Hydra composes ``model=<name>``.
+
+    Args:
+        name: the model config (``vesselfm_base``, ``tiny``).
+        **overrides: top-level keys to replace, e.g. ``checkpoint="best.ckpt"``.
+
+    Returns:
+        ``{"name", "net", "checkpoint", "revision", "cache_dir", "trust_checkpoint"}``.
+
+    Raises:
+        ValueError: no such model config, or an override of a key it does not have; the message
+            lists the allowed ones.
+
+    Example:
+        >>> net = load_model(model_config("tiny", checkpoint="tiny.pt"))  # doctest: +SKIP
+    """
+    from omegaconf import OmegaConf
+
+    import vesselfm.configs
+
+    folder = Path(vesselfm.configs.__file__).parent / "model"
+    available = sorted(p.stem for p in folder.glob("*.yaml"))
+
+    def load(option: str) -> Any:
+        if option not in available:
+            raise ValueError(f"model={option}: no such model config; choose one of {available}")
+        own = OmegaConf.load(folder / f"{option}.yaml")
+        defaults = list(own.pop("defaults", []))
+        if "_self_" not in defaults:
+            defaults.append("_self_")
+        parts = [own if entry == "_self_" else load(str(entry)) for entry in defaults]
+        return OmegaConf.merge(*parts)
+
+    cfg = OmegaConf.to_container(load(name), resolve=True)
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise ValueError(f"unknown model keys {unknown}; allowed: {sorted(cfg)}")
+    return {**cfg, **overrides}
 
 
 def load_model(model_cfg: Mapping[str, Any]) -> nn.Module:
