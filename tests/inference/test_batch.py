@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
-from inference_helpers import save_nifti, tube_phantom
+from synthetic import save_nifti, tube_phantom
 from torch import nn
 
 from vesselfm.data.preprocessing import PreprocessConfig
