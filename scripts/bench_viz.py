@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from vesselfm.io import read_volume, write_volume
 from vesselfm.viz import (
     make_figure,
     mask_to_mesh,
@@ -86,11 +86,11 @@ def main() -> None:
             tmp / "1_pred.nii.gz",
         )
         save_phantom(phantom, args.image, args.gt)
-        nib.save(nib.Nifti1Image(pred, phantom.affine), args.pred)
-    pred_img = nib.load(args.pred)
-    pred = np.asanyarray(pred_img.dataobj) > 0.5
-    gt = None if args.gt is None else np.asanyarray(nib.load(args.gt).dataobj) > 0.5
-    affine = pred_img.affine
+        write_volume(pred, phantom.affine, args.pred)
+    pred_vol = read_volume(args.pred)
+    pred = pred_vol.array >= 0.5
+    gt = None if args.gt is None else read_volume(args.gt).array >= 0.5
+    affine = pred_vol.affine
     print(
         f"volume {pred.shape}, prediction {int(pred.sum())} voxels"
         + ("" if gt is None else f", label {int(gt.sum())} voxels")
@@ -105,7 +105,7 @@ def main() -> None:
     print(
         f"   step {fig.layout.meta['step_size']}, {fig.layout.meta['faces']} triangles, {html.stat().st_size / 1e6:.1f} MB"
     )
-    image = None if args.image is None else np.asanyarray(nib.load(args.image).dataobj)
+    image = None if args.image is None else read_volume(args.image).array
     _timed("save_overlays (4 PNGs)", save_overlays, image, pred, out, gt=gt, prefix="step_")
 
     print("-- visualise_case (what the CLI runs, NIfTI reading included)")

@@ -153,7 +153,7 @@ class VesselSegLitModule(L.LightningModule):
         for i in range(prob.shape[0]):
             values = compute_metrics(
                 prob[i, 0].float().cpu().numpy(),
-                batch["label"][i, 0].cpu().numpy() > 0.5,
+                batch["label"][i, 0].cpu().numpy() >= 0.5,
                 spacing=tuple(float(s) for s in batch["spacing"][i]),
                 threshold=self.threshold,
                 metrics=VAL_METRICS,
