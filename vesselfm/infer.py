@@ -1,4 +1,5 @@
-"""Segment vessels in NIfTI scans: ``python -m vesselfm.infer input=scan.nii.gz``.
+"""Segment vessels in scans: ``python -m vesselfm.infer input=scan.nii.gz`` (or ``.nrrd``, ``.mha``,
+``.mhd``; ``output_format=nifti|nrrd|mha``, default the input's own format).
 
 ``infer(cfg)`` builds a predictor from the config and calls the Python API that does the work,
 :func:`vesselfm.inference.segment_files`; ``main()`` is the Hydra CLI. A failed scan is skipped
@@ -39,11 +40,16 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         resolve_preprocess_and_threshold,
         segment_files,
     )
-    from vesselfm.io import check_output_dir, find_inputs, find_labels
+    from vesselfm.io import check_output_dir, check_output_format, find_inputs, find_labels
     from vesselfm.metrics.report import REPORT_FILES
     from vesselfm.models import load_model
+    from vesselfm.utils.errors import UserError
 
     overwrite = bool(cfg.overwrite)
+    try:
+        output_format = check_output_format(cfg.get("output_format"))
+    except ValueError as err:
+        raise UserError(str(err)) from err
     output = str(cfg.output) if cfg.get("output") else default_output_dir(str(cfg.input))
     output_dir = Path(output).expanduser()
     # our own outputs (inside output=, or named <case>_pred/_prob) are never inputs
@@ -79,6 +85,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         save_mesh=bool(cfg.save_mesh),
         overwrite=overwrite,
         progress=progress,
+        output_format=output_format,
     )
     result.raise_for_errors()
     return {

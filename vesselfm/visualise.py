@@ -25,10 +25,10 @@ def visualise(cfg: DictConfig) -> dict[str, Path]:
     from vesselfm.viz import visualise_case
 
     if cfg.get("pred") in (None, ""):
-        raise UserError("pred= is required: give the prediction NIfTI, e.g. pred=out/1_pred.nii.gz")
+        raise UserError("pred= is required: give the prediction file, e.g. pred=out/1_pred.nii.gz")
     pred = Path(str(cfg.pred))
     if not pred.is_file():
-        raise UserError(f"pred={pred}: no such file; give the path of a .nii or .nii.gz prediction")
+        raise UserError(f"pred={pred}: no such file; give the path of a <case>_pred volume file")
     output = Path(str(cfg.output)) if cfg.get("output") else pred.parent / "viz"
     written = visualise_case(
         pred,

@@ -41,7 +41,7 @@ def test_find_inputs_errors(tmp_path: Path, what: str) -> None:
         "empty_folder": tmp_path,
         "no_match": tmp_path / "*.nii.gz",
         "missing": tmp_path / "nope.nii.gz",
-        "wrong_suffix": tmp_path / "scan.mha",
+        "wrong_suffix": tmp_path / "scan.raw",
     }[what]
     if what == "wrong_suffix":
         spec.write_bytes(b"x")
@@ -129,7 +129,7 @@ def test_labels_pair_by_the_same_id_rule(tmp_path: Path) -> None:
     # an unprefixed prediction id would fit either patient's label: no guess
     assert match_label("ct", labels) is None
     # an image and a probability map are no labels
-    with pytest.raises(UserError, match=r"^gt=.*no NIfTI labels found"):
+    with pytest.raises(UserError, match=r"^gt=.*no labels found"):
         find_labels(tmp_path / "pat" / "c", key="gt")
 
 

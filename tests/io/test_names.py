@@ -86,7 +86,17 @@ def test_unknown_role_lists_the_roles() -> None:
 
 @pytest.mark.parametrize(
     ("name", "volume"),
-    [("a.nii.gz", True), ("a.NII", True), ("a.nii.gz.bak", False), ("a.mha", False), ("a", False)],
+    [
+        ("a.nii.gz", True),
+        ("a.NII", True),
+        ("a.nii.gz.bak", False),
+        ("a.mha", True),
+        ("a.MHD", True),
+        ("a.nrrd", True),
+        ("a.raw", False),  # a .mhd's data file
+        ("a.zraw", False),
+        ("a", False),
+    ],
 )
 def test_is_volume_file(name: str, volume: bool) -> None:
     assert is_volume_file(name) is volume
@@ -120,6 +130,11 @@ def test_output_names() -> None:
         "prob": Path("/o/a_ct_prob.nii.gz"),
         "mesh": Path("/o/a_ct_pred.stl"),
     }
+    assert output_paths("/o", "a", "nrrd")["pred"] == Path("/o/a_pred.nrrd")
+    assert output_paths("/o", "a", "mha")["prob"] == Path("/o/a_prob.mha")
+    assert case_id("a_pred.nrrd", "prediction") == "a"
+    with pytest.raises(ValueError, match=r"output_format must be one of nifti\|nrrd\|mha"):
+        output_paths("/o", "a", "png")
     # an output's name gives back its case id
     for role in ("prediction", "probability"):
         assert case_id(output_name("x_0000", role), role) == "x_0000"  # type: ignore[arg-type]

@@ -270,10 +270,13 @@ def test_write_like_round_trip_keeps_shape_affine_and_header(
     check_same_grid(back, scan)
 
 
-def test_write_like_refuses_another_format(scan_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["x_pred.mhd", "x_pred.raw", "x_pred.png"])
+def test_write_like_refuses_a_format_not_written(
+    scan_file: Path, tmp_path: Path, name: str
+) -> None:
     scan = read_volume(scan_file)
-    with pytest.raises(ValueError, match=r"x_pred\.mha: an output of a nifti input is named"):
-        write_like(np.zeros(scan.shape, np.uint8), scan, tmp_path / "x_pred.mha")
+    with pytest.raises(ValueError, match=r"x_pred\.\w+: volumes are written as .*\.nrrd, \.mha"):
+        write_like(np.zeros(scan.shape, np.uint8), scan, tmp_path / name)
     assert not list(tmp_path.glob("x_pred*"))
 
 

@@ -137,8 +137,8 @@ def test_cli_empty_gt_folder_is_one_line_error(tmp_path, folders):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
-        f"error: gt={empty}: no NIfTI labels found; expected <case>.label.nii.gz, "
-        "<case>.coronary.nii.gz or <case>.nii.gz files"
+        f"error: gt={empty}: no labels found; expected <case>.label.nii.gz, "
+        "<case>.coronary.nii.gz or <case>.nii.gz files (or .nii, .nrrd, .mha, .mhd)"
     ]
     assert not folders["out"].exists()
 

@@ -85,6 +85,7 @@ from vesselfm.io import (
     check_same_grid,
     read_volume,
     read_volume_bytes,
+    split_extension,
 )
 from vesselfm.utils.errors import UserError
 from vesselfm.utils.io import atomic_path, remove_stale_temporaries
@@ -436,11 +437,12 @@ def prepare_case(
     rel = f"{split}/{case.case_id}"
     if case.label.member is not None:
         # Archive sources: keep a readable copy of the original label for native-resolution scoring.
-        with zipfile.ZipFile(case.label.path) as zf, atomic_path(case_dir / LABEL_COPY) as tmp:
+        copy = _label_copy_name(case.label.member)
+        with zipfile.ZipFile(case.label.path) as zf, atomic_path(case_dir / copy) as tmp:
             data = zf.read(case.label.member)
-            gz = case.label.member.lower().endswith(".gz")
-            tmp.write_bytes(data if gz else gzip.compress(data, compresslevel=1))
-        original_label = f"{rel}/{LABEL_COPY}"
+            nii = copy == LABEL_COPY and not case.label.member.lower().endswith(".gz")
+            tmp.write_bytes(gzip.compress(data, compresslevel=1) if nii else data)
+        original_label = f"{rel}/{copy}"
     else:
         original_label = str(Path(case.label.path).resolve())
 
@@ -1181,3 +1183,13 @@ __all__ = [
     "read_source",
     "round_trip_dice",
 ]
+
+
+def _label_copy_name(member: str) -> str:
+    """The name of the copy of an archive's label: ``label.nii.gz`` for NIfTI (gzip-compressed),
+    ``label.nrrd``/``label.mha`` for the ITK formats (their own compression)."""
+    from vesselfm.io import format_of
+
+    if format_of(member) in (None, "nifti"):
+        return LABEL_COPY
+    return "label" + split_extension(Path(member).name)[1].lower()

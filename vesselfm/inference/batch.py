@@ -143,11 +143,13 @@ def segment_files(
     overwrite: bool = False,
     progress: bool = True,
     stop_on_error: bool = False,
+    output_format: str | None = None,
 ) -> BatchResult:
     """Segment every scan with ``predictor`` and write its outputs into ``output_dir``.
 
     Per scan, :meth:`~vesselfm.inference.SlidingWindowPredictor.predict_file` writes
-    ``<case>_pred.nii.gz`` (and ``<case>_prob.nii.gz``, ``<case>_pred.stl``); a case whose outputs
+    ``<case>_pred.nii.gz`` (``.nrrd``/``.mha`` by ``output_format``; and ``<case>_prob.<same>``,
+    ``<case>_pred.stl``); a case whose outputs
     exist and were written by vesselfm is skipped unless ``overwrite``. With ``labels``, each case
     is scored against its label at the predictor's threshold (the one its masks use), as
     ``evaluate`` scores it (:func:`vesselfm.metrics.folders.score_volumes`), and ``metrics.csv``,
@@ -155,7 +157,7 @@ def segment_files(
     are logged (``logging``, logger ``vesselfm.inference.batch``).
 
     Args:
-        inputs: the scans (``.nii``/``.nii.gz``), or ``{scan: case id}`` when the ids are chosen
+        inputs: the scans (``.nii``/``.nii.gz``, ``.nrrd``, ``.mha``/``.mhd``), or ``{scan: case id}`` when the ids are chosen
             by the caller; ids default to :func:`case_ids`.
         predictor: the predictor, built once (network, preprocessing, threshold, TTA).
         output_dir: the output folder (created if missing).
@@ -163,7 +165,7 @@ def segment_files(
             by :func:`vesselfm.io.match_label`; ``None``: no scoring, no reports.
         labels_from: where ``labels`` came from, named in messages (the CLI passes
             ``"label=<spec>"``).
-        save_prob: also write ``<case>_prob.nii.gz`` (float32 in [0, 1]).
+        save_prob: also write ``<case>_prob.<ext>`` (float32 in [0, 1]).
         save_mesh: also write ``<case>_pred.stl`` (scanner mm).
         overwrite: redo every case and replace whatever is there, even outputs vesselfm did not
             write.
@@ -171,12 +173,15 @@ def segment_files(
             ``progress`` says whether each sliding-window pass shows one.
         stop_on_error: re-raise a scan's error (after logging it) instead of recording it and
             going on; also on with the environment variable ``VESSELFM_DEBUG=1``.
+        output_format: ``nifti``, ``nrrd`` or ``mha`` for every case; ``None``: each scan's own
+            format (:func:`vesselfm.io.output_format_for`).
 
     Returns:
         A :class:`BatchResult`; failed and unlabelled cases are in it, not raised (see
         :meth:`BatchResult.raise_for_errors`).
 
     Raises:
+        ValueError: an unknown ``output_format``, listing the known ones.
         UserError: clashing case ids, or an output folder that cannot be written or holds
             reports vesselfm did not write (with ``labels``, unless ``overwrite``): before any
             write.
@@ -197,10 +202,11 @@ def segment_files(
     """
     from tqdm.auto import tqdm
 
-    from vesselfm.io import check_output_dir, ensure_writable_dir
+    from vesselfm.io import check_output_dir, check_output_format, ensure_writable_dir
     from vesselfm.metrics.report import REPORT_FILES
     from vesselfm.utils.io import remove_stale_temporaries
 
+    output_format = check_output_format(output_format)
     cases = dict(inputs) if isinstance(inputs, Mapping) else case_ids(inputs)
     # with labels, the reports are replaced at the end: refused now if they are not ours
     check_output_dir(output_dir, "output", REPORT_FILES if labels is not None else (), overwrite)
@@ -210,7 +216,12 @@ def segment_files(
         log.info("removed %s, a temporary file of an interrupted run", stale)
     log.info("%d scan(s) -> %s | %s", len(cases), output_dir, predictor.describe())
     result = BatchResult(output_dir, expected=len(cases), labels_from=labels_from)
-    options = {"save_prob": save_prob, "save_mesh": save_mesh, "overwrite": overwrite}
+    options = {
+        "save_prob": save_prob,
+        "save_mesh": save_mesh,
+        "overwrite": overwrite,
+        "output_format": output_format,
+    }
     stop_on_error = stop_on_error or os.environ.get("VESSELFM_DEBUG", "").lower() in _TRUE
 
     bar = tqdm(cases.items(), desc="scans", unit="scan", disable=not progress or len(cases) < 2)
@@ -245,7 +256,7 @@ def _segment_case(
     output_dir: Path,
     labels: Mapping[str, Path] | None,
     result: BatchResult,
-    **options: bool,
+    **options: Any,
 ) -> dict[str, Any]:
     """Predict one scan, score it when there are labels (a row, or its case listed as
     unlabelled, added to ``result``), log its line; return ``predict_file``'s dict."""
@@ -293,7 +304,7 @@ def _score(case: str, done: dict[str, Any], label_path: Path, threshold: float) 
         label = read_case_volume(label_path)
         if done["skipped"]:
             pred = read_case_volume(done["pred"])
-            prob_path = output_paths(done["pred"].parent, case)["prob"]
+            prob_path = output_paths(done["pred"].parent, case, done["format"])["prob"]
             prob = read_case_volume(prob_path) if prob_path.exists() else None
         else:
             arrays = done["arrays"]

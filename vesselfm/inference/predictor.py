@@ -500,16 +500,18 @@ class SlidingWindowPredictor:
         save_mesh: bool = False,
         case: str | None = None,
         return_arrays: bool = False,
+        output_format: str | None = None,
     ) -> dict[str, Any]:
-        """Segment one NIfTI scan and write its outputs into ``output_dir``.
+        """Segment one scan (NIfTI, NRRD or MetaImage) and write its outputs into ``output_dir``.
 
-        Writes ``<case>_pred.nii.gz`` (uint8 0/1, the input's shape, affine and header), and with
-        ``save_prob`` ``<case>_prob.nii.gz`` (float32), with ``save_mesh`` ``<case>_pred.stl``
+        Writes ``<case>_pred.nii.gz`` (or ``.nrrd``/``.mha`` by ``output_format``; uint8 0/1,
+        the input's shape and voxels, its header when in its format), and with ``save_prob``
+        ``<case>_prob.<same>`` (float32), with ``save_mesh`` ``<case>_pred.stl``
         (mm, through the affine). Each file is written atomically; the mask comes last, so a
         run cut short is redone next time.
 
         Args:
-            path: the scan (``.nii``/``.nii.gz``).
+            path: the scan (``.nii``/``.nii.gz``, ``.nrrd``, ``.mha``/``.mhd``).
             output_dir: the folder for the outputs (created if missing).
             save_prob: also write the probability map.
             overwrite: redo a case whose outputs all exist, and replace existing outputs that
@@ -520,9 +522,12 @@ class SlidingWindowPredictor:
             case: the case id (default: from the file name, ``1.img.nii.gz`` → ``1``).
             return_arrays: add the ``"prob"``/``"mask"`` arrays, their ``"spacing"`` and the
                 ``"scan"`` (:class:`~vesselfm.io.Volume`, for their grid) under ``"arrays"``.
+            output_format: ``nifti``, ``nrrd`` or ``mha``; ``None``: the input's own
+                (:func:`vesselfm.io.output_format_for`).
 
         Returns:
-            ``{"case", "input", "pred", ["prob"], ["mesh"], "skipped", "shape", "timings"}``:
+            ``{"case", "input", "format", "pred", ["prob"], ["mesh"], "skipped", "shape",
+            "timings"}``:
             output paths, whether the case was skipped, and seconds per step
             (``read``, ``predict``, ``postprocess``, ``write``, ``total``).
 
@@ -531,16 +536,25 @@ class SlidingWindowPredictor:
                 output name is too long for the file system, or an existing output was not
                 written by vesselfm (without ``overwrite``).
         """
-        from vesselfm.io import case_id, check_case_outputs, output_paths, read_volume, write_like
+        from vesselfm.io import (
+            case_id,
+            check_case_outputs,
+            output_format_for,
+            output_paths,
+            read_volume,
+            write_like,
+        )
         from vesselfm.utils.outputs import written_from
 
         path = Path(path)
         case = case or case_id(path, "image")
-        paths = output_paths(output_dir, case)
+        fmt = output_format_for(path, output_format)
+        paths = output_paths(output_dir, case, fmt)
         wanted = ["pred"] + (["prob"] if save_prob else []) + (["mesh"] if save_mesh else [])
         result: dict[str, Any] = {
             "case": case,
             "input": path,
+            "format": fmt,
             "skipped": False,
             **{k: paths[k] for k in wanted},
         }

@@ -1,7 +1,7 @@
 """Case files: case ids, output names, label lookup, reading volumes, writing outputs, grid checks.
 
-Everything that knows about file names and file formats lives here, so that a new format (NRRD,
-MHA, DICOM) touches only this package:
+Everything that knows about file names and file formats lives here, so that a new format
+(DICOM, Slicer's seg.nrrd) touches only this package:
 
 - :mod:`~vesselfm.io.names`: the case-id rule per role (image, label, prediction, probability),
   refused ids, unique ids within a run.
@@ -10,11 +10,13 @@ MHA, DICOM) touches only this package:
 - :mod:`~vesselfm.io.outputs`: output names and the checks that outputs may be written.
 - :mod:`~vesselfm.io.volume`: :func:`read_volume` → :class:`Volume` (array, RAS affine, spacing,
   the header for writing), :func:`write_like` and :func:`write_volume`.
+- :mod:`~vesselfm.io.nifti` (nibabel) and :mod:`~vesselfm.io.itk` (SimpleITK: NRRD, MetaImage):
+  the readers and writers of each format, by the table :data:`~vesselfm.io.volume.CODECS`.
 - :mod:`~vesselfm.io.grid`: :func:`check_same_grid`.
 - :mod:`~vesselfm.io.frames`: voxel orders and world frames (:func:`ras_voxel_order`).
 
 nibabel is imported here only: by :mod:`~vesselfm.io.nifti` (files) and
-:mod:`~vesselfm.io.frames` (orientation arithmetic).
+:mod:`~vesselfm.io.frames` (orientation arithmetic); SimpleITK only by :mod:`~vesselfm.io.itk`.
 """
 
 from __future__ import annotations
@@ -51,8 +53,13 @@ from vesselfm.io.outputs import (
     output_paths,
 )
 from vesselfm.io.volume import (
+    FORMATS,
+    OUTPUT_FORMATS,
     Volume,
     VolumeError,
+    check_output_format,
+    format_of,
+    output_format_for,
     read_volume,
     read_volume_bytes,
     write_like,
@@ -62,6 +69,8 @@ from vesselfm.io.volume import (
 __all__ = [
     "AFFINE_ATOL_MM",
     "EXTENSIONS",
+    "FORMATS",
+    "OUTPUT_FORMATS",
     "ROLES",
     "GridError",
     "Volume",
@@ -70,17 +79,20 @@ __all__ = [
     "case_id_problem",
     "check_case_id",
     "check_case_outputs",
+    "check_output_format",
     "check_output_dir",
     "check_same_grid",
     "ensure_writable_dir",
     "find_inputs",
     "find_labels",
     "find_outputs",
+    "format_of",
     "is_output_name",
     "is_volume_file",
     "label_files",
     "list_volumes",
     "match_label",
+    "output_format_for",
     "output_name",
     "output_paths",
     "ras_voxel_order",

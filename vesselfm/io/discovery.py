@@ -26,7 +26,7 @@ from vesselfm.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-_ALLOWED = " or ".join(EXTENSIONS)
+_ALLOWED = ", ".join(EXTENSIONS)
 
 
 def is_output_name(path: str | os.PathLike[str]) -> bool:
@@ -46,8 +46,7 @@ def list_volumes(spec: str, key: str, what: str) -> tuple[list[Path], str]:
     if path.is_file():
         if not is_volume_file(path):
             raise UserError(
-                f"{key}={spec}: expected a {_ALLOWED} file (.mha/.nrrd are not supported; "
-                f"convert them to NIfTI first)"
+                f"{key}={spec}: expected a volume file ({_ALLOWED}; a .mhd, not its data file)"
             )
         return [path], "file"
     if path.is_dir():
@@ -102,7 +101,7 @@ def find_inputs(
             the folder holds no scan.
     """
     spec = str(spec)
-    found, kind = list_volumes(spec, "input", "a NIfTI file, a folder or a glob")
+    found, kind = list_volumes(spec, "input", "a volume file, a folder or a glob")
     if kind == "file":
         if is_output_name(found[0]):
             raise UserError(
@@ -135,7 +134,7 @@ def find_inputs(
     scans = sorted({p for p in found if role_of(p) != "label"})
     if not scans:
         raise UserError(
-            f"input={spec}: the {kind} holds no {_ALLOWED} scans; point input= at NIfTI files"
+            f"input={spec}: the {kind} holds no scans ({_ALLOWED}); point input= at volume files"
         )
     if len(scans) < len(found):
         log.info(
@@ -194,12 +193,12 @@ def find_labels(
         UserError: no such folder, or no label in it.
     """
     spec = str(spec)
-    found, _ = list_volumes(spec, key, "an existing folder of NIfTI files (or a quoted glob)")
+    found, _ = list_volumes(spec, key, "an existing folder of volume files (or a quoted glob)")
     labels = label_files(found, exclude=exclude, key=key)
     if not labels:
         raise UserError(
-            f"{key}={spec}: no NIfTI labels found; expected <case>.label.nii.gz, "
-            "<case>.coronary.nii.gz or <case>.nii.gz files"
+            f"{key}={spec}: no labels found; expected <case>.label.nii.gz, "
+            "<case>.coronary.nii.gz or <case>.nii.gz files (or .nii, .nrrd, .mha, .mhd)"
         )
     return labels
 

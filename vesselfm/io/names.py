@@ -21,9 +21,9 @@ case-insensitively; the id keeps the case of the name. The ids ``""``, ``.`` and
 refused (:func:`case_id_problem`), and ids that clash within a run get their parent folder's
 name prefixed (:func:`unique_case_ids`).
 
-New formats (``.nrrd``, ``.seg.nrrd``, ``.mha``, ``.mhd``, ``.dcm``) are added to
-:data:`EXTENSIONS` (longest first) and to the readers of :mod:`vesselfm.io.volume`; nothing else
-here changes.
+``<ext>`` is ``.nii.gz``, ``.nii`` (NIfTI), ``.nrrd`` (NRRD), ``.mha`` or ``.mhd`` (MetaImage).
+New formats (``.seg.nrrd``, ``.dcm``) are added to :data:`EXTENSIONS` (longest first) and to the
+readers of :mod:`vesselfm.io.volume`; nothing else here changes.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from vesselfm.utils.errors import UserError
 
 Role = Literal["image", "label", "prediction", "probability"]
 
-#: The volume file extensions read and written, longest first so that a longer one wins
-#: (``.seg.nrrd`` before ``.nrrd`` when the formats issue adds them).
-EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
+#: The volume file extensions read, longest first so that a longer one wins (``.seg.nrrd``
+#: will come before ``.nrrd``). A ``.mhd``'s data file (``.raw``, ``.zraw``) is not a volume file.
+EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
 #: Per role, the tags a stem may end in (all but prediction/probability may also have none).
 ROLE_TAGS: Mapping[str, tuple[str, ...]] = {
     "image": (".img", "_0000"),

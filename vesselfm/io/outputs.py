@@ -1,4 +1,5 @@
-"""Output names (``<case>_pred.nii.gz``, ``<case>_prob.nii.gz``, ``<case>_pred.stl``), finding
+"""Output names (``<case>_pred.nii.gz``/``.nrrd``/``.mha``, ``<case>_prob.<same>``,
+``<case>_pred.stl``), finding
 them again, and the checks that an output folder and a case's outputs may be written."""
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vesselfm.io.names import ROLE_TAGS, case_id, check_case_id, is_volume_file, role_of
-from vesselfm.io.volume import error_reason
+from vesselfm.io.volume import OUTPUT_FORMATS, check_output_format, error_reason
 from vesselfm.utils.errors import UserError
 
-#: the extension of the volumes vesselfm writes for NIfTI input
+#: the extension of the volumes vesselfm writes in NIfTI (the default output format)
 OUTPUT_EXTENSION = ".nii.gz"
 MESH_EXTENSION = ".stl"
 
@@ -24,12 +25,21 @@ def output_name(case: str, role: str, ext: str = OUTPUT_EXTENSION) -> str:
     return f"{case}{ROLE_TAGS[role][0]}{ext}"
 
 
-def output_paths(output_dir: str | os.PathLike[str], case: str) -> dict[str, Path]:
-    """``{"pred", "prob", "mesh"}`` paths of a case's outputs in ``output_dir``."""
+def output_paths(
+    output_dir: str | os.PathLike[str], case: str, output_format: str = "nifti"
+) -> dict[str, Path]:
+    """``{"pred", "prob", "mesh"}`` paths of a case's outputs in ``output_dir``, the volumes in
+    ``output_format`` (one of :data:`~vesselfm.io.volume.OUTPUT_FORMATS`: ``<case>_pred.nii.gz``,
+    ``.nrrd`` or ``.mha``).
+
+    Raises:
+        ValueError: an unknown ``output_format``, listing the known ones.
+    """
     output_dir = Path(output_dir)
+    ext = OUTPUT_FORMATS[check_output_format(output_format) or "nifti"]
     return {
-        "pred": output_dir / output_name(case, "prediction"),
-        "prob": output_dir / output_name(case, "probability"),
+        "pred": output_dir / output_name(case, "prediction", ext),
+        "prob": output_dir / output_name(case, "probability", ext),
         "mesh": output_dir / output_name(case, "prediction", MESH_EXTENSION),
     }
 

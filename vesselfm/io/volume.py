@@ -2,10 +2,12 @@
 
 :func:`read_volume` is the only reader of image files in vesselfm. It refuses, with one line
 naming the file, what would give a wrong or meaningless result: a file that is not a volume of a
-known format, a truncated one, a 2D or 4D volume (a trailing singleton 4th axis is squeezed),
+known format (NIfTI ``.nii``/``.nii.gz``; NRRD ``.nrrd``; MetaImage ``.mha``/``.mhd``, through
+SimpleITK), a truncated one, a 2D or 4D volume (a trailing singleton 4th axis is squeezed),
 an empty one, non-finite voxels, a non-finite or singular affine. :func:`write_like` writes an
 array on the grid of a volume that was read, in that volume's format and with its header, so
-an output has the input's shape, affine and orientation codes; it writes through
+an output has the input's shape, affine and orientation codes (or, in another format, the
+input's affine, so that it lies on the input's voxels); it writes through
 :func:`vesselfm.utils.io.atomic_path`, so an interrupted run leaves no partial file.
 
 Frames: :attr:`Volume.affine` maps voxel indices to the NIfTI world frame (RAS, as nibabel
@@ -28,9 +30,30 @@ import numpy as np
 from vesselfm.io.names import EXTENSIONS, split_extension
 from vesselfm.utils.errors import UserError
 
-#: the formats :func:`read_volume` reads, by extension (lower case)
-FORMATS: dict[str, str] = {".nii.gz": "nifti", ".nii": "nifti"}
+#: the formats :func:`read_volume` reads, by extension (lower case); ``mha`` is MetaImage, in one
+#: file (``.mha``) or a header with a data file beside it (``.mhd`` + ``.raw``/``.zraw``)
+FORMATS: dict[str, str] = {
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".nrrd": "nrrd",
+    ".mha": "mha",
+    ".mhd": "mha",
+}
 assert set(FORMATS) == set(EXTENSIONS)
+#: the module of :mod:`vesselfm.io` that reads and writes each format (``read_file``,
+#: ``read_bytes``, ``write_like``, ``write_new``); DICOM and Slicer's ``seg.nrrd`` join here
+CODECS: dict[str, str] = {
+    "nifti": "vesselfm.io.nifti",
+    "nrrd": "vesselfm.io.itk",
+    "mha": "vesselfm.io.itk",
+}
+#: the values of ``output_format=`` and the extension of the files written in each
+OUTPUT_FORMATS: dict[str, str] = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
+#: the output format of an input of each format when ``output_format=`` is not given
+DEFAULT_OUTPUT_FORMAT: dict[str, str] = {"nifti": "nifti", "nrrd": "nrrd", "mha": "mha"}
+#: the extensions written (a ``.mhd`` is never written: its data file could not be replaced
+#: atomically with it)
+WRITE_EXTENSIONS: tuple[str, ...] = tuple(e for e in FORMATS if e != ".mhd")
 
 
 class VolumeError(UserError, ValueError):
@@ -47,7 +70,7 @@ class Volume:
             another.
         affine: 4×4 float64 voxel-index-to-world matrix, RAS mm (nibabel's frame).
         where: the file, for messages (``archive.zip::member`` for a member of an archive).
-        format: the file's format (``"nifti"``).
+        format: the file's format (``"nifti"``, ``"nrrd"`` or ``"mha"``).
         path: the file on disk, ``None`` for one read from bytes.
         native: the format's header, kept for :func:`write_like`; opaque to callers.
 
@@ -98,6 +121,44 @@ def error_reason(err: BaseException) -> str:
     """``"<type>: <first line>"`` of an exception, for one-line messages."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _codec(fmt: str) -> Any:
+    import importlib
+
+    return importlib.import_module(CODECS[fmt])
+
+
+def format_of(path: str | os.PathLike[str]) -> str | None:
+    """The format of a file by its name (``"nifti"``, ``"nrrd"``, ``"mha"``), ``None`` if none."""
+    ext = split_extension(Path(path).name)[1].lower()
+    return FORMATS.get(ext)
+
+
+def check_output_format(value: Any, key: str = "output_format") -> str | None:
+    """``value`` as an output format (``None``: each input's own, :data:`DEFAULT_OUTPUT_FORMAT`).
+
+    Raises:
+        ValueError: not one of :data:`OUTPUT_FORMATS`, listing them.
+    """
+    if value is None:
+        return None
+    fmt = str(value).strip().lower()
+    if isinstance(value, str) and fmt in OUTPUT_FORMATS:
+        return fmt
+    allowed = "|".join(OUTPUT_FORMATS)
+    raise ValueError(
+        f"{key} must be one of {allowed} (or null: the input's own format), got {value!r}"
+    )
+
+
+def output_format_for(path: str | os.PathLike[str], output_format: str | None = None) -> str:
+    """The format of the outputs of the input ``path``: ``output_format`` when given, else the
+    input's own (:data:`DEFAULT_OUTPUT_FORMAT`; NIfTI for a name of no known format)."""
+    chosen = check_output_format(output_format)
+    if chosen is not None:
+        return chosen
+    return DEFAULT_OUTPUT_FORMAT.get(format_of(path) or "nifti", "nifti")
 
 
 def _format(where: str, name: str) -> str:
@@ -159,10 +220,7 @@ def read_volume(path: str | os.PathLike[str], dtype: np.dtype | type | None = No
     path = Path(path)
     where = str(path)
     fmt = _format(where, path.name)
-    if fmt == "nifti":
-        from vesselfm.io import nifti
-
-        array, affine, header_shape, native = nifti.read_file(path, dtype, where)
+    array, affine, header_shape, native = _codec(fmt).read_file(path, dtype, where)
     array, affine = _validated(array, affine, header_shape, where)
     return Volume(array=array, affine=affine, where=where, format=fmt, path=path, native=native)
 
@@ -177,33 +235,43 @@ def read_volume_bytes(data: bytes, name: str, dtype: np.dtype | type | None = No
         dtype: as for :func:`read_volume`.
     """
     fmt = _format(name, name.rsplit("::", 1)[-1])
-    if fmt == "nifti":
-        from vesselfm.io import nifti
-
-        array, affine, header_shape, native = nifti.read_bytes(data, name, dtype)
+    array, affine, header_shape, native = _codec(fmt).read_bytes(data, name, dtype)
     array, affine = _validated(array, affine, header_shape, name)
     return Volume(array=array, affine=affine, where=name, format=fmt, native=native)
 
 
-def write_like(array: np.ndarray, like: Volume, target: str | os.PathLike[str]) -> Path:
-    """Write ``array`` on ``like``'s grid, in its format and with its header, atomically.
+def _write_format(target: Path) -> str:
+    ext = split_extension(target.name)[1].lower()
+    if ext not in WRITE_EXTENSIONS:
+        raise ValueError(
+            f"{target}: volumes are written as {', '.join(WRITE_EXTENSIONS)}; name it so"
+        )
+    return FORMATS[ext]
 
-    The file holds ``array``'s values in its dtype, unscaled, with ``like``'s shape, affine and
-    orientation codes (NIfTI: qform/sform and their codes; no intensity scaling or calibration
-    range of the input).
+
+def write_like(array: np.ndarray, like: Volume, target: str | os.PathLike[str]) -> Path:
+    """Write ``array`` on ``like``'s grid, atomically, in the format ``target``'s name says.
+
+    The file holds ``array``'s values in its dtype, unscaled, on ``like``'s voxels. In ``like``'s
+    own format (or another one read by the same library: NRRD and MetaImage) it keeps ``like``'s
+    header: NIfTI qform/sform and their codes (no intensity scaling or calibration range of the
+    input); ITK origin, spacing and direction exactly, and the free-text metadata. In another
+    format it is a new file with ``like``'s affine (:func:`write_volume`), so it lies on the
+    same voxels in world coordinates (to NIfTI's float32 precision when written as NIfTI).
 
     Args:
         array: ``(X, Y, Z)`` of ``like``'s shape (uint8 0/1 for a mask, float32 for
             probabilities).
         like: the volume the output belongs to (the input scan).
-        target: the output file; its extension must be one of ``like``'s format.
+        target: the output file, named ``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``.
 
     Returns:
         ``target``.
 
     Raises:
-        ValueError: ``array``'s shape is not ``like``'s, or ``target``'s extension is not one of
-            ``like``'s format.
+        ValueError: ``array``'s shape is not ``like``'s, or ``target``'s name is not one of a
+            format written.
+        VolumeError: writing NRRD/MetaImage without SimpleITK installed.
     """
     from vesselfm.utils.io import atomic_path
 
@@ -211,17 +279,15 @@ def write_like(array: np.ndarray, like: Volume, target: str | os.PathLike[str]) 
     target = Path(target)
     if tuple(array.shape) != like.shape:
         raise ValueError(f"output shape {tuple(array.shape)} differs from the input's {like.shape}")
-    ext = split_extension(target.name)[1].lower()
-    if FORMATS.get(ext) != like.format:
-        same = [e for e, f in FORMATS.items() if f == like.format]
-        raise ValueError(
-            f"{target}: an output of a {like.format} input is named {' or '.join(same)}"
-        )
-    if like.format == "nifti":
-        from vesselfm.io import nifti
-
-        with atomic_path(target) as tmp:
-            nifti.write_like(array, like.affine, like.native, tmp)
+    fmt = _write_format(target)
+    if like.native is None or CODECS[fmt] != CODECS.get(like.format):
+        return write_volume(array, like.affine, target)
+    codec = _codec(fmt)
+    with atomic_path(target) as tmp:
+        if fmt == "nifti":
+            codec.write_like(array, like.affine, like.native, tmp)
+        else:
+            codec.write_like(array, like.native, tmp)
     return target
 
 
@@ -236,7 +302,8 @@ def write_volume(
     Args:
         array: ``(X, Y, Z)`` values, stored in their dtype, unscaled.
         affine: ``(4, 4)`` voxel-to-world matrix in mm (RAS, as nibabel reports it).
-        target: the file; its extension picks the format (``.nii.gz``, ``.nii``).
+        target: the file; its extension picks the format (``.nii.gz``, ``.nii``, ``.nrrd``,
+            ``.mha``).
         description: a short free text stored in the header where the format has a place.
 
     Returns:
@@ -244,15 +311,12 @@ def write_volume(
 
     Raises:
         ValueError: ``target``'s extension is not a format this function writes.
+        VolumeError: writing NRRD/MetaImage without SimpleITK installed.
     """
     from vesselfm.utils.io import atomic_path
 
     target = Path(target)
-    ext = split_extension(target.name)[1].lower()
-    if FORMATS.get(ext) != "nifti":
-        raise ValueError(f"{target}: new volumes are written as {' or '.join(FORMATS)}")
-    from vesselfm.io import nifti
-
+    codec = _codec(_write_format(target))
     with atomic_path(target) as tmp:
-        nifti.write_new(np.asarray(array), np.asarray(affine, dtype=np.float64), tmp, description)
+        codec.write_new(np.asarray(array), np.asarray(affine, dtype=np.float64), tmp, description)
     return target

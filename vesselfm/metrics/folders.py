@@ -75,7 +75,7 @@ def find_predictions(pred_dir: str | Path) -> dict[str, Path]:
     preds = find_outputs(pred_dir, "prediction", "pred")
     if not preds:
         raise UserError(
-            f"pred={pred_dir}: no <case>_pred.nii.gz files found; point pred= at the folder "
+            f"pred={pred_dir}: no <case>_pred.nii.gz/.nrrd/.mha files found; point pred= at the folder "
             "python -m vesselfm.infer wrote"
         )
     return preds
@@ -292,7 +292,7 @@ def score_case(
     """
     if files.gt is None:
         raise CaseError(
-            f"{files.pred}: no label {files.case}.label.nii.gz or {files.case}.nii.gz in gt= "
+            f"{files.pred}: no label {files.case}.label.<ext> or {files.case}.<ext> in gt= "
             "(a prediction without a label cannot be scored)"
         )
     label = read_case_volume(files.gt)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vesselfm.io import (
+    EXTENSIONS,
     GridError,
     Volume,
     VolumeError,
@@ -46,7 +47,7 @@ def _load(path: str | os.PathLike[str], role: str) -> Volume:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"{role}={path}: no such file; give the path of a .nii or .nii.gz file"
+            f"{role}={path}: no such file; give the path of a {', '.join(EXTENSIONS)} file"
         )
     try:
         return read_volume(path)
