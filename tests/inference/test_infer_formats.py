@@ -1,0 +1,133 @@
+"""``infer`` on NRRD and MetaImage scans: the same mask as from NIfTI, ``output_format=``, resume."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from cli import run_cli
+from omegaconf import DictConfig
+from synthetic import save_nifti, tube_phantom
+
+from vesselfm.infer import infer
+from vesselfm.io import read_volume
+from vesselfm.utils.cli import UserError
+
+sitk = pytest.importorskip("SimpleITK")
+
+_run_cli = partial(run_cli, "vesselfm.infer")
+FAST = [
+    "model=tiny",
+    "inference.roi_size=[32,32,32]",
+    "inference.overlap=0.25",
+    "preprocess={in_plane_size: 32}",
+    "progress=false",
+]
+
+
+def _same_scan_three_ways(folder: Path) -> dict[str, Path]:
+    """The tube phantom as ``a.nii.gz``, and converted by SimpleITK to ``b.nrrd`` and ``c.mha``."""
+    image, _ = tube_phantom()
+    files = {"nifti": save_nifti(folder / "a.nii.gz", image)}
+    itk = sitk.ReadImage(str(files["nifti"]))  # ITK's own NIfTI reader: RAS -> LPS
+    for fmt, name in (("nrrd", "b.nrrd"), ("mha", "c.mha")):
+        files[fmt] = folder / name
+        sitk.WriteImage(itk, str(files[fmt]))
+    return files
+
+
+@pytest.fixture()
+def weights(tmp_path: Path, tiny_net: torch.nn.Module) -> Path:
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_net.state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_nifti_nrrd_and_mha_give_voxel_identical_masks(tmp_path: Path, weights: Path) -> None:
+    files = _same_scan_three_ways(tmp_path / "scans")
+    out = tmp_path / "preds"
+    proc = _run_cli(
+        f"input={tmp_path / 'scans'}",
+        f"output={out}",
+        f"model.checkpoint={weights}",
+        "save_prob=true",
+        *FAST,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3 segmented, 0 skipped" in proc.stderr
+    names = {"nifti": "a_{}.nii.gz", "nrrd": "b_{}.nrrd", "mha": "c_{}.mha"}
+    preds = {fmt: read_volume(out / n.format("pred")) for fmt, n in names.items()}
+    probs = {fmt: read_volume(out / n.format("prob")) for fmt, n in names.items()}
+    assert {v.format for v in preds.values()} == {"nifti", "nrrd", "mha"}
+    reference = preds["nifti"]
+    assert reference.array.dtype == np.uint8 and reference.shape == (48, 40, 32)
+    assert probs["nifti"].array.dtype == np.float32 and np.ptp(probs["nifti"].array) > 0
+    for fmt in ("nrrd", "mha"):
+        np.testing.assert_array_equal(preds[fmt].array, reference.array)
+        np.testing.assert_array_equal(probs[fmt].array, probs["nifti"].array)
+        np.testing.assert_allclose(preds[fmt].affine, reference.affine, atol=1e-4, rtol=0)
+        # in its own format, the output keeps the input's ITK geometry exactly
+        src, back = sitk.ReadImage(str(files[fmt])), sitk.ReadImage(str(preds[fmt].path))
+        assert (back.GetOrigin(), back.GetSpacing(), back.GetDirection()) == (
+            src.GetOrigin(),
+            src.GetSpacing(),
+            src.GetDirection(),
+        )
+    # a rerun finds its outputs by their names in each format: nothing redone
+    again = _run_cli(
+        f"input={tmp_path / 'scans'}",
+        f"output={out}",
+        f"model.checkpoint={weights}",
+        "save_prob=true",
+        *FAST,
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "0 segmented, 3 skipped" in again.stderr
+
+
+def test_output_format_nifti_from_nrrd_lies_on_the_input_voxels(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, weights: Path
+) -> None:
+    files = _same_scan_three_ways(tmp_path / "scans")
+    out = tmp_path / "o"
+    base = [f"input={files['nrrd']}", f"output={out}", f"model.checkpoint={weights}", *FAST]
+    result = infer(compose_cfg("infer", [*base, "output_format=nifti", "save_prob=true"]))
+    (case,) = result["results"]
+    assert case["pred"] == out / "b_pred.nii.gz" and case["prob"] == out / "b_prob.nii.gz"
+    assert not list(out.glob("*.nrrd"))
+    image = sitk.ReadImage(str(files["nrrd"]))
+    pred = nib.load(case["pred"])
+    assert pred.shape == image.GetSize()
+    mask = np.asarray(pred.dataobj)
+    for index in [(0, 0, 0), (47, 39, 31), (5, 30, 17), *map(tuple, np.argwhere(mask)[:20])]:
+        lps = np.asarray(image.TransformIndexToPhysicalPoint(tuple(int(i) for i in index)))
+        ras = pred.affine @ np.array([*index, 1.0])
+        np.testing.assert_allclose(ras[:3], np.diag([-1.0, -1.0, 1.0]) @ lps, atol=1e-4, rtol=0)
+    # the skip on a rerun looks for the NIfTI names of this output_format, and finds them
+    again = infer(compose_cfg("infer", [*base, "output_format=nifti", "save_prob=true"]))
+    assert again["results"][0]["skipped"] is True
+    # the input's own format is a new output, not a skip
+    own = infer(compose_cfg("infer", base))
+    assert own["results"][0]["skipped"] is False and (out / "b_pred.nrrd").is_file()
+
+
+@pytest.mark.parametrize("value", ["dicom", "png", "[nifti,nrrd]"])
+def test_an_unknown_output_format_lists_the_allowed(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, value: str
+) -> None:
+    files = _same_scan_three_ways(tmp_path / "scans")
+    cfg = compose_cfg(
+        "infer", [f"input={files['nifti']}", f"output={tmp_path / 'o'}", f"output_format={value}"]
+    )
+    with pytest.raises(UserError, match=r"^output_format must be one of nifti\|nrrd\|mha") as info:
+        infer(cfg)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "o").exists()
