@@ -348,12 +348,12 @@ def rss_child(path: str, model: str, threads: int | None) -> None:
 
 
 def rss(args: argparse.Namespace) -> dict[str, Any]:
-    import nibabel as nib
+    from vesselfm.io import write_volume
 
     image, _, affine = phantom((512, 512, 275), seed=2)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.nii.gz"
-        nib.save(nib.Nifti1Image(image, affine), str(path))
+        write_volume(image, affine, path)
         cmd = [sys.executable, __file__, "--rss-child", str(path), "--model", args.model]
         cmd += ["--threads", str(args.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -28,6 +28,7 @@ import numpy as np
 
 
 def reference(img_path: Path, lab_path: Path, out: Path) -> None:
+    # vesselFM's own recipe, as published (nibabel + skimage): the baseline, so not vesselfm.io
     import nibabel as nib
     from skimage.transform import resize
 

@@ -145,6 +145,7 @@ def digest(path: Path, work: Path) -> Any:
     """
     name = path.name.lower()
     if name.endswith((".nii.gz", ".nii")):
+        # nibabel directly, not vesselfm.io: the digest must not depend on the code it checks
         import nibabel as nib
 
         img = nib.load(str(path))

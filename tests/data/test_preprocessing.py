@@ -16,9 +16,9 @@ from vesselfm.data.preprocessing import (
     resample_label,
     resample_probabilities,
     resampled_affine,
-    spacing_from_affine,
     target_shape,
 )
+from vesselfm.io.frames import spacing_from_affine
 
 
 def test_normalisation_matches_monai_percentile_scaling():

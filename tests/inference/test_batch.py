@@ -115,3 +115,35 @@ def test_without_labels_nothing_is_scored_and_stop_on_error_raises_the_scans_err
         segment_files(scans[1:], predictor, out, progress=False, stop_on_error=True)
     assert "scans failed" not in str(info.value)  # the scan's own error, not the run's summary
     assert not (out / "b_pred.nii.gz").exists()  # stopped at the broken scan, before b
+
+
+def test_without_saved_probabilities_the_rows_are_evaluates_without_prob_fresh_or_resumed(
+    predictor: SlidingWindowPredictor, tmp_path: Path
+) -> None:
+    """Only what is on disk is scored: no probability file, no ranking metrics, so a fresh run,
+    a resumed run and evaluate (without prob=) give the same rows."""
+    scans, labels = _scans_and_labels(tmp_path)
+    scans = [s for s in scans if s.name != "a2.nii.gz"]
+    out = tmp_path / "preds"
+    fresh = segment_files(scans, predictor, out, labels=find_labels(labels), progress=False)
+    assert not list(out.glob("*_prob.nii.gz"))
+    assert [row["roc_auc"] for row in fresh.metrics] == [None, None]
+    resumed = segment_files(scans, predictor, out, labels=find_labels(labels), progress=False)
+    assert resumed.skipped == 2 and resumed.metrics == fresh.metrics
+    evaluated = evaluate_folders(pred=out, gt=labels, output=tmp_path / "eval")
+    assert fresh.metrics == evaluated.rows
+
+
+def test_labels_pair_as_evaluate_pairs_them(predictor: SlidingWindowPredictor, tmp_path: Path):
+    """Scans ct and x/ct (ids ct, x_ct) with only x's label, given as a glob whose one file has
+    the id ct: the label pairs with ct by id and is not used a second time for x_ct."""
+    image, mask = tube_phantom((40, 36, 24), 0)
+    ct = save_nifti(tmp_path / "scans" / "ct.nii.gz", image)
+    x_ct = save_nifti(tmp_path / "scans" / "x" / "ct.nii.gz", image)
+    save_nifti(tmp_path / "labels" / "x" / "ct.label.nii.gz", mask)
+    labels = find_labels(str(tmp_path / "labels" / "*" / "ct.label.nii.gz"))
+    result = segment_files(
+        {ct: "ct", x_ct: "x_ct"}, predictor, tmp_path / "out", labels=labels, progress=False
+    )
+    assert [row["case"] for row in result.metrics] == ["ct"]
+    assert result.missing_labels == ["x_ct"]

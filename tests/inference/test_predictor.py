@@ -19,10 +19,10 @@ from vesselfm.data.preprocessing import (
     normalize_intensity,
     resample_image,
     resample_probabilities,
-    spacing_from_affine,
     target_shape,
 )
 from vesselfm.inference import SlidingWindowPredictor
+from vesselfm.io.frames import spacing_from_affine
 from vesselfm.utils.cli import UserError
 
 

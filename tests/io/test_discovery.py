@@ -164,3 +164,17 @@ def test_find_inputs_leaves_out_labels_of_every_tag(tmp_path: Path) -> None:
         tmp_path / "in/2_0000.nii.gz",
         tmp_path / "in/S.NII.GZ",
     ]
+
+
+def test_pair_labels_by_id_first_then_the_one_prefixed_label_left(tmp_path: Path) -> None:
+    from vesselfm.io import pair_labels
+
+    a, b = tmp_path / "p" / "a" / "ct.label.nii.gz", tmp_path / "p" / "b" / "ct.label.nii.gz"
+    plain = tmp_path / "x.label.nii.gz"
+    labels = {"a_ct": a, "b_ct": b, "x": plain}
+    pairs, unpaired = pair_labels(["x", "ct", "a_ct"], labels)
+    assert pairs == {"x": plain, "ct": None, "a_ct": a}
+    assert unpaired == ["b_ct"]
+    # a label taken by id is not a second case's prefixed match
+    pairs, unpaired = pair_labels(["ct", "a_ct"], {"ct": a})
+    assert pairs == {"ct": a, "a_ct": None} and unpaired == []

@@ -368,7 +368,10 @@ def normalise_case_id(value: Any) -> str | None:
         return None
     if re.fullmatch(r"\d+(\.0+)?", text):
         return str(int(float(text)))
-    return case_id_of(text)
+    # an image or label name gives its case; any other text is an id as it stands (a split
+    # entry "x_pred" names the case x_pred, not x)
+    role = role_of(text)
+    return case_id_of(text, role if role in ("image", "label") else "image")
 
 
 def _split_value(value: Any, where: str) -> str | None:

@@ -74,7 +74,6 @@ from vesselfm.data.preprocessing import (
     resample_label,
     resample_probabilities,
     resampled_affine,
-    spacing_from_affine,
     target_shape,
 )
 from vesselfm.io import (
@@ -87,6 +86,7 @@ from vesselfm.io import (
     read_volume_bytes,
     split_extension,
 )
+from vesselfm.io.frames import spacing_from_affine
 from vesselfm.utils.errors import UserError
 from vesselfm.utils.io import atomic_path, remove_stale_temporaries
 

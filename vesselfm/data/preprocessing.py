@@ -74,11 +74,6 @@ class PreprocessConfig:
         return d
 
 
-def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size in mm along each array axis: the column norms of the affine's 3×3 part."""
-    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
-
-
 def target_shape(
     shape: Sequence[int], spacing: Sequence[float], config: PreprocessConfig
 ) -> tuple[int, int, int]:

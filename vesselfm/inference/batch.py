@@ -202,12 +202,22 @@ def segment_files(
     """
     from tqdm.auto import tqdm
 
-    from vesselfm.io import check_output_dir, check_output_format, ensure_writable_dir
+    from vesselfm.io import (
+        check_case_id,
+        check_output_dir,
+        check_output_format,
+        ensure_writable_dir,
+        pair_labels,
+    )
     from vesselfm.metrics.report import REPORT_FILES
     from vesselfm.utils.io import remove_stale_temporaries
 
     output_format = check_output_format(output_format)
     cases = dict(inputs) if isinstance(inputs, Mapping) else case_ids(inputs)
+    for path, case in cases.items():
+        check_case_id(path, case, "input")
+    # the labels are paired as evaluate pairs them (one rule, before the first write)
+    pairs = pair_labels(cases.values(), labels)[0] if labels is not None else None
     # with labels, the reports are replaced at the end: refused now if they are not ours
     check_output_dir(output_dir, "output", REPORT_FILES if labels is not None else (), overwrite)
     # the first write of the run: every check about the run has passed
@@ -229,7 +239,7 @@ def segment_files(
         path = Path(path)
         bar.set_postfix_str(path.name)
         try:
-            done = _segment_case(path, case, predictor, output_dir, labels, result, **options)
+            done = _segment_case(path, case, predictor, output_dir, pairs, result, **options)
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - one bad scan must not stop the others
@@ -254,19 +264,17 @@ def _segment_case(
     case: str,
     predictor: SlidingWindowPredictor,
     output_dir: Path,
-    labels: Mapping[str, Path] | None,
+    pairs: Mapping[str, Path | None] | None,
     result: BatchResult,
     **options: Any,
 ) -> dict[str, Any]:
     """Predict one scan, score it when there are labels (a row, or its case listed as
     unlabelled, added to ``result``), log its line; return ``predict_file``'s dict."""
-    from vesselfm.io import match_label
-
     done = predictor.predict_file(
-        path, output_dir, case=case, return_arrays=labels is not None, **options
+        path, output_dir, case=case, return_arrays=pairs is not None, **options
     )
-    if labels is not None:
-        label_path = match_label(case, labels)
+    if pairs is not None:
+        label_path = pairs[case]
         if label_path is None:
             result.missing_labels.append(case)
             log.error(
@@ -295,8 +303,8 @@ def _segment_case(
 def _score(case: str, done: dict[str, Any], label_path: Path, threshold: float) -> dict[str, Any]:
     """``{"case": case, **compute_metrics(...)}`` of a case's prediction against its label file,
     by :func:`vesselfm.metrics.folders.score_volumes`, as ``evaluate`` scores it: from the arrays
-    just predicted, or (a case skipped because its outputs exist) from the files it left, with its
-    probabilities when they were saved."""
+    just predicted, or (a case skipped because its outputs exist) from the files it left; with the
+    probabilities only when they are saved (``save_prob``), as ``evaluate prob=`` sees them."""
     from vesselfm.io import output_paths
     from vesselfm.metrics.folders import CaseError, read_case_volume, score_volumes
 
@@ -309,7 +317,8 @@ def _score(case: str, done: dict[str, Any], label_path: Path, threshold: float) 
         else:
             arrays = done["arrays"]
             pred = arrays["scan"].with_array(arrays["mask"], done["pred"])
-            prob = arrays["scan"].with_array(arrays["prob"])
+            # only what is on disk, so a resumed run and evaluate score the same row
+            prob = arrays["scan"].with_array(arrays["prob"]) if done.get("prob") else None
         return score_volumes(case, pred, label, prob, threshold)
     except CaseError as err:
         raise UserError(str(err)) from err

@@ -38,11 +38,11 @@ from vesselfm.data.preprocessing import (
     normalize_intensity,
     resample_image,
     resample_probabilities,
-    spacing_from_affine,
     target_shape,
 )
 from vesselfm.inference.postprocess import PostprocessConfig, postprocess_mask
 from vesselfm.inference.tta import LogitMerger, TTAConfig, augmentations, intensity_transform
+from vesselfm.io.frames import spacing_from_affine
 from vesselfm.utils.config import checked_fields
 from vesselfm.utils.errors import UserError
 from vesselfm.utils.hardware import INFERENCE_PRECISIONS, resolve_precision
@@ -538,6 +538,7 @@ class SlidingWindowPredictor:
         """
         from vesselfm.io import (
             case_id,
+            check_case_id,
             check_case_outputs,
             output_format_for,
             output_paths,
@@ -547,7 +548,7 @@ class SlidingWindowPredictor:
         from vesselfm.utils.outputs import written_from
 
         path = Path(path)
-        case = case or case_id(path, "image")
+        case = check_case_id(path, case or case_id(path, "image"), "input")
         fmt = output_format_for(path, output_format)
         paths = output_paths(output_dir, case, fmt)
         wanted = ["pred"] + (["prob"] if save_prob else []) + (["mesh"] if save_mesh else [])

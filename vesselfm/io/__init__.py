@@ -28,9 +28,10 @@ from vesselfm.io.discovery import (
     label_files,
     list_volumes,
     match_label,
+    pair_labels,
     static_root,
 )
-from vesselfm.io.frames import ras_voxel_order
+from vesselfm.io.frames import ras_voxel_order, spacing_from_affine
 from vesselfm.io.grid import AFFINE_ATOL_MM, GridError, check_same_grid
 from vesselfm.io.names import (
     EXTENSIONS,
@@ -95,11 +96,13 @@ __all__ = [
     "output_format_for",
     "output_name",
     "output_paths",
+    "pair_labels",
     "ras_voxel_order",
     "read_volume",
     "read_volume_bytes",
     "renamed_cases",
     "role_of",
+    "spacing_from_affine",
     "split_extension",
     "static_root",
     "unique_case_ids",

@@ -16,6 +16,7 @@ from pathlib import Path
 from vesselfm.io.names import (
     EXTENSIONS,
     OUTPUT_ROLES,
+    ROLE_TAGS,
     case_id,
     is_volume_file,
     prefixed_ids,
@@ -147,7 +148,7 @@ def find_inputs(
 
 def _label_rank(path: Path) -> int:
     """``<case>.label`` before ``<case>.coronary`` before ``<case>`` (then the case's image)."""
-    stem_tags = (".label", ".coronary")
+    stem_tags = ROLE_TAGS["label"]
     lower = path.name.lower()
     for rank, tag in enumerate(stem_tags):
         if any(lower.endswith(f"{tag}{ext}") for ext in EXTENSIONS):
@@ -216,3 +217,30 @@ def match_label(case: str, labels: Mapping[str, Path], taken: Container[Path] = 
         if path not in taken and case in prefixed_ids(path, case_id(path, "label"))
     ]
     return candidates[0] if len(candidates) == 1 else None
+
+
+def pair_labels(
+    cases: Iterable[str], labels: Mapping[str, Path]
+) -> tuple[dict[str, Path | None], list[str]]:
+    """Pair case ids with label files, the one rule ``infer label=`` and ``evaluate`` share.
+
+    By id first; then each case left may take the one label (not paired by id, nor by an
+    earlier case) whose id with its folder names prefixed is the case's (:func:`match_label`).
+
+    Args:
+        cases: case ids, in the order ties are settled (``evaluate``: natural order).
+        labels: label files by case id (:func:`find_labels`).
+
+    Returns:
+        ``(pairs, unpaired)``: every case's label (``None`` where it has none), and the ids of
+        the labels no case paired with, in ``labels``' order.
+    """
+    cases = list(cases)
+    taken = {labels[case] for case in cases if case in labels}
+    pairs: dict[str, Path | None] = {}
+    for case in cases:
+        label = match_label(case, labels, taken=taken)
+        if label is not None:
+            taken.add(label)
+        pairs[case] = label
+    return pairs, [case for case, path in labels.items() if path not in taken]

@@ -7,6 +7,11 @@ from collections.abc import Callable
 import numpy as np
 
 
+def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along each array axis: the column norms of the affine's 3×3 part."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
 def ras_voxel_order(
     affine: np.ndarray,
 ) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[float, float, float]]:
@@ -20,11 +25,10 @@ def ras_voxel_order(
         closest RAS+ voxel order (axes swapped and flipped, nothing resampled), and the voxel
         size in mm along the reordered axes.
     """
-    from nibabel.affines import voxel_sizes
     from nibabel.orientations import apply_orientation, io_orientation
 
     ornt = io_orientation(affine)
-    spacing = voxel_sizes(affine)[np.argsort(ornt[:, 0])]
+    spacing = np.asarray(spacing_from_affine(affine))[np.argsort(ornt[:, 0])]
 
     def reorder(array: np.ndarray) -> np.ndarray:
         return apply_orientation(array, ornt)

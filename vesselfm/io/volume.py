@@ -95,7 +95,7 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along each array axis: the column norms of the affine."""
-        from vesselfm.data.preprocessing import spacing_from_affine
+        from vesselfm.io.frames import spacing_from_affine
 
         return spacing_from_affine(self.affine)
 

@@ -99,22 +99,17 @@ def pair_cases(
     Raises:
         UserError: ``gt`` holds no label, or ``pred_dir`` no ``*_pred`` file.
     """
-    from vesselfm.io import find_labels, find_outputs, match_label
+    from vesselfm.io import find_labels, find_outputs, pair_labels
 
     labels = find_labels(gt, key="gt")
     preds = find_predictions(pred_dir)
     probs = find_outputs(prob_dir, "probability", "prob") if prob_dir is not None else {}
-    cases = []
-    # by id first; the prefixed-id fallback only among the labels left
-    paired = {labels[case] for case in preds if case in labels}
-    for case in sorted(preds, key=natural_key):
-        label = match_label(case, labels, taken=paired)
-        if label is not None:
-            paired.add(label)
-        cases.append(CaseFiles(case=case, pred=preds[case], gt=label, prob=probs.get(case)))
-    unpredicted = sorted(
-        (case for case, path in labels.items() if path not in paired), key=natural_key
-    )
+    pairs, unpaired = pair_labels(sorted(preds, key=natural_key), labels)
+    cases = [
+        CaseFiles(case=case, pred=preds[case], gt=label, prob=probs.get(case))
+        for case, label in pairs.items()
+    ]
+    unpredicted = sorted(unpaired, key=natural_key)
     if unpredicted:
         shown = ", ".join(unpredicted[:10]) + (" ..." if len(unpredicted) > 10 else "")
         log.warning(
@@ -292,8 +287,8 @@ def score_case(
     """
     if files.gt is None:
         raise CaseError(
-            f"{files.pred}: no label {files.case}.label.<ext> or {files.case}.<ext> in gt= "
-            "(a prediction without a label cannot be scored)"
+            f"{files.pred}: no label {files.case}.label.<ext>, {files.case}.coronary.<ext> or "
+            f"{files.case}.<ext> in gt= (a prediction without a label cannot be scored)"
         )
     label = read_case_volume(files.gt)
     pred = read_case_volume(files.pred)

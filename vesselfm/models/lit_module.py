@@ -210,7 +210,9 @@ class VesselSegLitModule(L.LightningModule):
             label = read_volume(batch["original_label"][i]).array  # (X, Y, Z, 1) squeezed
             # the same mask infer would write: threshold, then inference.postprocess
             mask = self.predictor.binarize(native, spacing)
-            values = compute_metrics(mask, label > 0, spacing=spacing, threshold=0.5, prob=native)
+            values = compute_metrics(
+                mask, label >= 0.5, spacing=spacing, threshold=0.5, prob=native
+            )
             self._test_rows.append({"case": str(batch["case"][i]), **values})
 
     def on_test_epoch_end(self) -> None:

@@ -50,8 +50,8 @@ def atomic_path(target: str | os.PathLike[str], record: bool = True) -> Iterator
     (:mod:`vesselfm.utils.outputs`) unless ``record=False``.
 
     Example:
-        >>> with atomic_path("out/1_pred.nii.gz") as tmp:  # doctest: +SKIP
-        ...     nib.save(img, tmp)
+        >>> with atomic_path("out/mask.npy") as tmp:  # doctest: +SKIP
+        ...     np.save(tmp, mask)
     """
     target = Path(target)
     check_name_length(target)
