@@ -1,5 +1,5 @@
 """Segment vessels in scans: ``python -m vesselfm.infer input=scan.nii.gz`` (or ``.nrrd``, ``.mha``,
-``.mhd``; ``output_format=nifti|nrrd|mha``, default the input's own format).
+``.mhd``; ``output_format=nifti|nrrd|mha|seg.nrrd`` or a list, default the input's own format).
 
 ``infer(cfg)`` builds a predictor from the config and calls the Python API that does the work,
 :func:`vesselfm.inference.segment_files`; ``main()`` is the Hydra CLI. A failed scan is skipped
@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vesselfm.utils.cli import hydra_entrypoint
 
@@ -40,14 +40,17 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         resolve_preprocess_and_threshold,
         segment_files,
     )
-    from vesselfm.io import check_output_dir, check_output_format, find_inputs, find_labels
+    from vesselfm.io import check_output_dir, check_output_formats, find_inputs, find_labels
     from vesselfm.metrics.report import REPORT_FILES
     from vesselfm.models import load_model
     from vesselfm.utils.errors import UserError
 
     overwrite = bool(cfg.overwrite)
     try:
-        output_format = check_output_format(cfg.get("output_format"))
+        chosen = cfg.get("output_format")
+        if isinstance(chosen, ListConfig):
+            chosen = OmegaConf.to_container(chosen, resolve=True)
+        output_format = check_output_formats(chosen)
     except ValueError as err:
         raise UserError(str(err)) from err
     output = str(cfg.output) if cfg.get("output") else default_output_dir(str(cfg.input))

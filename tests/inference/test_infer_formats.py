@@ -119,7 +119,7 @@ def test_output_format_nifti_from_nrrd_lies_on_the_input_voxels(
     assert own["results"][0]["skipped"] is False and (out / "b_pred.nrrd").is_file()
 
 
-@pytest.mark.parametrize("value", ["dicom", "png", "[nifti,nrrd]"])
+@pytest.mark.parametrize("value", ["dicom", "png", "[nifti,png]", "[]"])
 def test_an_unknown_output_format_lists_the_allowed(
     compose_cfg: Callable[..., DictConfig], tmp_path: Path, value: str
 ) -> None:

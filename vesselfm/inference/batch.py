@@ -143,7 +143,7 @@ def segment_files(
     overwrite: bool = False,
     progress: bool = True,
     stop_on_error: bool = False,
-    output_format: str | None = None,
+    output_format: str | Sequence[str] | None = None,
 ) -> BatchResult:
     """Segment every scan with ``predictor`` and write its outputs into ``output_dir``.
 
@@ -173,8 +173,9 @@ def segment_files(
             ``progress`` says whether each sliding-window pass shows one.
         stop_on_error: re-raise a scan's error (after logging it) instead of recording it and
             going on; also on with the environment variable ``VESSELFM_DEBUG=1``.
-        output_format: ``nifti``, ``nrrd`` or ``mha`` for every case; ``None``: each scan's own
-            format (:func:`vesselfm.io.output_format_for`).
+        output_format: ``nifti``, ``nrrd``, ``mha`` or ``seg.nrrd``, or a list of them (each
+            written), for every case; ``None``: each scan's own format
+            (:func:`vesselfm.io.output_formats_for`).
 
     Returns:
         A :class:`BatchResult`; failed and unlabelled cases are in it, not raised (see
@@ -205,14 +206,14 @@ def segment_files(
     from vesselfm.io import (
         check_case_id,
         check_output_dir,
-        check_output_format,
+        check_output_formats,
         ensure_writable_dir,
         pair_labels,
     )
     from vesselfm.metrics.report import REPORT_FILES
     from vesselfm.utils.io import remove_stale_temporaries
 
-    output_format = check_output_format(output_format)
+    output_format = check_output_formats(output_format)
     cases = dict(inputs) if isinstance(inputs, Mapping) else case_ids(inputs)
     for path, case in cases.items():
         check_case_id(path, case, "input")
@@ -305,14 +306,16 @@ def _score(case: str, done: dict[str, Any], label_path: Path, threshold: float) 
     by :func:`vesselfm.metrics.folders.score_volumes`, as ``evaluate`` scores it: from the arrays
     just predicted, or (a case skipped because its outputs exist) from the files it left; with the
     probabilities only when they are saved (``save_prob``), as ``evaluate prob=`` sees them."""
-    from vesselfm.io import output_paths
+    from vesselfm.io import format_of, output_paths
     from vesselfm.metrics.folders import CaseError, read_case_volume, score_volumes
 
     try:
         label = read_case_volume(label_path)
         if done["skipped"]:
             pred = read_case_volume(done["pred"])
-            prob_path = output_paths(done["pred"].parent, case, done["format"])["prob"]
+            prob_path = output_paths(
+                done["pred"].parent, case, done["format"], format_of(done["input"])
+            )["prob"]
             prob = read_case_volume(prob_path) if prob_path.exists() else None
         else:
             arrays = done["arrays"]

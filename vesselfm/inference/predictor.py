@@ -504,9 +504,11 @@ class SlidingWindowPredictor:
     ) -> dict[str, Any]:
         """Segment one scan (NIfTI, NRRD or MetaImage) and write its outputs into ``output_dir``.
 
-        Writes ``<case>_pred.nii.gz`` (or ``.nrrd``/``.mha`` by ``output_format``; uint8 0/1,
-        the input's shape and voxels, its header when in its format), and with ``save_prob``
-        ``<case>_prob.<same>`` (float32), with ``save_mesh`` ``<case>_pred.stl``
+        Writes ``<case>_pred.nii.gz`` (or ``.nrrd``/``.mha``/``.seg.nrrd`` by ``output_format``,
+        one file per format listed; uint8 0/1, the input's shape and voxels, its header when in
+        its format), and with ``save_prob`` ``<case>_prob.<same>`` (float32; beside a
+        ``.seg.nrrd``, ``.nii.gz`` for NIfTI input, else ``.nrrd``), with ``save_mesh``
+        ``<case>_pred.stl``
         (mm, through the affine). Each file is written atomically; the mask comes last, so a
         run cut short is redone next time.
 
@@ -522,13 +524,14 @@ class SlidingWindowPredictor:
             case: the case id (default: from the file name, ``1.img.nii.gz`` → ``1``).
             return_arrays: add the ``"prob"``/``"mask"`` arrays, their ``"spacing"`` and the
                 ``"scan"`` (:class:`~vesselfm.io.Volume`, for their grid) under ``"arrays"``.
-            output_format: ``nifti``, ``nrrd`` or ``mha``; ``None``: the input's own
-                (:func:`vesselfm.io.output_format_for`).
+            output_format: ``nifti``, ``nrrd``, ``mha`` or ``seg.nrrd``, or a list of them;
+                ``None``: the input's own (:func:`vesselfm.io.output_formats_for`).
 
         Returns:
-            ``{"case", "input", "format", "pred", ["prob"], ["mesh"], "skipped", "shape",
-            "timings"}``:
-            output paths, whether the case was skipped, and seconds per step
+            ``{"case", "input", "format", "formats", "pred", ["prob"], ["mesh"], "preds",
+            "files", "skipped", "shape", "timings"}``: ``pred``/``prob`` are the first
+            format's, ``preds`` every format's mask, ``files`` every output (a case is skipped
+            only when all exist); whether the case was skipped, and seconds per step
             (``read``, ``predict``, ``postprocess``, ``write``, ``total``).
 
         Raises:
@@ -540,7 +543,8 @@ class SlidingWindowPredictor:
             case_id,
             check_case_id,
             check_case_outputs,
-            output_format_for,
+            format_of,
+            output_formats_for,
             output_paths,
             read_volume,
             write_like,
@@ -549,18 +553,26 @@ class SlidingWindowPredictor:
 
         path = Path(path)
         case = check_case_id(path, case or case_id(path, "image"), "input")
-        fmt = output_format_for(path, output_format)
-        paths = output_paths(output_dir, case, fmt)
+        formats = output_formats_for(path, output_format)
+        per_format = [output_paths(output_dir, case, f, format_of(path)) for f in formats]
+        paths = per_format[0]
+        preds = [p["pred"] for p in per_format]
+        # a seg.nrrd and a nifti output share one <case>_prob.nii.gz: written once
+        probs = list(dict.fromkeys(p["prob"] for p in per_format)) if save_prob else []
+        targets = [*preds, *probs] + ([paths["mesh"]] if save_mesh else [])
         wanted = ["pred"] + (["prob"] if save_prob else []) + (["mesh"] if save_mesh else [])
         result: dict[str, Any] = {
             "case": case,
             "input": path,
-            "format": fmt,
+            "format": formats[0],
+            "formats": list(formats),
             "skipped": False,
             **{k: paths[k] for k in wanted},
+            "preds": preds,
+            "files": targets,
         }
         # before any work: names that fit, and nothing overwritten that vesselfm did not write
-        if check_case_outputs([paths[k] for k in wanted], overwrite, source=path):
+        if check_case_outputs(targets, overwrite, source=path):
             log.info(
                 "%s: outputs exist in %s, skipped (overwrite=true redoes them)", case, output_dir
             )
@@ -577,11 +589,15 @@ class SlidingWindowPredictor:
         mask = self.binarize(prob, spacing)
         t3 = time.perf_counter()
         with written_from(path):  # the record says which input each output was made from
-            if save_prob:  # float32 in [0, 1]
-                write_like(np.clip(np.asarray(prob, np.float32), 0.0, 1.0), scan, paths["prob"])
+            if probs:  # float32 in [0, 1]
+                clipped = np.clip(np.asarray(prob, np.float32), 0.0, 1.0)
+                for target in probs:
+                    write_like(clipped, scan, target)
             if mesh_writer is not None:
                 mesh_writer(mask, scan.affine, paths["mesh"])
-            write_like((np.asarray(mask) > 0).astype(np.uint8), scan, paths["pred"])  # uint8 0/1
+            binary = (np.asarray(mask) > 0).astype(np.uint8)  # uint8 0/1
+            for target in preds:
+                write_like(binary, scan, target)
         t4 = time.perf_counter()
         result["shape"] = scan.shape
         result["timings"] = {

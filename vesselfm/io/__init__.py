@@ -10,8 +10,10 @@ Everything that knows about file names and file formats lives here, so that a ne
 - :mod:`~vesselfm.io.outputs`: output names and the checks that outputs may be written.
 - :mod:`~vesselfm.io.volume`: :func:`read_volume` → :class:`Volume` (array, RAS affine, spacing,
   the header for writing), :func:`write_like` and :func:`write_volume`.
-- :mod:`~vesselfm.io.nifti` (nibabel) and :mod:`~vesselfm.io.itk` (SimpleITK: NRRD, MetaImage):
-  the readers and writers of each format, by the table :data:`~vesselfm.io.volume.CODECS`.
+- :mod:`~vesselfm.io.nifti` (nibabel), :mod:`~vesselfm.io.itk` (SimpleITK: NRRD, MetaImage) and
+  :mod:`~vesselfm.io.slicer` (pynrrd: 3D Slicer's ``.seg.nrrd``): the readers and writers of
+  each format, by the table :data:`~vesselfm.io.volume.CODECS`.
+- :mod:`~vesselfm.io.terminology`: the vessel segment's name, colour and SNOMED CT codes.
 - :mod:`~vesselfm.io.grid`: :func:`check_same_grid`.
 - :mod:`~vesselfm.io.frames`: voxel orders and world frames (:func:`ras_voxel_order`).
 
@@ -59,8 +61,10 @@ from vesselfm.io.volume import (
     Volume,
     VolumeError,
     check_output_format,
+    check_output_formats,
     format_of,
     output_format_for,
+    output_formats_for,
     read_volume,
     read_volume_bytes,
     write_like,
@@ -81,6 +85,7 @@ __all__ = [
     "check_case_id",
     "check_case_outputs",
     "check_output_format",
+    "check_output_formats",
     "check_output_dir",
     "check_same_grid",
     "ensure_writable_dir",
@@ -94,6 +99,7 @@ __all__ = [
     "list_volumes",
     "match_label",
     "output_format_for",
+    "output_formats_for",
     "output_name",
     "output_paths",
     "pair_labels",

@@ -21,8 +21,8 @@ case-insensitively; the id keeps the case of the name. The ids ``""``, ``.`` and
 refused (:func:`case_id_problem`), and ids that clash within a run get their parent folder's
 name prefixed (:func:`unique_case_ids`).
 
-``<ext>`` is ``.nii.gz``, ``.nii`` (NIfTI), ``.nrrd`` (NRRD), ``.mha`` or ``.mhd`` (MetaImage).
-New formats (``.seg.nrrd``, ``.dcm``) are added to :data:`EXTENSIONS` (longest first) and to the
+``<ext>`` is ``.nii.gz``, ``.nii`` (NIfTI), ``.nrrd`` (NRRD), ``.seg.nrrd`` (3D Slicer
+segmentation), ``.mha`` or ``.mhd`` (MetaImage). New formats (``.dcm``) are added to :data:`EXTENSIONS` (longest first) and to the
 readers of :mod:`vesselfm.io.volume`; nothing else here changes.
 """
 
@@ -39,8 +39,8 @@ from vesselfm.utils.errors import UserError
 Role = Literal["image", "label", "prediction", "probability"]
 
 #: The volume file extensions read, longest first so that a longer one wins (``.seg.nrrd``
-#: will come before ``.nrrd``). A ``.mhd``'s data file (``.raw``, ``.zraw``) is not a volume file.
-EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
+#: before ``.nrrd``: ``1_pred.seg.nrrd`` is case ``1``). A ``.mhd``'s data file (``.raw``, ``.zraw``) is not a volume file.
+EXTENSIONS: tuple[str, ...] = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
 #: Per role, the tags a stem may end in (all but prediction/probability may also have none).
 ROLE_TAGS: Mapping[str, tuple[str, ...]] = {
     "image": (".img", "_0000"),

@@ -1,4 +1,4 @@
-"""Output names (``<case>_pred.nii.gz``/``.nrrd``/``.mha``, ``<case>_prob.<same>``,
+"""Output names (``<case>_pred.nii.gz``/``.nrrd``/``.mha``/``.seg.nrrd``, ``<case>_prob.<same>``,
 ``<case>_pred.stl``), finding
 them again, and the checks that an output folder and a case's outputs may be written."""
 
@@ -10,7 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vesselfm.io.names import ROLE_TAGS, case_id, check_case_id, is_volume_file, role_of
-from vesselfm.io.volume import OUTPUT_FORMATS, check_output_format, error_reason
+from vesselfm.io.volume import (
+    OUTPUT_FORMATS,
+    check_output_format,
+    error_reason,
+    probability_format,
+)
 from vesselfm.utils.errors import UserError
 
 #: the extension of the volumes vesselfm writes in NIfTI (the default output format)
@@ -26,20 +31,27 @@ def output_name(case: str, role: str, ext: str = OUTPUT_EXTENSION) -> str:
 
 
 def output_paths(
-    output_dir: str | os.PathLike[str], case: str, output_format: str = "nifti"
+    output_dir: str | os.PathLike[str],
+    case: str,
+    output_format: str = "nifti",
+    input_format: str | None = None,
 ) -> dict[str, Path]:
     """``{"pred", "prob", "mesh"}`` paths of a case's outputs in ``output_dir``, the volumes in
     ``output_format`` (one of :data:`~vesselfm.io.volume.OUTPUT_FORMATS`: ``<case>_pred.nii.gz``,
-    ``.nrrd`` or ``.mha``).
+    ``.nrrd``, ``.mha`` or ``.seg.nrrd``). A ``seg.nrrd`` holds the mask only: the probabilities
+    beside it are ``<case>_prob.nii.gz`` for an ``input_format`` ``nifti`` (or ``None``), else
+    ``<case>_prob.nrrd`` (:func:`~vesselfm.io.volume.probability_format`).
 
     Raises:
         ValueError: an unknown ``output_format``, listing the known ones.
     """
     output_dir = Path(output_dir)
-    ext = OUTPUT_FORMATS[check_output_format(output_format) or "nifti"]
+    fmt = check_output_format(output_format) or "nifti"
+    ext = OUTPUT_FORMATS[fmt]
+    prob_ext = OUTPUT_FORMATS[probability_format(fmt, input_format)]
     return {
         "pred": output_dir / output_name(case, "prediction", ext),
-        "prob": output_dir / output_name(case, "probability", ext),
+        "prob": output_dir / output_name(case, "probability", prob_ext),
         "mesh": output_dir / output_name(case, "prediction", MESH_EXTENSION),
     }
 

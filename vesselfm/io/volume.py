@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,22 +36,37 @@ from vesselfm.utils.errors import UserError
 FORMATS: dict[str, str] = {
     ".nii.gz": "nifti",
     ".nii": "nifti",
+    ".seg.nrrd": "seg.nrrd",
     ".nrrd": "nrrd",
     ".mha": "mha",
     ".mhd": "mha",
 }
 assert set(FORMATS) == set(EXTENSIONS)
 #: the module of :mod:`vesselfm.io` that reads and writes each format (``read_file``,
-#: ``read_bytes``, ``write_like``, ``write_new``); DICOM and Slicer's ``seg.nrrd`` join here
+#: ``read_bytes``, ``write_like``, ``write_new``); DICOM joins here
 CODECS: dict[str, str] = {
     "nifti": "vesselfm.io.nifti",
     "nrrd": "vesselfm.io.itk",
     "mha": "vesselfm.io.itk",
+    "seg.nrrd": "vesselfm.io.slicer",
 }
 #: the values of ``output_format=`` and the extension of the files written in each
-OUTPUT_FORMATS: dict[str, str] = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
+OUTPUT_FORMATS: dict[str, str] = {
+    "nifti": ".nii.gz",
+    "nrrd": ".nrrd",
+    "mha": ".mha",
+    "seg.nrrd": ".seg.nrrd",
+}
 #: the output format of an input of each format when ``output_format=`` is not given
-DEFAULT_OUTPUT_FORMAT: dict[str, str] = {"nifti": "nifti", "nrrd": "nrrd", "mha": "mha"}
+DEFAULT_OUTPUT_FORMAT: dict[str, str] = {
+    "nifti": "nifti",
+    "nrrd": "nrrd",
+    "mha": "mha",
+    "seg.nrrd": "seg.nrrd",
+}
+#: formats that hold a labelmap only: probabilities of an output in one are written in the
+#: input's own image format instead (NIfTI for NIfTI input, else NRRD)
+MASK_ONLY_FORMATS: frozenset[str] = frozenset({"seg.nrrd"})
 #: the extensions written (a ``.mhd`` is never written: its data file could not be replaced
 #: atomically with it)
 WRITE_EXTENSIONS: tuple[str, ...] = tuple(e for e in FORMATS if e != ".mhd")
@@ -152,6 +168,28 @@ def check_output_format(value: Any, key: str = "output_format") -> str | None:
     )
 
 
+def check_output_formats(value: Any, key: str = "output_format") -> tuple[str, ...] | None:
+    """``value`` (one format or a list of them) as a tuple of output formats, duplicates
+    dropped, in the order given; ``None``: each input's own.
+
+    Raises:
+        ValueError: an empty list, or a value not in :data:`OUTPUT_FORMATS`, listing them.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (check_output_format(value, key),)  # type: ignore[return-value]
+    if isinstance(value, Sequence) and not isinstance(value, bytes):
+        formats = [check_output_format(v, key) if v is not None else None for v in value]
+        if formats and None not in formats:
+            return tuple(dict.fromkeys(formats))  # type: ignore[arg-type]
+    allowed = "|".join(OUTPUT_FORMATS)
+    raise ValueError(
+        f"{key} must be one of {allowed}, or a list of them (null: the input's own format), "
+        f"got {value!r}"
+    )
+
+
 def output_format_for(path: str | os.PathLike[str], output_format: str | None = None) -> str:
     """The format of the outputs of the input ``path``: ``output_format`` when given, else the
     input's own (:data:`DEFAULT_OUTPUT_FORMAT`; NIfTI for a name of no known format)."""
@@ -159,6 +197,21 @@ def output_format_for(path: str | os.PathLike[str], output_format: str | None = 
     if chosen is not None:
         return chosen
     return DEFAULT_OUTPUT_FORMAT.get(format_of(path) or "nifti", "nifti")
+
+
+def output_formats_for(path: str | os.PathLike[str], output_format: Any = None) -> tuple[str, ...]:
+    """:func:`output_format_for` of one format or a list (:func:`check_output_formats`)."""
+    chosen = check_output_formats(output_format)
+    return chosen if chosen is not None else (output_format_for(path),)
+
+
+def probability_format(output_format: str, input_format: str | None) -> str:
+    """The format of ``<case>_prob`` beside a ``<case>_pred`` in ``output_format``: the same,
+    unless that format holds labelmaps only (``seg.nrrd``): then NIfTI for a NIfTI input (or
+    one of unknown format), else NRRD."""
+    if output_format not in MASK_ONLY_FORMATS:
+        return output_format
+    return "nifti" if input_format in (None, "nifti") else "nrrd"
 
 
 def _format(where: str, name: str) -> str:
@@ -280,6 +333,11 @@ def write_like(array: np.ndarray, like: Volume, target: str | os.PathLike[str]) 
     if tuple(array.shape) != like.shape:
         raise ValueError(f"output shape {tuple(array.shape)} differs from the input's {like.shape}")
     fmt = _write_format(target)
+    if fmt in MASK_ONLY_FORMATS:  # its own writer, given the input's header when it has one
+        with atomic_path(target) as tmp:
+            native = like.native if CODECS.get(like.format) == "vesselfm.io.itk" else None
+            _codec(fmt).write_like(array, like.affine, native, tmp)
+        return target
     if like.native is None or CODECS[fmt] != CODECS.get(like.format):
         return write_volume(array, like.affine, target)
     codec = _codec(fmt)
