@@ -178,3 +178,15 @@ def test_pair_labels_by_id_first_then_the_one_prefixed_label_left(tmp_path: Path
     # a label taken by id is not a second case's prefixed match
     pairs, unpaired = pair_labels(["ct", "a_ct"], {"ct": a})
     assert pairs == {"ct": a, "a_ct": None} and unpaired == []
+
+
+def test_a_slicer_segmentation_in_the_input_folder_is_not_a_scan(tmp_path: Path) -> None:
+    from synthetic import save_nifti, tube_phantom
+
+    from vesselfm.io import find_inputs
+
+    image, _ = tube_phantom((24, 20, 16))
+    scan = save_nifti(tmp_path / "x.nii.gz", image)
+    (tmp_path / "x_pred.seg.nrrd").write_bytes(b"")
+    (tmp_path / "y.seg.nrrd").write_bytes(b"")
+    assert find_inputs(tmp_path) == [scan]

@@ -84,12 +84,17 @@ def static_root(spec: str | os.PathLike[str]) -> Path:
     return Path(*parts) if parts else Path(".")
 
 
+def _is_segmentation(path: Path) -> bool:
+    return path.name.lower().endswith(".seg.nrrd")
+
+
 def find_inputs(
     spec: str | os.PathLike[str], output_dir: str | os.PathLike[str] | None = None
 ) -> list[Path]:
     """The scans named by ``input=``: a file, a folder (not recursive) or a glob pattern.
 
-    In a folder or glob, label files (``*.label.nii.gz``, ``*.coronary.nii.gz``) are left out,
+    In a folder or glob, label files (``*.label.nii.gz``, ``*.coronary.nii.gz``, Slicer
+    segmentations ``*.seg.nrrd``) are left out,
     so a raw ImageCAS folder can be given as is, and so are vesselfm's own outputs: every file
     inside ``output_dir`` and every ``<case>_pred``/``<case>_prob`` file (so that a rerun with
     the output folder inside the input never segments its own predictions).
@@ -132,14 +137,15 @@ def find_inputs(
                 )
             left_out = set(inside)
             found = [p for p in found if p not in left_out]
-    scans = sorted({p for p in found if role_of(p) != "label"})
+    # labels, and segmentations by their format (a Slicer .seg.nrrd), are not scans
+    scans = sorted({p for p in found if role_of(p) != "label" and not _is_segmentation(p)})
     if not scans:
         raise UserError(
             f"input={spec}: the {kind} holds no scans ({_ALLOWED}); point input= at volume files"
         )
     if len(scans) < len(found):
         log.info(
-            "input=%s: left out %d label file(s) (*.label, *.coronary)",
+            "input=%s: left out %d label file(s) (*.label, *.coronary, *.seg.nrrd)",
             spec,
             len(found) - len(scans),
         )
