@@ -88,6 +88,20 @@ def _is_segmentation(path: Path) -> bool:
     return path.name.lower().endswith(".seg.nrrd")
 
 
+def _dicom_input(path: Path) -> Path | None:
+    """``path`` when it is one DICOM case: a ``.zip`` file, or a folder that holds no volume
+    files (a folder of NIfTI/NRRD files is many cases) and holds DICOM files (recursively)."""
+    if path.is_file() and path.name.lower().endswith(".zip"):
+        return path
+    if not path.is_dir():
+        return None
+    if any(p.is_file() and is_volume_file(p) for p in path.iterdir()):
+        return None
+    from vesselfm.io.dicom import holds_dicom
+
+    return path if holds_dicom(path) else None
+
+
 def find_inputs(
     spec: str | os.PathLike[str], output_dir: str | os.PathLike[str] | None = None
 ) -> list[Path]:
@@ -107,6 +121,10 @@ def find_inputs(
             the folder holds no scan.
     """
     spec = str(spec)
+    dicom = _dicom_input(Path(spec).expanduser())
+    if dicom is not None:
+        log.info("input=%s: a DICOM study, one case (%s)", spec, case_id(dicom))
+        return [dicom]
     found, kind = list_volumes(spec, "input", "a volume file, a folder or a glob")
     if kind == "file":
         if is_output_name(found[0]):

@@ -109,7 +109,9 @@ def case_id(path: str | os.PathLike[str], role: Role | None = None) -> str:
         role = role_of(path)  # type: ignore[assignment]
     elif role not in ROLE_TAGS:
         raise ValueError(f"role must be one of {list(ROLES)}, got {role!r}")
-    stem = split_extension(Path(path).name)[0]
+    stem, ext = split_extension(Path(path).name)
+    if not ext and stem.lower().endswith(".zip"):
+        stem = stem[:-4]  # a DICOM study in a zip: study.zip -> study
     tag = _tag(stem, role) if role is not None else None
     return stem[: -len(tag)] if tag else stem
 

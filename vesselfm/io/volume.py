@@ -49,6 +49,7 @@ CODECS: dict[str, str] = {
     "nrrd": "vesselfm.io.itk",
     "mha": "vesselfm.io.itk",
     "seg.nrrd": "vesselfm.io.slicer",
+    "dicom": "vesselfm.io.dicom",
 }
 #: the values of ``output_format=`` and the extension of the files written in each
 OUTPUT_FORMATS: dict[str, str] = {
@@ -63,6 +64,9 @@ DEFAULT_OUTPUT_FORMAT: dict[str, str] = {
     "nrrd": "nrrd",
     "mha": "mha",
     "seg.nrrd": "seg.nrrd",
+    # until DICOM-SEG output exists (output_format=dicom_seg, the next step), a DICOM series'
+    # masks are NIfTI on its grid
+    "dicom": "nifti",
 }
 #: formats that hold a labelmap only: probabilities of an output in one are written in the
 #: input's own image format instead (NIfTI for NIfTI input, else NRRD)
@@ -145,8 +149,17 @@ def _codec(fmt: str) -> Any:
     return importlib.import_module(CODECS[fmt])
 
 
+def is_dicom_input(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is read as a DICOM series: a folder, or a ``.zip`` file."""
+    path = Path(path)
+    return path.is_dir() or (path.name.lower().endswith(".zip") and not path.is_dir())
+
+
 def format_of(path: str | os.PathLike[str]) -> str | None:
-    """The format of a file by its name (``"nifti"``, ``"nrrd"``, ``"mha"``), ``None`` if none."""
+    """The format of a file by its name (``"nifti"``, ``"nrrd"``, ``"mha"``; ``"dicom"`` for a
+    folder or a ``.zip``), ``None`` if none."""
+    if is_dicom_input(path):
+        return "dicom"
     ext = split_extension(Path(path).name)[1].lower()
     return FORMATS.get(ext)
 
@@ -211,7 +224,7 @@ def probability_format(output_format: str, input_format: str | None) -> str:
     one of unknown format), else NRRD."""
     if output_format not in MASK_ONLY_FORMATS:
         return output_format
-    return "nifti" if input_format in (None, "nifti") else "nrrd"
+    return "nifti" if input_format in (None, "nifti", "dicom") else "nrrd"
 
 
 def _format(where: str, name: str) -> str:
@@ -253,11 +266,22 @@ def _validated(
     return array, affine
 
 
-def read_volume(path: str | os.PathLike[str], dtype: np.dtype | type | None = None) -> Volume:
-    """Read and validate a 3D volume file.
+def read_volume(
+    path: str | os.PathLike[str],
+    dtype: np.dtype | type | None = None,
+    *,
+    series: str | None = None,
+    phase: float | None = None,
+) -> Volume:
+    """Read and validate a 3D volume file, or a DICOM series (a folder or a ``.zip``).
 
     Args:
-        path: a file named with one of :data:`~vesselfm.io.names.EXTENSIONS`.
+        path: a file named with one of :data:`~vesselfm.io.names.EXTENSIONS`, or a folder or
+            ``.zip`` of a DICOM study (:mod:`vesselfm.io.dicom`).
+        series: DICOM only: the SeriesInstanceUID or SeriesNumber to read; ``None``: the one
+            :func:`vesselfm.io.dicom.selection` set, else the CT series with the most slices.
+        phase: DICOM only: the cardiac phase (NominalPercentageOfCardiacPhase, else
+            TriggerTime) where several slices share a position.
         dtype: the array's dtype, the file's scaling applied in it (``np.float32`` for
             intensities); ``None`` keeps the stored dtype (scaled files: int32 for integer
             scaling, else float32), the smallest exact array.
@@ -272,8 +296,14 @@ def read_volume(path: str | os.PathLike[str], dtype: np.dtype | type | None = No
     """
     path = Path(path)
     where = str(path)
-    fmt = _format(where, path.name)
-    array, affine, header_shape, native = _codec(fmt).read_file(path, dtype, where)
+    if is_dicom_input(path):
+        fmt = "dicom"
+        array, affine, header_shape, native = _codec(fmt).read_file(
+            path, dtype, where, series=series, phase=phase
+        )
+    else:
+        fmt = _format(where, path.name)
+        array, affine, header_shape, native = _codec(fmt).read_file(path, dtype, where)
     array, affine = _validated(array, affine, header_shape, where)
     return Volume(array=array, affine=affine, where=where, format=fmt, path=path, native=native)
 
