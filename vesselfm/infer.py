@@ -78,18 +78,21 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         from vesselfm.utils.hardware import describe_threads
 
         log.info(describe_threads(cfg.threads))
-    result = segment_files(
-        cases,
-        predictor,
-        output_dir,
-        labels=labels,
-        labels_from=f"label={cfg.label}",
-        save_prob=bool(cfg.save_prob),
-        save_mesh=bool(cfg.save_mesh),
-        overwrite=overwrite,
-        progress=progress,
-        output_format=output_format,
-    )
+    from vesselfm.io.dicom import selection
+
+    with selection(series=cfg.get("series"), phase=cfg.get("phase")):  # DICOM inputs only
+        result = segment_files(
+            cases,
+            predictor,
+            output_dir,
+            labels=labels,
+            labels_from=f"label={cfg.label}",
+            save_prob=bool(cfg.save_prob),
+            save_mesh=bool(cfg.save_mesh),
+            overwrite=overwrite,
+            progress=progress,
+            output_format=output_format,
+        )
     result.raise_for_errors()
     return {
         "output": result.output_dir,

@@ -1,0 +1,67 @@
+"""``infer`` on a DICOM series: the same mask as from the same phantom as NIfTI."""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli import run_cli
+from synthetic import save_nifti, tube_phantom
+
+from vesselfm.io import read_volume
+
+pytest.importorskip("pydicom")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
+from test_dicom import LPS_TO_RAS, lps_affine, write_series  # noqa: E402
+
+_run_cli = partial(run_cli, "vesselfm.infer")
+FAST = [
+    "model=tiny",
+    "inference.roi_size=[32,32,32]",
+    "inference.overlap=0.25",
+    "preprocess={in_plane_size: 32}",
+    "progress=false",
+]
+
+
+@pytest.fixture()
+def weights(tmp_path: Path, tiny_net: torch.nn.Module) -> Path:
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_net.state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_dicom_folder_gives_the_mask_of_the_same_phantom_as_nifti(
+    tmp_path: Path, weights: Path
+) -> None:
+    image, _ = tube_phantom(shape=(40, 36, 32))
+    write_series(tmp_path / "study1", image, number=1)
+    # a series with more slices: series=1 must pass down to the reader to get the phantom
+    write_series(tmp_path / "study1", np.zeros((40, 36, 34), np.int16) - 900, number=2)
+    save_nifti(tmp_path / "nii" / "study1.nii.gz", image, LPS_TO_RAS @ lps_affine())
+    outs = {}
+    for name, spec, extra in (
+        ("dicom", tmp_path / "study1", ["series=1"]),
+        ("nifti", tmp_path / "nii", []),
+    ):
+        outs[name] = tmp_path / f"out_{name}"
+        proc = _run_cli(
+            f"input={spec}",
+            f"output={outs[name]}",
+            f"model.checkpoint={weights}",
+            *extra,
+            *FAST,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "1 segmented" in proc.stderr
+    dicom = read_volume(outs["dicom"] / "study1_pred.nii.gz")
+    nifti = read_volume(outs["nifti"] / "study1_pred.nii.gz")
+    assert dicom.shape == (40, 36, 32) and dicom.array.any()
+    np.testing.assert_array_equal(dicom.array, nifti.array)
+    np.testing.assert_allclose(dicom.affine, nifti.affine, atol=1e-4, rtol=0)
