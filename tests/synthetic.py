@@ -170,3 +170,15 @@ def write_case(
         image=save_nifti(folder / f"{case_id}.img.nii.gz", image, affine),
         label=save_nifti(folder / f"{case_id}.label.nii.gz", label, affine),
     )
+
+
+def empty_files(root: Path, *names: str) -> list[Path]:
+    """Empty files at ``root/<name>``, folders made (for tests of ids and discovery, which look
+    at names only)."""
+    paths = []
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        paths.append(path)
+    return paths

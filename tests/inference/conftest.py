@@ -36,3 +36,11 @@ def tiny_net() -> nn.Module:
     net_cfg = OmegaConf.merge(cfg.net, tiny.net)
     torch.manual_seed(0)
     return build_network(OmegaConf.to_container(net_cfg, resolve=True)).eval()
+
+
+@pytest.fixture()
+def weights(tmp_path: Path, tiny_net: nn.Module) -> Path:
+    """``tiny_net``'s state dict saved as ``<tmp>/tiny.pt`` (``model=tiny model.checkpoint=``)."""
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_net.state_dict(), path)
+    return path

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from cli import run_cli
 from synthetic import save_nifti, tube_phantom
 
@@ -26,13 +25,6 @@ FAST = [
     "preprocess={in_plane_size: 32}",
     "progress=false",
 ]
-
-
-@pytest.fixture()
-def weights(tmp_path: Path, tiny_net: torch.nn.Module) -> Path:
-    path = tmp_path / "tiny.pt"
-    torch.save(tiny_net.state_dict(), path)
-    return path
 
 
 @pytest.mark.slow

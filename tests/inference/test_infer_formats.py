@@ -9,7 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from cli import run_cli
 from omegaconf import DictConfig
 from synthetic import save_nifti, tube_phantom
@@ -39,13 +38,6 @@ def _same_scan_three_ways(folder: Path) -> dict[str, Path]:
         files[fmt] = folder / name
         sitk.WriteImage(itk, str(files[fmt]))
     return files
-
-
-@pytest.fixture()
-def weights(tmp_path: Path, tiny_net: torch.nn.Module) -> Path:
-    path = tmp_path / "tiny.pt"
-    torch.save(tiny_net.state_dict(), path)
-    return path
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from synthetic import save_nifti, tube_phantom
+from synthetic import empty_files, save_nifti, tube_phantom
 
 from vesselfm.io import (
     check_case_outputs,
@@ -62,26 +62,17 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
             ensure_writable_dir(locked)
 
 
-def _nii(root: Path, *names: str) -> list[Path]:
-    """Empty files at ``root/<name>`` (ids and discovery look at names only)."""
-    paths = []
-    for name in names:
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
-        paths.append(path)
-    return paths
-
-
 def test_find_inputs_never_takes_our_outputs(tmp_path: Path) -> None:
     # output= the input folder: predictions and probability maps sit beside the scans
-    _nii(tmp_path, "scans/a.nii.gz", "scans/a_pred.nii.gz", "scans/a_prob.nii", "scans/b.nii")
+    empty_files(
+        tmp_path, "scans/a.nii.gz", "scans/a_pred.nii.gz", "scans/a_prob.nii", "scans/b.nii"
+    )
     assert find_inputs(tmp_path / "scans") == [
         tmp_path / "scans/a.nii.gz",
         tmp_path / "scans/b.nii",
     ]
     # the output folder inside a glob's folder: nothing in it is an input, whatever its name
-    _nii(tmp_path, "root/p1/ct.nii.gz", "root/vesselfm_pred/p1_ct.nii.gz")
+    empty_files(tmp_path, "root/p1/ct.nii.gz", "root/vesselfm_pred/p1_ct.nii.gz")
     spec = str(tmp_path / "root" / "*" / "*.nii.gz")
     assert find_inputs(spec, output_dir=tmp_path / "root" / "vesselfm_pred") == [
         tmp_path / "root/p1/ct.nii.gz"
@@ -90,14 +81,14 @@ def test_find_inputs_never_takes_our_outputs(tmp_path: Path) -> None:
 
 
 def test_an_output_named_as_input_is_refused(tmp_path: Path) -> None:
-    (path,) = _nii(tmp_path, "1_pred.nii.gz")
+    (path,) = empty_files(tmp_path, "1_pred.nii.gz")
     with pytest.raises(UserError, match=r"input=.*vesselfm's outputs, not scans") as info:
         find_inputs(path)
     assert "\n" not in str(info.value)
 
 
 def test_labels_pair_by_the_same_id_rule(tmp_path: Path) -> None:
-    _nii(
+    empty_files(
         tmp_path,
         "pat/a/ct.nii.gz",  # the image: the .label file of the case wins
         "pat/a/ct.label.nii.gz",
@@ -146,8 +137,10 @@ def test_case_output_checks_run_before_any_work(tmp_path: Path) -> None:
 
 
 def test_labels_prefer_the_tagged_file_of_a_case(tmp_path: Path) -> None:
-    _nii(tmp_path, "gt/1.nii.gz", "gt/1.coronary.nii.gz", "gt/2.coronary.nii", "gt/2.label.nii")
-    _nii(tmp_path, "gt/3.nii.gz", "gt/3.coronary.nii.gz", "gt/S.NII.GZ")
+    empty_files(
+        tmp_path, "gt/1.nii.gz", "gt/1.coronary.nii.gz", "gt/2.coronary.nii", "gt/2.label.nii"
+    )
+    empty_files(tmp_path, "gt/3.nii.gz", "gt/3.coronary.nii.gz", "gt/S.NII.GZ")
     assert find_labels(tmp_path / "gt") == {
         "1": tmp_path / "gt/1.coronary.nii.gz",
         "2": tmp_path / "gt/2.label.nii",
@@ -157,8 +150,8 @@ def test_labels_prefer_the_tagged_file_of_a_case(tmp_path: Path) -> None:
 
 
 def test_find_inputs_leaves_out_labels_of_every_tag(tmp_path: Path) -> None:
-    _nii(tmp_path, "in/1.img.nii.gz", "in/1.label.nii.gz", "in/2_0000.nii.gz")
-    _nii(tmp_path, "in/2.coronary.nii.gz", "in/S.NII.GZ", "in/notes.txt")
+    empty_files(tmp_path, "in/1.img.nii.gz", "in/1.label.nii.gz", "in/2_0000.nii.gz")
+    empty_files(tmp_path, "in/2.coronary.nii.gz", "in/S.NII.GZ", "in/notes.txt")
     assert find_inputs(tmp_path / "in") == [
         tmp_path / "in/1.img.nii.gz",
         tmp_path / "in/2_0000.nii.gz",

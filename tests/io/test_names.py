@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from synthetic import empty_files
 
 from vesselfm.io import (
     case_id,
@@ -142,17 +143,6 @@ def test_output_names() -> None:
         output_name("1", "image")
 
 
-def _nii(root: Path, *names: str) -> list[Path]:
-    """Empty files at ``root/<name>`` (ids look at names only)."""
-    paths = []
-    for name in names:
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"")
-        paths.append(path)
-    return paths
-
-
 @pytest.mark.parametrize(
     ("names", "expected"),
     [
@@ -180,7 +170,7 @@ def _nii(root: Path, *names: str) -> list[Path]:
 def test_unique_case_ids_prefix_parent_folders_until_unique(
     tmp_path: Path, names: list[str], expected: list[str]
 ) -> None:
-    paths = _nii(tmp_path, *names)
+    paths = empty_files(tmp_path, *names)
     ids = unique_case_ids(paths)
     assert [ids[p] for p in paths] == expected
     renamed = renamed_cases(ids)
@@ -191,7 +181,7 @@ def test_unique_case_ids_prefix_parent_folders_until_unique(
 
 
 def test_ids_the_folders_cannot_tell_apart_are_refused_listing_the_files(tmp_path: Path) -> None:
-    paths = _nii(tmp_path, "d/1.img.nii.gz", "d/1.nii.gz", "d/2.nii.gz")
+    paths = empty_files(tmp_path, "d/1.img.nii.gz", "d/1.nii.gz", "d/2.nii.gz")
     with pytest.raises(UserError, match=r"^input: files map to the same case id") as info:
         unique_case_ids(paths)
     message = str(info.value)
@@ -201,7 +191,7 @@ def test_ids_the_folders_cannot_tell_apart_are_refused_listing_the_files(tmp_pat
 
 @pytest.mark.parametrize("name", [".img.nii.gz", "_0000.nii.gz", "..nii.gz"])
 def test_refused_ids_stop_the_run_naming_the_file(tmp_path: Path, name: str) -> None:
-    paths = _nii(tmp_path, "ok.nii.gz", name)
+    paths = empty_files(tmp_path, "ok.nii.gz", name)
     with pytest.raises(UserError, match=r"^input: .* case id.*; rename the file$") as info:
         unique_case_ids(paths)
     assert str(paths[1]) in str(info.value)
