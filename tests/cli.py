@@ -122,3 +122,14 @@ def _run(
         timeout=timeout,
         check=check,
     )
+
+
+#: ``infer`` overrides for tests: the tiny network, small windows, a 32 x 32 x N prepared grid
+#: (seconds on a CPU); add ``model.checkpoint=...`` (or ``=null`` for random weights).
+TINY_INFER = (
+    "model=tiny",
+    "inference.roi_size=[32,32,32]",
+    "inference.overlap=0.25",
+    "preprocess={in_plane_size: 32}",
+    "progress=false",
+)

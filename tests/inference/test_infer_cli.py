@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from cli import dead_pid, run_cli
+from cli import TINY_INFER, dead_pid, run_cli
 from omegaconf import DictConfig
 from synthetic import FLIPPED_AFFINE, save_nifti, tube_phantom
 
@@ -23,14 +23,7 @@ from vesselfm.utils.cli import UserError
 from vesselfm.utils.io import _HOST
 
 # tiny random network, small windows, a 32 x 32 x N prepared grid: seconds on a CPU
-FAST = [
-    "model=tiny",
-    "model.checkpoint=null",
-    "inference.roi_size=[32,32,32]",
-    "inference.overlap=0.25",
-    "preprocess={in_plane_size: 32}",
-    "progress=false",
-]
+FAST = [*TINY_INFER, "model.checkpoint=null"]
 
 
 _run_cli = partial(run_cli, "vesselfm.infer")

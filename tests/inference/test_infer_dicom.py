@@ -8,23 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli import run_cli
+from cli import TINY_INFER, run_cli
 from synthetic import save_nifti, tube_phantom
 
 from vesselfm.io import read_volume
 
-pytest.importorskip("pydicom")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
 from test_dicom import LPS_TO_RAS, lps_affine, write_series  # noqa: E402
 
 _run_cli = partial(run_cli, "vesselfm.infer")
-FAST = [
-    "model=tiny",
-    "inference.roi_size=[32,32,32]",
-    "inference.overlap=0.25",
-    "preprocess={in_plane_size: 32}",
-    "progress=false",
-]
+FAST = TINY_INFER
 
 
 @pytest.mark.slow

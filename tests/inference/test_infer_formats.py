@@ -9,7 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from cli import run_cli
+import SimpleITK as sitk
+from cli import TINY_INFER, run_cli
 from omegaconf import DictConfig
 from synthetic import save_nifti, tube_phantom
 
@@ -17,16 +18,8 @@ from vesselfm.infer import infer
 from vesselfm.io import read_volume
 from vesselfm.utils.cli import UserError
 
-sitk = pytest.importorskip("SimpleITK")
-
 _run_cli = partial(run_cli, "vesselfm.infer")
-FAST = [
-    "model=tiny",
-    "inference.roi_size=[32,32,32]",
-    "inference.overlap=0.25",
-    "preprocess={in_plane_size: 32}",
-    "progress=false",
-]
+FAST = TINY_INFER
 
 
 def _same_scan_three_ways(folder: Path) -> dict[str, Path]:
@@ -143,7 +136,8 @@ SEGMENT_FIELDS = {
 
 def _check_segmentation(seg: Path, mask: np.ndarray) -> dict:
     """The Slicer fields of ``seg`` and its labelmap (== ``mask``); returns pynrrd's header."""
-    nrrd = pytest.importorskip("nrrd")
+    import nrrd
+
     data, header = nrrd.read(str(seg), index_order="F")
     assert data.dtype == np.uint8
     np.testing.assert_array_equal(data, mask)
@@ -166,7 +160,8 @@ def _check_segmentation(seg: Path, mask: np.ndarray) -> dict:
 def test_seg_nrrd_and_nifti_from_nrrd_input_keep_its_geometry_and_resume(
     compose_cfg: Callable[..., DictConfig], tmp_path: Path, weights: Path
 ) -> None:
-    nrrd = pytest.importorskip("nrrd")
+    import nrrd
+
     files = _same_scan_three_ways(tmp_path / "scans")
     out = tmp_path / "o"
     args = [

@@ -8,17 +8,16 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
 from synthetic import save_nifti, tube_phantom
 
 from vesselfm.io import find_inputs, read_volume
 from vesselfm.io.dicom import selection
 from vesselfm.io.names import case_id
 from vesselfm.io.volume import VolumeError
-
-pydicom = pytest.importorskip("pydicom")
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 AXIAL = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))

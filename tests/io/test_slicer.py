@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nrrd
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from vesselfm.io import (
     case_id,
@@ -18,9 +20,6 @@ from vesselfm.io import (
 )
 from vesselfm.io.slicer import extent
 from vesselfm.io.terminology import VESSEL
-
-sitk = pytest.importorskip("SimpleITK")
-nrrd = pytest.importorskip("nrrd")
 
 
 def test_seg_nrrd_names_are_one_extension() -> None:
