@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cli import TINY_INFER, run_cli
-from synthetic import save_nifti, tube_phantom
+from synthetic import LPS_TO_RAS, lps_affine, save_nifti, tube_phantom, write_series
 
 from vesselfm.io import read_volume
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
-from test_dicom import LPS_TO_RAS, lps_affine, write_series  # noqa: E402
 
 _run_cli = partial(run_cli, "vesselfm.infer")
 FAST = TINY_INFER

@@ -10,90 +10,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
-from synthetic import save_nifti, tube_phantom
+from pydicom.uid import generate_uid
+from synthetic import LPS_TO_RAS, OBLIQUE, lps_affine, save_nifti, tube_phantom, write_series
 
 from vesselfm.io import find_inputs, read_volume
 from vesselfm.io.dicom import selection
 from vesselfm.io.names import case_id
 from vesselfm.io.volume import VolumeError
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-AXIAL = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
-# rows along -x and columns along +z... an oblique one: rotated about z by 30 degrees and flipped
-_C, _S = np.cos(np.pi / 6), np.sin(np.pi / 6)
-OBLIQUE = ((-_C, -_S, 0.0), (-_S, _C, 0.0))
-SPACING = (0.7, 0.6, 1.25)  # along i (columns), j (rows), k (slices)
-ORIGIN = (-20.0, 30.0, -100.0)
-
-
-def lps_affine(orientation=AXIAL, spacing=SPACING, origin=ORIGIN) -> np.ndarray:
-    row, col = np.asarray(orientation[0]), np.asarray(orientation[1])
-    affine = np.eye(4)
-    affine[:3, 0] = row * spacing[0]
-    affine[:3, 1] = col * spacing[1]
-    affine[:3, 2] = np.cross(row, col) * spacing[2]
-    affine[:3, 3] = origin
-    return affine
-
-
-def write_series(
-    folder: Path,
-    image: np.ndarray,
-    *,
-    orientation=AXIAL,
-    study: str | None = None,
-    series: str | None = None,
-    number: int = 1,
-    modality: str = "CT",
-    skip: tuple[int, ...] = (),
-    phase: float | None = None,
-    prefix: str = "",
-    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"),
-) -> str:
-    """``image`` (X, Y, Z) in HU as a CT series, one file per slice (in reverse order on disk);
-    returns the SeriesInstanceUID."""
-    folder.mkdir(parents=True, exist_ok=True)
-    study = study or "1.2.826.0.1.3680043.8.498.1"
-    series = series or generate_uid()
-    affine = lps_affine(orientation)
-    for k in reversed(range(image.shape[2])):
-        if k in skip:
-            continue
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.PatientID = "P001"
-        ds.StudyInstanceUID = study
-        ds.SeriesInstanceUID = series
-        ds.SeriesNumber = number
-        ds.SeriesDescription = f"series {number}"
-        ds.Modality = modality
-        ds.ImageType = list(image_type)
-        ds.InstanceNumber = k + 1
-        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*orientation[0], *orientation[1])]
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in (affine @ [0, 0, k, 1])[:3]]
-        ds.PixelSpacing = [SPACING[1], SPACING[0]]  # between rows, between columns
-        ds.SliceThickness = SPACING[2]
-        ds.RescaleSlope = 1
-        ds.RescaleIntercept = -1024
-        if phase is not None:
-            ds.NominalPercentageOfCardiacPhase = phase
-        ds.Rows, ds.Columns = image.shape[1], image.shape[0]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation = 1
-        stored = (image[:, :, k].astype(np.int32) + 1024).astype(np.int16)
-        ds.PixelData = np.ascontiguousarray(stored.T).tobytes()  # (rows, columns)
-        ds.save_as(folder / f"{prefix}{number}_{k:03d}.dcm", enforce_file_format=True)
-    return series
 
 
 @pytest.fixture()

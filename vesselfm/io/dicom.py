@@ -99,6 +99,9 @@ class DicomHeader:
     sop_instance_uids: tuple[str, ...]
     patient_id: str
     phase: float | None = None
+    #: the slices' datasets in slice order (``k``), pixel data dropped: what a DICOM-SEG
+    #: references (patient, study, frame of reference, each instance's position)
+    sources: tuple[Any, ...] = ()
 
 
 def pydicom_module(where: str) -> Any:
@@ -394,6 +397,8 @@ def read_file(
     slices, used_phase = _pick_phase(slices, along, where, phase)
     slices, affine_lps = _geometry(slices, where)
     array = _pixels(slices, where, dtype)
+    for ds in slices:  # the header keeps the tags, not a second copy of the pixels
+        del ds.PixelData
     header = DicomHeader(
         study_uid=_text(first, "StudyInstanceUID"),
         series_uid=_text(first, "SeriesInstanceUID"),
@@ -402,6 +407,7 @@ def read_file(
         sop_instance_uids=tuple(_text(ds, "SOPInstanceUID") for ds in slices),
         patient_id=_text(first, "PatientID"),
         phase=used_phase,
+        sources=tuple(slices),
     )
     return array, LPS_TO_RAS @ affine_lps, tuple(array.shape), header
 
