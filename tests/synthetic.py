@@ -228,6 +228,8 @@ def write_series(
     folder.mkdir(parents=True, exist_ok=True)
     study = study or "1.2.826.0.1.3680043.8.498.1"
     series = series or generate_uid()
+    # one frame of reference per study, derived from its UID so every series of it shares one
+    frame_of_reference = generate_uid(entropy_srcs=[study, "frame of reference"])
     affine = lps_affine(orientation)
     for k in reversed(range(image.shape[2])):
         if k in skip:
@@ -240,8 +242,24 @@ def write_series(
         ds.file_meta = meta
         ds.SOPClassUID = CTImageStorage
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.PatientName = "Phantom^Coronary"
         ds.PatientID = "P001"
+        ds.PatientBirthDate = "19600101"
+        ds.PatientSex = "O"
         ds.StudyInstanceUID = study
+        ds.StudyID = "1"
+        ds.StudyDate, ds.StudyTime = "20260101", "080000"
+        ds.SeriesDate, ds.SeriesTime = "20260101", "080500"
+        ds.ContentDate, ds.ContentTime = "20260101", "080500"
+        ds.AccessionNumber = "A0001"
+        ds.ReferringPhysicianName = ""
+        ds.Manufacturer = "vesselfm phantom"
+        ds.FrameOfReferenceUID = frame_of_reference
+        ds.PositionReferenceIndicator = ""
+        ds.BodyPartExamined = "HEART"
+        ds.KVP = 100
+        ds.WindowCenter, ds.WindowWidth = 300, 800
         ds.SeriesInstanceUID = series
         ds.SeriesNumber = number
         ds.SeriesDescription = f"series {number}"
@@ -250,6 +268,7 @@ def write_series(
         ds.InstanceNumber = k + 1
         ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*orientation[0], *orientation[1])]
         ds.ImagePositionPatient = [f"{v:.4f}" for v in (affine @ [0, 0, k, 1])[:3]]
+        ds.SliceLocation = f"{(affine @ [0, 0, k, 1])[2]:.4f}"
         ds.PixelSpacing = [SPACING[1], SPACING[0]]  # between rows, between columns
         ds.SliceThickness = SPACING[2]
         ds.RescaleSlope = 1
