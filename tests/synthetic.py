@@ -205,6 +205,33 @@ def lps_affine(orientation=AXIAL, spacing=SPACING, origin=ORIGIN) -> np.ndarray:
     return affine
 
 
+def series_affine(orientation=AXIAL, tilt: float = 0.0) -> np.ndarray:
+    """The voxel-to-LPS matrix of a series :func:`write_series` writes: :func:`lps_affine`, its
+    slices shifted along the column direction by ``tan(tilt)`` times the slice step (a gantry
+    tilted by ``tilt`` degrees: the stack is not along the slices' normal)."""
+    affine = lps_affine(orientation)
+    affine[:3, 2] += np.asarray(orientation[1]) * SPACING[2] * np.tan(np.radians(tilt))
+    return affine
+
+
+def analytic_image(
+    affine: np.ndarray, shape: tuple[int, int, int], centre=(-14.0, 34.0, -93.0), radius=4.0
+) -> np.ndarray:
+    """HU of an analytic phantom defined in LPS mm at each voxel of ``affine``: a linear ramp
+    (:func:`analytic_hu`), which linear interpolation reproduces exactly, plus 400 HU inside a
+    ball (``centre``, ``radius`` mm); int16."""
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1)
+    world = grid @ affine[:3, :3].T + affine[:3, 3]
+    return np.rint(analytic_hu(world, centre, radius)).astype(np.int16)
+
+
+def analytic_hu(world: np.ndarray, centre=(-14.0, 34.0, -93.0), radius=4.0) -> np.ndarray:
+    """The analytic phantom's HU at LPS points ``(..., 3)`` (see :func:`analytic_image`)."""
+    ramp = 3.0 * world[..., 0] - 4.0 * world[..., 1] + 5.0 * world[..., 2] + 700.0
+    inside = np.linalg.norm(world - np.asarray(centre), axis=-1) <= radius
+    return ramp + 400.0 * inside
+
+
 def write_series(
     folder: Path,
     image: np.ndarray,
@@ -218,10 +245,15 @@ def write_series(
     phase: float | None = None,
     prefix: str = "",
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"),
+    patient: str = "P001",
+    date: str = "20260101",
+    tilt: float = 0.0,
+    transfer_syntax: str | None = None,
 ) -> str:
     """``image`` (X, Y, Z) in HU as a CT Image Storage series written with pydicom, one file per
     slice (in reverse order on disk); returns the SeriesInstanceUID. Voxel ``(i, j, k)`` lies at
-    ``lps_affine(orientation) @ (i, j, k, 1)`` in LPS."""
+    ``series_affine(orientation, tilt) @ (i, j, k, 1)`` in LPS. ``transfer_syntax``: a
+    compressed one (RLE Lossless, JPEG 2000 Lossless, ...) pydicom encodes the slices in."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -230,7 +262,7 @@ def write_series(
     series = series or generate_uid()
     # one frame of reference per study, derived from its UID so every series of it shares one
     frame_of_reference = generate_uid(entropy_srcs=[study, "frame of reference"])
-    affine = lps_affine(orientation)
+    affine = series_affine(orientation, tilt)
     for k in reversed(range(image.shape[2])):
         if k in skip:
             continue
@@ -244,12 +276,12 @@ def write_series(
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.PatientName = "Phantom^Coronary"
-        ds.PatientID = "P001"
+        ds.PatientID = patient
         ds.PatientBirthDate = "19600101"
         ds.PatientSex = "O"
         ds.StudyInstanceUID = study
         ds.StudyID = "1"
-        ds.StudyDate, ds.StudyTime = "20260101", "080000"
+        ds.StudyDate, ds.StudyTime = date, "080000"
         ds.SeriesDate, ds.SeriesTime = "20260101", "080500"
         ds.ContentDate, ds.ContentTime = "20260101", "080500"
         ds.AccessionNumber = "A0001"
@@ -282,5 +314,7 @@ def write_series(
         ds.PixelRepresentation = 1
         stored = (image[:, :, k].astype(np.int32) + 1024).astype(np.int16)
         ds.PixelData = np.ascontiguousarray(stored.T).tobytes()  # (rows, columns)
+        if transfer_syntax is not None:
+            ds.compress(transfer_syntax)
         ds.save_as(folder / f"{prefix}{number}_{k:03d}.dcm", enforce_file_format=True)
     return series

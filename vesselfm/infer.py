@@ -80,7 +80,9 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         log.info(describe_threads(cfg.threads))
     from vesselfm.io.dicom import selection
 
-    with selection(series=cfg.get("series"), phase=cfg.get("phase")):  # DICOM inputs only
+    resample = OmegaConf.select(cfg, "dicom.resample", default=False)
+    # DICOM inputs only
+    with selection(series=cfg.get("series"), phase=cfg.get("phase"), resample=resample):
         result = segment_files(
             cases,
             predictor,

@@ -11,7 +11,18 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from synthetic import LPS_TO_RAS, OBLIQUE, lps_affine, save_nifti, tube_phantom, write_series
+from synthetic import (
+    AXIAL,
+    LPS_TO_RAS,
+    OBLIQUE,
+    analytic_hu,
+    analytic_image,
+    lps_affine,
+    save_nifti,
+    series_affine,
+    tube_phantom,
+    write_series,
+)
 
 from vesselfm.io import find_inputs, read_volume
 from vesselfm.io.dicom import selection
@@ -88,25 +99,117 @@ def test_most_slices_wins_and_series_picks_another(tmp_path: Path, phantom: np.n
         read_volume(tmp_path / "s", series="4")
 
 
-def test_missing_slice_stops_with_one_line(tmp_path: Path, phantom: np.ndarray) -> None:
+def test_missing_slice_stops_with_one_line_naming_the_fix(
+    tmp_path: Path, phantom: np.ndarray
+) -> None:
     write_series(tmp_path / "gap", phantom, skip=(4,))
     with pytest.raises(VolumeError) as err:
         read_volume(tmp_path / "gap")
     message = str(err.value)
     assert "\n" not in message and "not evenly spaced" in message and "gap" in message
+    assert "2.5 mm after slice 3" in message and "dicom.resample=true" in message
 
 
-def test_two_phases_stop_listing_them_and_phase_picks_one(
-    tmp_path: Path, phantom: np.ndarray
+def _world(vol) -> np.ndarray:
+    """LPS mm of every voxel of a volume read, ``(X, Y, Z, 3)``."""
+    lps = LPS_TO_RAS @ vol.affine
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in vol.shape), indexing="ij"), axis=-1)
+    return grid @ lps[:3, :3].T + lps[:3, 3]
+
+
+def _check_on_phantom(vol, source_affine: np.ndarray, shape, centre, radius) -> int:
+    """Every voxel of ``vol`` inside the source stack holds the analytic phantom's HU at its
+    world position (1 HU: the source's int16 rounding), away from the ball's surface (linear
+    interpolation blurs it); returns how many voxels were checked."""
+    world = _world(vol)
+    # the voxel's fractional index in the source stack, from the tags' affine
+    index = (world - source_affine[:3, 3]) @ np.linalg.inv(source_affine[:3, :3]).T
+    inside = np.all((index > -1e-6) & (index < np.asarray(shape) - 1 + 1e-6), axis=-1)
+    outside = np.any((index < -0.01) | (index > np.asarray(shape) - 1 + 0.01), axis=-1)
+    reach = np.linalg.norm(source_affine[:3, :3], axis=0).sum()  # a stencil's extent, mm
+    far = np.abs(np.linalg.norm(world - np.asarray(centre), axis=-1) - radius) > reach
+    checked = inside & far
+    want = analytic_hu(world[checked], centre, radius)
+    np.testing.assert_allclose(vol.array[checked], want, atol=1.0, rtol=0)
+    # outside the data: the series' minimum, never made-up tissue
+    assert (vol.array[outside] == vol.array.min()).all()
+    return int(checked.sum())
+
+
+def test_gap_with_resample_is_a_regular_grid_on_the_phantom(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shape = (24, 20, 12)
+    affine = series_affine(AXIAL)
+    centre = (affine @ [11.5, 9.5, 5.5, 1])[:3]
+    image = analytic_image(affine, shape, centre, radius=3.0)
+    write_series(tmp_path / "gap", image, skip=(4, 8))
+    with selection(resample=True), caplog.at_level(logging.WARNING):
+        vol = read_volume(tmp_path / "gap")
+    # the median step (1.25 mm) over the full extent: the two missing slices come back
+    assert vol.shape == shape and vol.array.dtype == np.float32
+    np.testing.assert_allclose(vol.affine, LPS_TO_RAS @ affine, atol=1e-4)
+    assert _check_on_phantom(vol, affine, shape, centre, 3.0) > 0.5 * vol.array.size
+    for k in (0, 3, 5, 11):  # source slices are kept as they are
+        np.testing.assert_array_equal(vol.array[:, :, k], image[:, :, k])
+    assert vol.native.resampled.startswith("the slices are not evenly spaced")
+    assert len(vol.native.sources) == 10
+    assert any("resampled onto a regular grid" in r.getMessage() for r in caplog.records)
+
+
+def test_tilted_gantry_is_always_resampled_onto_an_orthogonal_grid_on_the_phantom(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shape = (24, 20, 12)
+    tilted = series_affine(OBLIQUE, tilt=20.0)
+    centre = (tilted @ [11.5, 9.5, 5.5, 1])[:3]
+    image = analytic_image(tilted, shape, centre)
+    write_series(tmp_path / "tilt", image, orientation=OBLIQUE, tilt=20.0)
+    with caplog.at_level(logging.WARNING):
+        vol = read_volume(tmp_path / "tilt")
+    lps = LPS_TO_RAS @ vol.affine
+    # orthogonal: in-plane axes of the slices, the slice step along their normal
+    np.testing.assert_allclose(lps[:3, :3], lps_affine(OBLIQUE)[:3, :3], atol=1e-4)
+    # covering the data: 11 steps of 1.25 tan(20) mm = 5.0 mm along the columns, 0.6 mm rows
+    assert vol.shape == (24, 20 + 9, 12)
+    assert _check_on_phantom(vol, tilted, shape, centre, 4.0) > 0.3 * vol.array.size
+    assert "gantry tilt of 20.00 degrees" in vol.native.resampled
+    assert any("gantry tilt of 20.00" in r.getMessage() for r in caplog.records)
+
+
+def test_default_phase_is_the_most_complete_then_the_closest_to_75(
+    tmp_path: Path, phantom: np.ndarray, caplog: pytest.LogCaptureFixture
 ) -> None:
     uid = generate_uid()
     write_series(tmp_path / "p", phantom, series=uid, phase=40, prefix="a")
     write_series(tmp_path / "p", phantom + 5, series=uid, phase=75, prefix="b")
+    write_series(tmp_path / "p", phantom + 9, series=uid, phase=80, prefix="c", skip=(0, 11))
+    with caplog.at_level(logging.INFO):
+        vol = read_volume(tmp_path / "p")
+    np.testing.assert_array_equal(vol.array, phantom + 5)  # 40 and 75 are complete: 75
+    assert vol.native.phase == 75
+    line = [r.getMessage() for r in caplog.records if "cardiac phases" in r.getMessage()]
+    assert len(line) == 1 and "3 cardiac phases" in line[0] and "reading phase 75" in line[0]
+    assert "40 (12 positions), 75 (12 positions), 80 (10 positions)" in line[0]
+    np.testing.assert_array_equal(read_volume(tmp_path / "p", phase=40).array, phantom)
+    with pytest.raises(VolumeError, match=r"no phase 50; the phases are 40, 75, 80"):
+        read_volume(tmp_path / "p", phase=50)
+    # the phase closest to 75 % covers less: the complete one wins
+    uid = generate_uid()
+    write_series(tmp_path / "q", phantom, series=uid, phase=40, prefix="a")
+    write_series(tmp_path / "q", phantom + 5, series=uid, phase=75, prefix="b", skip=(6,))
+    np.testing.assert_array_equal(read_volume(tmp_path / "q").array, phantom)
+
+
+def test_slices_at_one_position_without_phase_tags_stop(
+    tmp_path: Path, phantom: np.ndarray
+) -> None:
+    uid = generate_uid()
+    write_series(tmp_path / "p", phantom, series=uid, prefix="a")
+    write_series(tmp_path / "p", phantom, series=uid, prefix="b")
     with pytest.raises(VolumeError) as err:
         read_volume(tmp_path / "p")
-    assert "\n" not in str(err.value) and "phases 40, 75" in str(err.value)
-    np.testing.assert_array_equal(read_volume(tmp_path / "p", phase=75).array, phantom + 5)
-    np.testing.assert_array_equal(read_volume(tmp_path / "p", phase=40).array, phantom)
+    assert "\n" not in str(err.value) and "no phase tags" in str(err.value)
 
 
 def test_zip_is_one_case_named_after_it(tmp_path: Path, phantom: np.ndarray) -> None:
