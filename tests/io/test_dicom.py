@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 from synthetic import (
     AXIAL,
     LPS_TO_RAS,
@@ -24,10 +24,11 @@ from synthetic import (
     write_series,
 )
 
-from vesselfm.io import find_inputs, read_volume
+from vesselfm.io import find_inputs, format_of, read_volume, unique_case_ids
 from vesselfm.io.dicom import selection
 from vesselfm.io.names import case_id
 from vesselfm.io.volume import VolumeError
+from vesselfm.utils.errors import UserError
 
 
 @pytest.fixture()
@@ -249,3 +250,113 @@ def test_several_studies_stop_with_one_line(tmp_path: Path, phantom: np.ndarray)
     write_series(tmp_path / "s", phantom, study="1.2.3.2", number=2)
     with pytest.raises(VolumeError, match="holds 2 studies"):
         read_volume(tmp_path / "s")
+
+
+def test_cohort_folder_is_one_case_per_study_each_read_exactly(
+    tmp_path: Path, phantom: np.ndarray
+) -> None:
+    root = tmp_path / "cohort"
+    write_series(root / "x", phantom, study="1.2.3.100", patient="P001", date="20260101")
+    # another patient, twice on one day: the UIDs' last digits tell those two apart
+    write_series(root / "y", phantom + 3, study="1.2.3.200", patient="P 2", date="20260102")
+    write_series(root / "y" / "z", phantom + 6, study="1.2.3.300", patient="P 2", date="20260102")
+    found = find_inputs(root)
+    keys = ["P-2_20260102_123200", "P-2_20260102_123300", "P001_20260101"]  # sorted
+    assert found == [tmp_path / f"cohort::{key}" for key in keys]
+    assert list(unique_case_ids(found).values()) == [f"cohort_{key}" for key in keys]
+    assert all(format_of(p) == "dicom" for p in found)
+    for path, offset, study in zip(found, (3, 6, 0), ("200", "300", "100"), strict=True):
+        vol = read_volume(path)
+        np.testing.assert_array_equal(vol.array, phantom + offset)
+        assert vol.native.study_uid == f"1.2.3.{study}"
+    with pytest.raises(VolumeError, match=r"no study 'P9_20260101'; the studies are P-2_"):
+        read_volume(tmp_path / "cohort::P9_20260101")
+    # the same as a zip: cohort.zip::<key>, ids cohort_<key>
+    archive = tmp_path / "cohort.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in sorted(root.rglob("*.dcm")):
+            z.write(f, str(f.relative_to(root)))
+    zipped = find_inputs(archive)
+    assert zipped == [tmp_path / f"cohort.zip::{key}" for key in keys]
+    assert case_id(zipped[1]) == "cohort_P-2_20260102_123300"
+    np.testing.assert_array_equal(read_volume(zipped[1]).array, phantom + 6)
+
+
+def test_enhanced_ct_reads_as_the_single_frame_series_it_was_made_from(
+    tmp_path: Path, phantom: np.ndarray
+) -> None:
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    write_series(tmp_path / "single", phantom, orientation=OBLIQUE)
+    legacy = [pydicom.dcmread(f) for f in sorted((tmp_path / "single").iterdir())]
+    enhanced = LegacyConvertedEnhancedCTImage(
+        legacy,
+        series_instance_uid=generate_uid(),
+        series_number=5,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+    )
+    (tmp_path / "multi").mkdir()
+    enhanced.save_as(tmp_path / "multi" / "ct.dcm")
+    single, multi = read_volume(tmp_path / "single"), read_volume(tmp_path / "multi")
+    np.testing.assert_array_equal(multi.array, phantom)  # rescaled to HU as the slices are
+    np.testing.assert_allclose(multi.affine, single.affine, atol=1e-6)
+    header = multi.native
+    assert [ds.SOPInstanceUID for ds in header.sources] == [enhanced.SOPInstanceUID]
+    assert "PixelData" not in header.sources[0]
+    assert set(header.sop_instance_uids) == {enhanced.SOPInstanceUID}
+    frames = header.sources[0].PerFrameFunctionalGroupsSequence
+    assert sorted(header.frame_numbers) == list(range(1, len(frames) + 1))
+    for k, number in enumerate(header.frame_numbers):  # frame of slice k: slice k's position
+        position = frames[number - 1].PlanePositionSequence[0].ImagePositionPatient
+        want = single.native.sources[k].ImagePositionPatient
+        np.testing.assert_allclose([float(v) for v in position], [float(v) for v in want])
+
+
+# RLE: pydicom's own decoder; JPEG 2000: the pylibjpeg-openjpeg plugin of the formats extra
+# (openjpeg encodes no image under 32 x 32)
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
+def test_compressed_series_decode_to_the_phantom(tmp_path: Path, syntax: str) -> None:
+    image = tube_phantom(shape=(32, 32, 4))[0]
+    write_series(tmp_path / "c", image, transfer_syntax=syntax)
+    assert pydicom.dcmread(next((tmp_path / "c").iterdir())).file_meta.TransferSyntaxUID == syntax
+    np.testing.assert_array_equal(read_volume(tmp_path / "c").array, image)
+
+
+def test_bad_dicom_inputs_stop_with_one_line_naming_the_file_and_the_fix(
+    tmp_path: Path, phantom: np.ndarray
+) -> None:
+    def one_line(err: pytest.ExceptionInfo, *parts: str) -> None:
+        assert "\n" not in str(err.value), str(err.value)
+        for part in parts:
+            assert part in str(err.value), str(err.value)
+
+    # a single 2D image: as input= one file, or a folder of one slice
+    write_series(tmp_path / "one", phantom[:, :, :1])
+    single = next((tmp_path / "one").iterdir())
+    with pytest.raises(UserError) as err:
+        find_inputs(single)
+    one_line(err, str(single), "one DICOM file", "give the folder or .zip")
+    with pytest.raises(VolumeError) as err:
+        read_volume(tmp_path / "one")
+    one_line(err, single.name, "one image slice", "give the folder or .zip")
+    # a truncated slice: named, with the fix
+    write_series(tmp_path / "cut", phantom)
+    cut = sorted((tmp_path / "cut").iterdir())[5]
+    cut.write_bytes(cut.read_bytes()[:-200])
+    with pytest.raises(VolumeError) as err:
+        read_volume(tmp_path / "cut")
+    one_line(err, str(cut), "truncated or corrupt", "re-export")
+    # an empty folder; a folder of DICOM files none of which is an image
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError) as err:
+        find_inputs(tmp_path / "empty")
+    one_line(err, "empty: the folder holds no scans", "DICOM")
+    report = tmp_path / "sr" / "report.dcm"
+    report.parent.mkdir()
+    ds = pydicom.dcmread(single)
+    del ds.PixelData, ds.Rows, ds.Columns
+    ds.save_as(report)
+    with pytest.raises(VolumeError) as err:
+        find_inputs(tmp_path / "sr")
+    one_line(err, "sr: no DICOM image series found", "give the folder or .zip of a CT series")

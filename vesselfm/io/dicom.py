@@ -456,6 +456,8 @@ def cases(path: Path) -> list[Path]:
     ``<path>::<study key>`` per study (:func:`study_reference`), sorted by key."""
     where = str(path)
     images = _index(path, where)
+    if not images:  # one line before any case is read
+        raise _no_image_series(where)
     keys = study_keys(images)
     if len(keys) <= 1:
         return [path]
@@ -465,12 +467,16 @@ def cases(path: Path) -> list[Path]:
     return [path.parent / f"{path.name}{STUDY_SEPARATOR}{key}" for key in sorted(keys.values())]
 
 
+def _no_image_series(where: str) -> VolumeError:
+    return VolumeError(
+        f"{where}: no DICOM image series found (no file with an image and a position); "
+        "give the folder or .zip of a CT series"
+    )
+
+
 def _choose_study(images: list[_Image], where: str, key: str | None) -> list[_Image]:
     if not images:
-        raise VolumeError(
-            f"{where}: no DICOM image series found (no file with an image and a position); "
-            "give the folder or .zip of a CT series"
-        )
+        raise _no_image_series(where)
     keys = study_keys(images)
     if key is None:
         if len(keys) > 1:

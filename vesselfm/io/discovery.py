@@ -107,6 +107,11 @@ def find_inputs(
 ) -> list[Path]:
     """The scans named by ``input=``: a file, a folder (not recursive) or a glob pattern.
 
+    A DICOM folder (one holding no volume files and DICOM files, searched recursively) or
+    ``.zip`` is one case per study: itself for one study, else one study reference
+    ``<folder>::<study key>`` per study (:func:`vesselfm.io.dicom.cases`; case id
+    ``<folder>_<PatientID>_<StudyDate>``), never one case for the whole folder.
+
     In a folder or glob, label files (``*.label.nii.gz``, ``*.coronary.nii.gz``, Slicer
     segmentations ``*.seg.nrrd``) are left out,
     so a raw ImageCAS folder can be given as is, and so are vesselfm's own outputs: every file
@@ -123,8 +128,28 @@ def find_inputs(
     spec = str(spec)
     dicom = _dicom_input(Path(spec).expanduser())
     if dicom is not None:
-        log.info("input=%s: a DICOM study, one case (%s)", spec, case_id(dicom))
-        return [dicom]
+        from vesselfm.io.dicom import cases
+
+        studies = cases(dicom)
+        if len(studies) == 1:
+            log.info("input=%s: a DICOM study, one case (%s)", spec, case_id(dicom))
+        else:
+            log.info(
+                "input=%s: a DICOM cohort of %d studies, one case each (%s)",
+                spec,
+                len(studies),
+                ", ".join(case_id(p) for p in studies),
+            )
+        return studies
+    single = Path(spec).expanduser()
+    if single.is_file() and not is_volume_file(single):
+        from vesselfm.io.dicom import is_dicom_file
+
+        if is_dicom_file(single):
+            raise UserError(
+                f"input={spec}: one DICOM file (a single 2D image or object), not a 3D scan; "
+                "give the folder or .zip that holds the whole CT series"
+            )
     found, kind = list_volumes(spec, "input", "a volume file, a folder or a glob")
     if kind == "file":
         if is_output_name(found[0]):
@@ -159,7 +184,8 @@ def find_inputs(
     scans = sorted({p for p in found if role_of(p) != "label" and not _is_segmentation(p)})
     if not scans:
         raise UserError(
-            f"input={spec}: the {kind} holds no scans ({_ALLOWED}); point input= at volume files"
+            f"input={spec}: the {kind} holds no scans ({_ALLOWED}, or DICOM files); point "
+            "input= at volume files or a DICOM folder or .zip"
         )
     if len(scans) < len(found):
         log.info(

@@ -110,6 +110,9 @@ def case_id(path: str | os.PathLike[str], role: Role | None = None) -> str:
     elif role not in ROLE_TAGS:
         raise ValueError(f"role must be one of {list(ROLES)}, got {role!r}")
     stem, ext = split_extension(Path(path).name)
+    if not ext and "::" in stem:  # one study of a DICOM cohort folder: <folder>_<study key>
+        folder, study = stem.split("::", 1)
+        return f"{folder[:-4] if folder.lower().endswith('.zip') else folder}_{study}"
     if not ext and stem.lower().endswith(".zip"):
         stem = stem[:-4]  # a DICOM study in a zip: study.zip -> study
     tag = _tag(stem, role) if role is not None else None

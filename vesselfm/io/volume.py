@@ -150,9 +150,14 @@ def _codec(fmt: str) -> Any:
 
 
 def is_dicom_input(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is read as a DICOM series: a folder, or a ``.zip`` file."""
+    """Whether ``path`` is read as a DICOM series: a folder, a ``.zip`` file, or one study of a
+    cohort folder or zip (``<folder>::<study key>``, :func:`vesselfm.io.dicom.study_reference`)."""
     path = Path(path)
-    return path.is_dir() or (path.name.lower().endswith(".zip") and not path.is_dir())
+    if path.is_dir() or (path.name.lower().endswith(".zip") and not path.is_dir()):
+        return True
+    from vesselfm.io.dicom import study_reference
+
+    return study_reference(path) is not None
 
 
 def format_of(path: str | os.PathLike[str]) -> str | None:
