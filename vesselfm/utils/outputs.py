@@ -144,9 +144,13 @@ def file_entry(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def source_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What identifies an input file: its resolved path, size and modification time."""
+    """What identifies an input file: its resolved path, size and modification time (for one
+    study of a DICOM cohort folder, ``<folder>::<study>``, the folder's)."""
+    from vesselfm.io.dicom import study_reference
+
     resolved = Path(path).resolve()
-    stat = resolved.stat()
+    reference = study_reference(path)
+    stat = (reference[0] if reference is not None else resolved).stat()
     return {"path": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
