@@ -398,7 +398,12 @@ def _index(path: Path, where: str) -> list[_Image]:
             skipped[reason] += 1
             continue
         if "PerFrameFunctionalGroupsSequence" in ds or int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            images.extend(_frames(ds, name, source))
+            frames = _frames(ds, name, source)
+            placed = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+            if not frames or not all(k in f.tags for f in frames for k in placed):
+                skipped["no position"] += 1
+                continue
+            images.extend(frames)
         else:
             images.append(_Image(tags=ds, name=name, source=source, dataset=ds))
     if skipped:
