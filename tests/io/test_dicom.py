@@ -360,3 +360,27 @@ def test_bad_dicom_inputs_stop_with_one_line_naming_the_file_and_the_fix(
     with pytest.raises(VolumeError) as err:
         find_inputs(tmp_path / "sr")
     one_line(err, "sr: no DICOM image series found", "give the folder or .zip of a CT series")
+
+
+def test_glob_matches_dicom_folders_and_zips_and_output_folders_inside_are_not_read(
+    tmp_path: Path, phantom: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_series(tmp_path / "in" / "a", phantom)
+    write_series(tmp_path / "zipped", phantom + 1)
+    with zipfile.ZipFile(tmp_path / "in" / "b.zip", "w") as z:
+        for f in (tmp_path / "zipped").iterdir():
+            z.write(f, f.name)
+    with zipfile.ZipFile(tmp_path / "in" / "notes.zip", "w") as z:
+        z.writestr("notes.txt", "not dicom")
+    save_nifti(tmp_path / "in" / "c.nii.gz", phantom)
+    spec = str(tmp_path / "in" / "*")
+    want = [tmp_path / "in" / name for name in ("c.nii.gz", "a", "b.zip")]
+    assert find_inputs(spec) == want
+    np.testing.assert_array_equal(read_volume(want[2]).array, phantom + 1)
+    # the default output folder of a DICOM folder is inside it: never read as input
+    outputs = tmp_path / "in" / "a" / "vesselfm_pred"
+    save_nifti(outputs / "a_pred.nii.gz", phantom)
+    (outputs / ".vesselfm-outputs.json").write_text("{}")
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(read_volume(want[1]).array, phantom)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

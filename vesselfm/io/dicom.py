@@ -203,20 +203,45 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
+def _walk(folder: Path) -> Iterator[str]:
+    """Every file under ``folder``, sorted, hidden files and folders left out, and so are
+    vesselfm's output folders (those holding its ``.vesselfm-outputs.json``: the default output
+    folder of a DICOM folder is inside it)."""
+    from vesselfm.utils.outputs import RECORD_NAME
+
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".") and not os.path.exists(os.path.join(root, d, RECORD_NAME))
+        )
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield os.path.join(root, name)
+
+
 def holds_dicom(folder: Path, limit: int = 64) -> bool:
     """Whether a folder (recursively) holds a DICOM file (``DICM`` at byte 128), looking at up to
     ``limit`` files."""
-    seen = 0
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            if is_dicom_file(Path(root, name)):
-                return True
-            seen += 1
-            if seen >= limit:
-                return False
+    for seen, path in enumerate(_walk(folder)):
+        if seen >= limit:
+            return False
+        if is_dicom_file(Path(path)):
+            return True
+    return False
+
+
+def zip_holds_dicom(path: Path, limit: int = 64) -> bool:
+    """Whether a zip holds a DICOM file among its first ``limit`` members."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist()[:limit]:
+                if not info.is_dir():
+                    with archive.open(info) as member:
+                        if _looks_dicom(member.read(132)):
+                            return True
+    except (zipfile.BadZipFile, OSError):
+        return False
     return False
 
 
@@ -240,12 +265,8 @@ def _members(path: Path, where: str) -> Iterator[tuple[str, str]]:
     """``(name for messages, source)`` of every file of a folder (source: its path) or zip
     (source: the member's name)."""
     if path.is_dir():
-        for root, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
-                if not name.startswith("."):
-                    full = os.path.join(root, name)
-                    yield full, full
+        for full in _walk(path):
+            yield full, full
         return
     try:
         archive = zipfile.ZipFile(path)
@@ -264,14 +285,12 @@ def _signature(path: Path) -> tuple[Any, ...]:
         stat = path.stat()
         return (stat.st_size, stat.st_mtime_ns)
     items = []
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            try:
-                stat = os.stat(os.path.join(root, name))
-            except OSError:
-                continue
-            items.append((root, name, stat.st_size, stat.st_mtime_ns))
+    for full in _walk(path):
+        try:
+            stat = os.stat(full)
+        except OSError:
+            continue
+        items.append((full, stat.st_size, stat.st_mtime_ns))
     return tuple(items)
 
 

@@ -102,6 +102,21 @@ def _dicom_input(path: Path) -> Path | None:
     return path if holds_dicom(path) else None
 
 
+def _dicom_matches(spec: str) -> list[Path]:
+    """The DICOM cases of a glob's matches: its folders that are DICOM inputs and its ``.zip``
+    files that hold DICOM files, one case per study (:func:`vesselfm.io.dicom.cases`)."""
+    from vesselfm.io.dicom import cases, zip_holds_dicom
+
+    found: list[Path] = []
+    for match in sorted(glob.glob(os.path.expanduser(spec))):
+        path = Path(match)
+        if path.is_file() and not (path.name.lower().endswith(".zip") and zip_holds_dicom(path)):
+            continue
+        if _dicom_input(path) is not None:
+            found.extend(cases(path))
+    return found
+
+
 def find_inputs(
     spec: str | os.PathLike[str], output_dir: str | os.PathLike[str] | None = None
 ) -> list[Path]:
@@ -110,7 +125,8 @@ def find_inputs(
     A DICOM folder (one holding no volume files and DICOM files, searched recursively) or
     ``.zip`` is one case per study: itself for one study, else one study reference
     ``<folder>::<study key>`` per study (:func:`vesselfm.io.dicom.cases`; case id
-    ``<folder>_<PatientID>_<StudyDate>``), never one case for the whole folder.
+    ``<folder>_<PatientID>_<StudyDate>``), never one case for the whole folder. A glob's
+    matches may be such folders and zips too (``input='/data/pat*/dicom'``).
 
     In a folder or glob, label files (``*.label.nii.gz``, ``*.coronary.nii.gz``, Slicer
     segmentations ``*.seg.nrrd``) are left out,
@@ -182,6 +198,10 @@ def find_inputs(
             found = [p for p in found if p not in left_out]
     # labels, and segmentations by their format (a Slicer .seg.nrrd), are not scans
     scans = sorted({p for p in found if role_of(p) != "label" and not _is_segmentation(p)})
+    studies = _dicom_matches(spec) if kind == "pattern" else []
+    if studies:
+        log.info("input=%s: %d DICOM case(s) among the matches", spec, len(studies))
+        return [*scans, *studies]
     if not scans:
         raise UserError(
             f"input={spec}: the {kind} holds no scans ({_ALLOWED}, or DICOM files); point "
