@@ -765,8 +765,9 @@ def resample_stack(stack: np.ndarray, grid: _Grid, step: float) -> tuple[np.ndar
     out_rows = rows + math.ceil((float(grid.b.max()) - y0) / drow - 1e-2)
     out_slices = math.floor(float(grid.s[-1]) / step + 1e-2) + 1
     fill = float(stack.min())
-    source = stack.astype(np.float32, copy=False)
-    out = np.empty((out_columns, out_rows, out_slices), dtype=np.float32)
+    # slice-major copies: each step reads and writes whole contiguous planes
+    planes = np.ascontiguousarray(np.moveaxis(stack, 2, 0), dtype=np.float32)
+    out = np.empty((out_slices, out_columns, out_rows), dtype=np.float32)
     index = np.arange(count, dtype=np.float64)
     for m in range(out_slices):
         kf = float(np.interp(m * step, grid.s, index))
@@ -776,16 +777,25 @@ def resample_stack(stack: np.ndarray, grid: _Grid, step: float) -> tuple[np.ndar
         b = float(np.interp(kf, index, grid.b))
         # rounded to 1e-3 voxel: positions are stored to about 1e-4 mm, so a slice exactly on the
         # grid must not fall a hair outside it (and out of the interpolation)
-        offset = (round((x0 - a) / dcol, 3), round((y0 - b) / drow, 3), round(kf - k0, 3))
-        out[:, :, m : m + 1] = affine_transform(
-            source[:, :, k0 : k0 + 2],
-            np.eye(3),
+        t = round(kf - k0, 3)
+        offset = (round((x0 - a) / dcol, 3), round((y0 - b) / drow, 3))
+        # linear along the stack at one in-plane position = blend the two slices, then shift
+        plane = (
+            planes[k0]
+            if t == 0
+            else planes[k0] * np.float32(1 - t) + planes[k0 + 1] * np.float32(t)
+        )
+        affine_transform(
+            plane,
+            np.eye(2),
             offset=offset,
-            output_shape=(out_columns, out_rows, 1),
+            output_shape=(out_columns, out_rows),
+            output=out[m],
             order=1,
             mode="constant",
             cval=fill,
         )
+    out = np.ascontiguousarray(np.moveaxis(out, 0, 2))
     affine = np.eye(4)
     affine[:3, 0] = grid.row_dir * dcol
     affine[:3, 1] = grid.col_dir * drow
