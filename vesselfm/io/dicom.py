@@ -70,7 +70,7 @@ import re
 import zipfile
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +176,6 @@ class _Image:
     dataset: Any
     #: the 0-based frame in a multi-frame object, ``None`` for a single-frame file
     frame: int | None = None
-    series_key: str = field(default="")
 
 
 def pydicom_module(where: str) -> Any:
