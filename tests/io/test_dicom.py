@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
+from pydicom.uid import EnhancedCTImageStorage, JPEG2000Lossless, RLELossless, generate_uid
 from synthetic import (
     AXIAL,
     LPS_TO_RAS,
@@ -311,6 +311,13 @@ def test_enhanced_ct_reads_as_the_single_frame_series_it_was_made_from(
         position = frames[number - 1].PlanePositionSequence[0].ImagePositionPatient
         want = single.native.sources[k].ImagePositionPatient
         np.testing.assert_allclose([float(v) for v in position], [float(v) for v in want])
+    # the same frames as an Enhanced CT Image Storage object are read the same way
+    enhanced.SOPClassUID = enhanced.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    (tmp_path / "enhanced").mkdir()
+    enhanced.save_as(tmp_path / "enhanced" / "ct.dcm")
+    again = read_volume(tmp_path / "enhanced")
+    assert again.native.sources[0].SOPClassUID == EnhancedCTImageStorage
+    np.testing.assert_array_equal(again.array, phantom)
 
 
 # RLE: pydicom's own decoder; JPEG 2000: the pylibjpeg-openjpeg plugin of the formats extra
