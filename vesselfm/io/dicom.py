@@ -1,6 +1,7 @@
 """The DICOM CT reader behind :mod:`vesselfm.io.volume` (the only code that uses pydicom).
 
-A DICOM input is a folder (searched recursively) or a ``.zip``. pydicom reads what scanners
+A DICOM input is a folder (searched recursively; hidden files and vesselfm's output folders, those
+holding a ``.vesselfm-outputs.json``, left out) or a ``.zip``. pydicom reads what scanners
 export and is pure Python; it is an optional dependency (``pip install "vesselfm[formats]"``),
 imported only when DICOM is read.
 
