@@ -243,6 +243,7 @@ def write_series(
     modality: str = "CT",
     skip: tuple[int, ...] = (),
     phase: float | None = None,
+    trigger_time: float | None = None,
     prefix: str = "",
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"),
     patient: str = "P001",
@@ -307,6 +308,8 @@ def write_series(
         ds.RescaleIntercept = -1024
         if phase is not None:
             ds.NominalPercentageOfCardiacPhase = phase
+        if trigger_time is not None:
+            ds.TriggerTime = trigger_time
         ds.Rows, ds.Columns = image.shape[1], image.shape[0]
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"

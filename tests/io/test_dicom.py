@@ -202,6 +202,19 @@ def test_default_phase_is_the_most_complete_then_the_closest_to_75(
     np.testing.assert_array_equal(read_volume(tmp_path / "q").array, phantom)
 
 
+def test_phases_by_trigger_time_default_to_the_earliest_complete_one(
+    tmp_path: Path, phantom: np.ndarray
+) -> None:
+    uid = generate_uid()
+    write_series(tmp_path / "t", phantom + 2, series=uid, trigger_time=150, prefix="a", skip=(3,))
+    write_series(tmp_path / "t", phantom + 5, series=uid, trigger_time=600, prefix="b")
+    write_series(tmp_path / "t", phantom, series=uid, trigger_time=300, prefix="c")
+    vol = read_volume(tmp_path / "t")
+    assert vol.native.phase == 300
+    np.testing.assert_array_equal(vol.array, phantom)
+    np.testing.assert_array_equal(read_volume(tmp_path / "t", phase=600).array, phantom + 5)
+
+
 def test_slices_at_one_position_without_phase_tags_stop(
     tmp_path: Path, phantom: np.ndarray
 ) -> None:

@@ -843,8 +843,15 @@ def _pixels(images: list[_Image], path: Path, where: str) -> np.ndarray:
     slopes = [float(i.tags.get("RescaleSlope", 1) or 1) for i in images]
     intercepts = [float(i.tags.get("RescaleIntercept", 0) or 0) for i in images]
     raw = _decoded(images, path, where)
-    exact = all(s.is_integer() and i.is_integer() for s, i in zip(slopes, intercepts, strict=True))
-    work = np.float64 if not exact else np.int64
+    integer = raw[0].dtype.kind in "iu"
+    exact = integer and all(
+        s.is_integer() and i.is_integer() for s, i in zip(slopes, intercepts, strict=True)
+    )
+    work: Any = np.float64
+    if exact:  # int32 (half int64's memory) unless the rescaled range could overflow it
+        info = np.iinfo(raw[0].dtype)
+        bound = max(-int(info.min), int(info.max)) * max(abs(s) for s in slopes)
+        work = np.int32 if bound + max(abs(i) for i in intercepts) < 2**31 else np.int64
     array = np.empty((raw[0].shape[1], raw[0].shape[0], len(images)), dtype=work)
     for k, (pixels, slope, intercept) in enumerate(zip(raw, slopes, intercepts, strict=True)):
         # pixel_array is (rows, columns): transposed to (columns, rows) = (i, j)
