@@ -24,6 +24,7 @@ from vesselfm.metrics.imagecasx import (
     bin_of,
     centerline_distances,
     local_dice_points,
+    lumen_radius,
     read_descriptors,
     segment_dice,
     skeleton_points_lps,
@@ -151,6 +152,17 @@ def test_local_dice_of_a_perfect_prediction_is_one():
     empty = local_dice_points("1", np.zeros_like(label), label, FLIPPED_AFFINE, SPACING, {"l": c})
     assert [r["local_dice"] for r in empty] == [0.0] * 5
     assert all(math.isnan(r["hu"]) for r in empty)  # no image
+
+
+def test_lumen_radius_equals_the_distance_transform():
+    from scipy.ndimage import binary_dilation, distance_transform_edt
+
+    rng = np.random.default_rng(1)
+    label = binary_dilation(rng.random(SHAPE) > 0.97, iterations=2)
+    label[0, 5:9, 3:6] = True  # touching the border: outside counts as background
+    edt = distance_transform_edt(np.pad(label, 1), sampling=SPACING)[1:-1, 1:-1, 1:-1]
+    voxels = np.argwhere(label)
+    np.testing.assert_allclose(lumen_radius(label, voxels, SPACING), edt[label], rtol=1e-12)
 
 
 def test_local_dice_of_a_half_prediction_matches_a_hand_count():

@@ -334,6 +334,37 @@ def local_dice(
     return out
 
 
+def lumen_radius(
+    label: np.ndarray,
+    voxels: np.ndarray,
+    spacing: Sequence[float],
+    lumen: np.ndarray | None = None,
+) -> np.ndarray:
+    """The lumen's Euclidean distance transform (mm) at the given lumen voxels.
+
+    Equal to ``scipy.ndimage.distance_transform_edt(label, sampling=spacing)`` there (outside
+    the volume counting as background), but sparse: the nearest background voxel of a lumen
+    voxel always touches the lumen (one step towards the lumen voxel along an axis where they
+    differ is closer, so it is lumen), so a KD-tree of the background voxels 6-adjacent to the
+    lumen gives the same distances without a transform of the tree's whole bounding box.
+    ``lumen``: ``np.argwhere(label)``, when the caller has it.
+    """
+    from scipy.spatial import cKDTree
+
+    lumen = np.argwhere(label) if lumen is None else lumen
+    lo = lumen.min(axis=0) - 1
+    shape = tuple(int(v) for v in lumen.max(axis=0) - lo + 2)
+    box = np.zeros(shape, dtype=bool)
+    flat = np.ravel_multi_index(tuple((lumen - lo).T), shape)
+    box.flat[flat] = True
+    strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
+    around = np.unique((flat[:, None] + np.concatenate([strides, -strides])[None]).ravel())
+    border = np.stack(np.unravel_index(around[~box.flat[around]], shape), axis=1)
+    sp = np.asarray(spacing, dtype=np.float64)
+    radius, _ = cKDTree(border * sp).query((np.asarray(voxels) - lo) * sp)
+    return radius
+
+
 def lumen_covariates(
     label: np.ndarray,
     affine: np.ndarray,
@@ -344,26 +375,19 @@ def lumen_covariates(
     """Diameter (mm), lumen HU and snap distance (mm) at each point, from the ground truth.
 
     Each point is moved to the nearest lumen voxel (``snap_mm`` is how far); the diameter is
-    twice the lumen's Euclidean distance transform there; HU is the mean over the lumen voxels
-    within ``max(0.7 × radius, smallest spacing)`` of the point (NaN without ``image``).
+    twice the lumen's Euclidean distance transform there (:func:`lumen_radius`); HU is the mean
+    over the lumen voxels within ``max(0.7 × radius, smallest spacing)`` of the point (NaN
+    without ``image``).
     """
-    from scipy.ndimage import distance_transform_edt
     from scipy.spatial import cKDTree
 
     n = len(points_lps)
     lumen_idx = np.argwhere(label)
     if not len(lumen_idx) or not n:
         return {k: np.full(n, np.nan) for k in ("diameter_mm", "hu", "snap_mm")}
-    lo = np.maximum(lumen_idx.min(axis=0) - 1, 0)
-    hi = np.minimum(lumen_idx.max(axis=0) + 2, np.array(label.shape))
-    crop = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-    # padded by a voxel of background, so the crop's EDT equals the full volume's
-    padded = np.pad(label[crop], 1)
-    edt = distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
     tree = cKDTree(voxels_to_lps(lumen_idx, affine))
     snap, nearest = tree.query(points_lps)
-    near = lumen_idx[nearest] - lo
-    radius = edt[tuple(near.T)]
+    radius = lumen_radius(label, lumen_idx[nearest], spacing, lumen_idx)
     hu = np.full(n, np.nan)
     if image is not None:
         lumen_hu = image[tuple(lumen_idx.T)].astype(np.float64)
