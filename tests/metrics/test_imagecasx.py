@@ -32,6 +32,7 @@ from vesselfm.metrics.imagecasx import (
     summarise_local_dice,
     volumes_ml,
 )
+from vesselfm.utils.cli import UserError
 
 SHAPE = (24, 20, 12)
 SPACING = (0.75, 0.625, 1.25)
@@ -354,3 +355,22 @@ def test_evaluate_reports_the_imagecasx_columns(tmp_path, compose_cfg):
     assert groups[("Dominance", "Right", "dice_LAD")]["n"] == "2"
     doc = json.loads((out / "summary.json").read_text())
     assert doc["volume_abs_diff_ml"]["n"] == 2 and doc["dice_RCA"]["n"] == 0
+
+
+def test_a_case_without_centrelines_is_reported_and_the_others_scored(tmp_path, compose_cfg):
+    gt_dir, pred_dir, lines = tmp_path / "gt", tmp_path / "pred", tmp_path / "cl"
+    for case in ("1", "2"):
+        save_nifti(gt_dir / f"{case}.label.nii.gz", _tube().astype(np.uint8))
+        save_nifti(pred_dir / f"{case}_pred.nii.gz", _tube().astype(np.uint8))
+    write_centerlines(lines / "1.coronary_right_centerline.vtk", _axis_centerline(9))
+    (lines / "3.coronary_left_centerline.vtk").write_text("not vtk")  # no such case: unread
+    out = tmp_path / "eval"
+    args = [f"pred={pred_dir}", f"gt={gt_dir}", f"output={out}", "metrics=[dice]"]
+    with pytest.raises(UserError, match=r"1 of 2 case\(s\) could not be scored \(case 2: .*cl: "):
+        evaluate(compose_cfg("evaluate", [*args, f"centerlines={lines}"]))
+    with open(out / "metrics.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["case"] == "1" and float(row["centerline_md_mm"]) == 0.0
+    assert "dice_RCA" not in row  # a binary label: no segment columns
+    with pytest.raises(UserError, match="centerlines=.*no such folder"):
+        evaluate(compose_cfg("evaluate", [*args, f"centerlines={tmp_path / 'none'}"]))

@@ -62,12 +62,12 @@ def natural_key(case: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", case)]
 
 
-def _folder(value: Any, key: str) -> Path:
+def _folder(value: Any, key: str, what: str = "NIfTI files") -> Path:
     if value in (None, "", "???"):
         raise UserError(f"{key}= is required: give the folder, e.g. {key}=/path/to/folder")
     path = Path(str(value)).expanduser()
     if not path.is_dir():
-        raise UserError(f"{key}={value}: no such folder; give an existing folder of NIfTI files")
+        raise UserError(f"{key}={value}: no such folder; give an existing folder of {what}")
     return path
 
 
@@ -461,7 +461,11 @@ def evaluate_folders(
     if not 0.0 <= float(threshold) <= 1.0:
         raise UserError(f"threshold must be in [0, 1], got {threshold}")
     names = list(_select(metrics))
-    centerline_dir = _folder(centerlines, "centerlines") if centerlines not in (None, "") else None
+    centerline_dir = (
+        _folder(centerlines, "centerlines", "<case>.coronary_left/right_centerline.vtk files")
+        if centerlines not in (None, "")
+        else None
+    )
     table = read_descriptors(descriptors) if descriptors not in (None, "") else None
     output = check_output_dir(output, "output", REPORT_FILES + IMAGECASX_FILES, overwrite)
 
