@@ -26,6 +26,7 @@ from vesselfm.metrics.imagecasx import (
     local_dice_points,
     lumen_radius,
     read_descriptors,
+    sample_vertices,
     segment_dice,
     skeleton_points_lps,
     summarise_by_group,
@@ -153,6 +154,31 @@ def test_local_dice_of_a_perfect_prediction_is_one():
     empty = local_dice_points("1", np.zeros_like(label), label, FLIPPED_AFFINE, SPACING, {"l": c})
     assert [r["local_dice"] for r in empty] == [0.0] * 5
     assert all(math.isnan(r["hu"]) for r in empty)  # no image
+
+
+def test_sampling_walks_a_branching_tree_from_every_ostium():
+    """A trunk (0-6) splitting into two branches of 6 vertices (7-12 along +y, 13-18 along -y),
+    cells in either orientation, plus a second tree with its own ostium (19-21), 1 mm apart."""
+    trunk = [(x, 0, 0) for x in range(7)]
+    up = [(6, y, 0) for y in range(1, 7)]
+    down = [(6, -y, 0) for y in range(1, 7)]
+    other = [(20, 0, z) for z in range(3)]
+    points = np.array(trunk + up + down + other, dtype=float)
+    n = len(points)
+    flags = {name: np.zeros(n, dtype=np.int32) for name in ("start_points", "end_points")}
+    flags["start_points"][[0, 19]] = 1
+    flags["end_points"][[12, 18, 21]] = 1
+    c = Centerlines(
+        points,
+        [np.arange(7), np.array([12, 11, 10, 9, 8, 7, 6]), np.r_[6, 13:19], np.array([21, 20, 19])],
+        flags,
+    )
+    s = sample_vertices(c)
+    # hops 0, 5, 10 from an ostium, plus the end points
+    assert s["vertex"].tolist() == [0, 5, 10, 12, 16, 18, 19, 21]
+    assert s["depth"].tolist() == [0, 5, 10, 12, 10, 12, 0, 2]
+    assert s["dist_mm"].tolist() == [0.0, 5.0, 10.0, 12.0, 10.0, 12.0, 0.0, 2.0]
+    assert s["is_end_point"].tolist() == [0, 0, 0, 1, 0, 1, 0, 1]
 
 
 def test_lumen_radius_equals_the_distance_transform():

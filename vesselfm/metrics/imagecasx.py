@@ -30,6 +30,7 @@ voxels to RAS mm. Every comparison converts the centreline points with
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,8 @@ import numpy as np
 
 from vesselfm.io.centerlines import Centerlines, lps_to_ras
 from vesselfm.utils.errors import UserError
+
+log = logging.getLogger(__name__)
 
 #: ImageCAS-X segment codes and names (its README; 0 is background)
 SEGMENTS: dict[int, str] = {
@@ -426,6 +429,12 @@ def local_dice_points(
     for side, c in centerlines.items():
         s = sample_vertices(c, step)
         if not len(s["vertex"]):
+            log.warning(
+                "case %s: the %s centreline marks no ostium (start_points) or has no line cells: "
+                "no local Dice on that side",
+                case,
+                side,
+            )
             continue
         pts = c.points_lps[s["vertex"]]
         cov = lumen_covariates(label, affine, spacing, pts, image)
