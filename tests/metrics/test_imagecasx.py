@@ -27,6 +27,7 @@ from vesselfm.metrics.imagecasx import (
     lumen_radius,
     read_descriptors,
     sample_vertices,
+    segment_codes,
     segment_dice,
     skeleton_points_lps,
     summarise_by_group,
@@ -238,6 +239,17 @@ def test_segment_dice_on_a_hand_built_label_map():
     assert got["dice_RCA"] == 0.0
     # absent from the ground truth: empty, even where predicted
     assert got["dice_LCx"] is None and got["dice_R_PDA"] is None and got["dice_Other"] is None
+
+
+def test_segment_codes_tell_codes_from_masks_and_probabilities():
+    assert segment_codes(np.array([0.0, 2.0, 9.0])).tolist() == [0, 2, 9]  # codes in a float file
+    assert segment_codes(np.array([0, 14], dtype=np.uint8)).tolist() == [0, 14]
+    assert segment_codes(np.array([0.0, 0.4, 1.0])) is None  # probabilities
+    assert segment_codes(np.array([0.0, 2.5])) is None
+    assert segment_codes(np.array([0, 1], dtype=np.uint8)) is None  # a binary mask
+    # a label needs two codes: 0/255 or 0/2 is a mask saved with another foreground value
+    assert segment_codes(np.array([0, 2], dtype=np.uint8), min_codes=2) is None
+    assert segment_codes(np.array([0, 1, 2], dtype=np.uint8), min_codes=2).tolist() == [0, 1, 2]
 
 
 def test_segment_dice_of_a_binary_prediction_uses_the_nearest_segment():

@@ -244,7 +244,7 @@ def score_volumes(
     from vesselfm.io import GridError, check_same_grid
     from vesselfm.metrics import compute_metrics
     from vesselfm.metrics.compute import _as_binary, _check_probabilities
-    from vesselfm.metrics.imagecasx import check_segments, imagecasx_columns, is_segment_label
+    from vesselfm.metrics.imagecasx import check_segments, imagecasx_columns, segment_codes
 
     try:
         check_same_grid(pred, label, hint=_NO_RESAMPLING)
@@ -264,7 +264,10 @@ def score_volumes(
         except ValueError as err:
             raise CaseError(str(err)) from err
     label_values = np.asarray(label.array)
-    segments = is_segment_label(label_values)
+    label_codes = segment_codes(label_values, min_codes=2)
+    segments = label_codes is not None
+    if label_codes is not None:
+        label_values = label_codes
     try:
         if segments:
             check_segments(label_values, label.where)
@@ -276,13 +279,13 @@ def score_volumes(
     # A float file holding only 0 and 1 is a mask saved as float, not a probability map.
     if values.dtype.kind == "f" and np.all((values == 0) | (values == 1)):
         values = values.astype(bool)
-    codes = None
-    if segments and is_segment_label(values):
+    codes = segment_codes(values) if segments else None
+    if codes is not None:
         try:
-            check_segments(values, pred.where)
+            check_segments(codes, pred.where)
         except ValueError as err:
             raise CaseError(str(err)) from err
-        codes, values = values, values != 0
+        values = codes != 0
     try:
         row = compute_metrics(
             values,

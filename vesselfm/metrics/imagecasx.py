@@ -130,6 +130,26 @@ def is_segment_label(label: np.ndarray) -> bool:
     return label.dtype.kind in "iu" and label.size > 0 and int(label.max()) > 1
 
 
+def segment_codes(values: np.ndarray, min_codes: int = 1) -> np.ndarray | None:
+    """``values`` as integer segment codes when they are codes, else ``None``.
+
+    Codes: whole numbers (a float file of codes included), some above 1, at least
+    ``min_codes`` distinct non-zero values. A label needs two (``min_codes=2``): a mask of 0 and
+    one other value (0/255, 0/2) is a mask saved with another foreground value, refused as not
+    binary, not a tree of one segment; a prediction scored against segments needs one.
+    ``None``: a binary mask or probabilities.
+    """
+    if values.dtype.kind == "f":
+        if not values.size or float(values.max()) <= 1 or not np.all(np.mod(values, 1) == 0):
+            return None
+        values = values.astype(np.int64)
+    if not is_segment_label(values):
+        return None
+    if min_codes > 1 and len(np.unique(values[values != 0])[:min_codes]) < min_codes:
+        return None
+    return values
+
+
 def check_segments(values: np.ndarray, where: str) -> None:
     """Refuse values that are not ImageCAS-X codes (integers 0..14)."""
     if values.dtype.kind not in "iub":
@@ -138,8 +158,9 @@ def check_segments(values: np.ndarray, where: str) -> None:
         )
     if values.size and (int(values.min()) < 0 or int(values.max()) > max(SEGMENTS)):
         raise ValueError(
-            f"{where}: segment codes must be 0..{max(SEGMENTS)} (ImageCAS-X), got values in "
-            f"[{int(values.min())}, {int(values.max())}]"
+            f"{where}: expected a binary mask (0/1) or ImageCAS-X segment codes "
+            f"0..{max(SEGMENTS)}, got values in [{int(values.min())}, {int(values.max())}]; "
+            "binarise it first (e.g. label > 0)"
         )
 
 
