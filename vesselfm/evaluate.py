@@ -10,7 +10,10 @@ non-zero status. Labels without a prediction are listed in the summaries
 (``missing_predictions``, "scored N of M"); where ``cases=`` or ``split=`` names the expected
 cases, a missing prediction stops the run before anything is scored. Scoring is at native
 resolution with the label's voxel spacing. Writes ``metrics.csv``, ``summary.json`` and
-``summary.md`` (see :mod:`vesselfm.metrics.report`).
+``summary.md`` (see :mod:`vesselfm.metrics.report`). ImageCAS-X's metrics
+(:mod:`vesselfm.metrics.imagecasx`): volumes always, ``dice_<segment>`` for segment labels;
+``centerlines=`` adds centreline distances and ``local_dice.csv``/``local_dice_summary.csv``,
+``image=`` their lumen HU, ``descriptors=`` ``summary_by_group.csv``.
 
 :func:`vesselfm.metrics.folders.evaluate_folders` does the work and can be called from Python;
 ``evaluate(cfg)`` reads the config, ``main()`` is the CLI.
@@ -64,6 +67,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         expected=expected[0] if expected else None,
         expected_by=expected[1] if expected else "cases=",
         overwrite=bool(cfg.get("overwrite", False)),
+        centerlines=cfg.get("centerlines"),
+        image=cfg.get("image"),
+        descriptors=cfg.get("descriptors"),
     )
     rows, errors = result.rows, result.errors
     if errors:

@@ -19,20 +19,23 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from vesselfm.io import Volume
+from vesselfm.io.centerlines import Centerlines
 from vesselfm.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+#: the key of :func:`score_volumes`'s row holding the case's local-Dice points (not a column)
+POINTS_KEY = "_local_dice_points"
 _NO_RESAMPLING = "predictions must be on the label's grid (scoring does not resample)"
 
 
@@ -44,6 +47,10 @@ class CaseFiles:
     pred: Path
     gt: Path | None
     prob: Path | None = None
+    #: folder of ``<case>.coronary_{left,right}_centerline.vtk`` (ImageCAS-X), with centerlines=
+    centerlines: Path | None = None
+    #: the case's scan (lumen HU of the local-Dice points), with image=
+    image: Path | None = None
 
 
 class CaseError(Exception):
@@ -55,13 +62,20 @@ def natural_key(case: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", case)]
 
 
-def _folder(value: Any, key: str) -> Path:
+def _folder(value: Any, key: str, what: str = "NIfTI files") -> Path:
     if value in (None, "", "???"):
         raise UserError(f"{key}= is required: give the folder, e.g. {key}=/path/to/folder")
     path = Path(str(value)).expanduser()
     if not path.is_dir():
-        raise UserError(f"{key}={value}: no such folder; give an existing folder of NIfTI files")
+        raise UserError(f"{key}={value}: no such folder; give an existing folder of {what}")
     return path
+
+
+def _scans(spec: str | Path) -> dict[str, Path]:
+    """``{case: scan}`` of ``image=`` (a folder or glob of ``<case>.img.nii.gz``/``<case>.nii.gz``)."""
+    from vesselfm.io import case_id, find_inputs
+
+    return {case_id(p, "image"): p for p in find_inputs(str(spec))}
 
 
 def find_predictions(pred_dir: str | Path) -> dict[str, Path]:
@@ -202,19 +216,26 @@ def score_volumes(
     prob: Volume | None = None,
     threshold: float = 0.5,
     metrics: Sequence[str] | None = None,
+    centerlines: Mapping[str, Centerlines] | None = None,
+    image: Volume | None = None,
 ) -> dict[str, Any]:
     """Score one case at native resolution, with the label's voxel spacing.
 
     Args:
         case: the case id (the row's ``case``).
         pred: the prediction: a 0/1 mask, or probabilities (float) thresholded at ``threshold``.
-        label: the binary label (0/1, any dtype).
+        label: the binary label (0/1, any dtype), or ImageCAS-X segment codes 0..14 (scored as
+            their union, plus ``dice_<segment>``); ``pred`` may then hold codes too.
         prob: optional probabilities in [0, 1] on the same grid (ROC AUC and AP).
         threshold: applied when ``pred`` holds probabilities (float, not only 0/1).
         metrics: subset of metric names, ``None`` for all.
+        centerlines: the case's ground-truth centrelines ``{side: Centerlines}`` (LPS mm), for
+            the centreline distances and local Dice.
+        image: the case's scan on the label's grid (HU of the local-Dice points).
 
     Returns:
-        ``{"case": case, **compute_metrics(...)}``.
+        ``{"case": case, **compute_metrics(...), **imagecasx_columns(...)}``; with
+        ``centerlines``, also ``POINTS_KEY``: the rows of ``local_dice.csv``.
 
     Raises:
         CaseError: a grid mismatch (:func:`vesselfm.io.check_same_grid`), a label that is not
@@ -223,11 +244,16 @@ def score_volumes(
     from vesselfm.io import GridError, check_same_grid
     from vesselfm.metrics import compute_metrics
     from vesselfm.metrics.compute import _as_binary, _check_probabilities
+    from vesselfm.metrics.imagecasx import check_segments, imagecasx_columns, segment_codes
 
     try:
         check_same_grid(pred, label, hint=_NO_RESAMPLING)
         if prob is not None:
             check_same_grid(prob, label, hint=_NO_RESAMPLING)
+        if image is not None:
+            check_same_grid(
+                image, label, hint="image= must hold the scans the labels were drawn on"
+            )
     except GridError as err:
         raise CaseError(str(err)) from err
     scores = None
@@ -237,18 +263,33 @@ def score_volumes(
             _check_probabilities(scores, prob.where)
         except ValueError as err:
             raise CaseError(str(err)) from err
+    label_values = np.asarray(label.array)
+    label_codes = segment_codes(label_values, min_codes=2)
+    segments = label_codes is not None
+    if label_codes is not None:
+        label_values = label_codes
     try:
-        _as_binary(np.asarray(label.array), label.where)
+        if segments:
+            check_segments(label_values, label.where)
+        else:
+            _as_binary(label_values, label.where)
     except ValueError as err:
         raise CaseError(str(err)) from err
     values = pred.array
     # A float file holding only 0 and 1 is a mask saved as float, not a probability map.
     if values.dtype.kind == "f" and np.all((values == 0) | (values == 1)):
         values = values.astype(bool)
+    codes = segment_codes(values) if segments else None
+    if codes is not None:
+        try:
+            check_segments(codes, pred.where)
+        except ValueError as err:
+            raise CaseError(str(err)) from err
+        values = codes != 0
     try:
         row = compute_metrics(
             values,
-            label.array,
+            label_values != 0 if segments else label_values,
             spacing=label.spacing,
             threshold=threshold,
             metrics=metrics,
@@ -256,7 +297,20 @@ def score_volumes(
         )
     except (ValueError, TypeError) as err:
         raise CaseError(f"{pred.where}: {err}") from err
-    return {"case": case, **row}
+    pred_bin = values >= threshold if values.dtype.kind == "f" else values != 0
+    extra, points = imagecasx_columns(
+        case,
+        codes if codes is not None else pred_bin,
+        label_values,
+        label.affine,
+        label.spacing,
+        centerlines,
+        None if image is None else np.asarray(image.array),
+    )
+    out = {"case": case, **row, **extra}
+    if centerlines is not None:
+        out[POINTS_KEY] = points
+    return out
 
 
 def read_case_volume(path: Path) -> Volume:
@@ -293,7 +347,26 @@ def score_case(
     label = read_case_volume(files.gt)
     pred = read_case_volume(files.pred)
     prob = read_case_volume(files.prob) if files.prob is not None else None
-    return score_volumes(files.case, pred, label, prob, threshold, metrics)
+    image = read_case_volume(files.image) if files.image is not None else None
+    centerlines = None
+    if files.centerlines is not None:
+        from vesselfm.io.centerlines import CenterlineError, read_centerlines
+        from vesselfm.metrics.imagecasx import centerline_files
+
+        found = centerline_files(files.centerlines, files.case)
+        if not found:
+            raise CaseError(
+                f"{files.centerlines}: no {files.case}.coronary_left_centerline.vtk or "
+                f"{files.case}.coronary_right_centerline.vtk for case {files.case}; add them or "
+                "score without centerlines="
+            )
+        try:
+            centerlines = {side: read_centerlines(path) for side, path in found.items()}
+        except CenterlineError as err:
+            raise CaseError(str(err)) from err
+    return score_volumes(
+        files.case, pred, label, prob, threshold, metrics, centerlines=centerlines, image=image
+    )
 
 
 def _score_task(
@@ -334,6 +407,9 @@ def evaluate_folders(
     expected: Sequence[str] | None = None,
     expected_by: str = "cases=",
     overwrite: bool = False,
+    centerlines: str | Path | None = None,
+    image: str | Path | None = None,
+    descriptors: str | Path | None = None,
 ) -> Evaluation:
     """Score every ``<case>_pred`` file in ``pred`` against ``gt`` and write the reports.
 
@@ -352,6 +428,13 @@ def evaluate_folders(
             prediction, and predictions of other cases are left out. ``None``: every prediction.
         expected_by: the keys that named ``expected``, for messages.
         overwrite: replace report files in ``output`` that vesselfm did not write.
+        centerlines: folder of ImageCAS-X ``<case>.coronary_{left,right}_centerline.vtk``:
+            adds the centreline distances and local Dice (``local_dice.csv``,
+            ``local_dice_summary.csv``); a case without either file is not scored.
+        image: the scans (a folder or glob; ``<case>.img.nii.gz``/``<case>.nii.gz``): the lumen
+            HU of the local-Dice points.
+        descriptors: ImageCAS-X's ``Descriptors.xlsx``/``.csv``: every table also by its groups
+            (``summary_by_group.csv``; ``local_dice_summary.csv`` rows per group).
 
     Returns:
         ``(rows, errors, paths, missing_predictions)`` as an :class:`Evaluation`.
@@ -365,6 +448,11 @@ def evaluate_folders(
 
     from vesselfm.io import check_output_dir
     from vesselfm.metrics.compute import _select
+    from vesselfm.metrics.imagecasx import (
+        IMAGECASX_FILES,
+        read_descriptors,
+        write_imagecasx_reports,
+    )
     from vesselfm.metrics.report import REPORT_FILES, write_reports
 
     if output in (None, "", "???"):
@@ -376,9 +464,27 @@ def evaluate_folders(
     if not 0.0 <= float(threshold) <= 1.0:
         raise UserError(f"threshold must be in [0, 1], got {threshold}")
     names = list(_select(metrics))
-    output = check_output_dir(output, "output", REPORT_FILES, overwrite)
+    centerline_dir = (
+        _folder(centerlines, "centerlines", "<case>.coronary_left/right_centerline.vtk files")
+        if centerlines not in (None, "")
+        else None
+    )
+    table = read_descriptors(descriptors) if descriptors not in (None, "") else None
+    output = check_output_dir(output, "output", REPORT_FILES + IMAGECASX_FILES, overwrite)
 
     cases, unpredicted = pair_cases(pred_dir, gt, prob_dir)
+    if centerline_dir is not None or image not in (None, ""):
+        scans = _scans(image) if image not in (None, "") else {}
+        if scans:
+            absent = [c.case for c in cases if c.case not in scans]
+            if absent:
+                log.warning(
+                    "image=%s: no scan for %d case(s) (%s): their local-Dice HU is empty",
+                    image,
+                    len(absent),
+                    ", ".join(absent[:5]),
+                )
+        cases = [replace(c, centerlines=centerline_dir, image=scans.get(c.case)) for c in cases]
     if expected is not None:
         wanted = set(expected)
         have = {c.case for c in cases}
@@ -421,12 +527,16 @@ def evaluate_folders(
     rows: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
 
+    points: dict[str, list[dict[str, Any]]] = {}
+
     def collect(case: str, row: dict[str, Any] | None, error: str | None) -> None:
         if error is not None:
             errors[case] = error
             log.error("case %s: %s", case, error)
         else:
-            rows[case] = row  # type: ignore[assignment]
+            assert row is not None
+            points[case] = row.pop(POINTS_KEY, [])
+            rows[case] = row
 
     bar = tqdm(total=len(cases), desc="evaluate", unit="case")
     if workers == 1:
@@ -451,6 +561,15 @@ def evaluate_folders(
         expected=total,
         missing={"missing_predictions": unpredicted},
         failed=failed,
+    )
+    paths.update(
+        write_imagecasx_reports(
+            ordered,
+            [p for c in cases for p in points.get(c.case, [])],
+            output,
+            centerlines=centerline_dir is not None,
+            descriptors=table,
+        )
     )
     log.info(
         "scored %d of %d case(s); wrote %s",
