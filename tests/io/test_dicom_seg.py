@@ -227,3 +227,20 @@ def test_evaluate_scores_seg_predictions_as_the_nifti_ones(
     assert len(rows["nifti"]) == 1 and 0 < rows["nifti"][0]["dice"] < 1
     assert rows["dicom_seg"] == rows["nifti"]
     assert rows["seg.nrrd"] == rows["nifti"]
+
+
+def test_visualise_meshes_a_seg_prediction_as_the_nifti_one(
+    tmp_path: Path, oblique: tuple[Volume, dict[str, pydicom.Dataset]]
+) -> None:
+    from stl import mesh
+
+    from vesselfm.viz import visualise_case
+
+    scan, _ = oblique
+    meshes = {}
+    for ext in (".nii.gz", ".dcm"):
+        pred = write_like(_mask(), scan, tmp_path / ext.strip(".") / f"study_pred{ext}")
+        written = visualise_case(pred, pred.parent / "viz", stl=True, html=False, png=False)
+        meshes[ext] = mesh.Mesh.from_file(str(written["pred_stl"])).vectors
+    assert meshes[".dcm"].shape == meshes[".nii.gz"].shape and len(meshes[".dcm"]) > 100
+    np.testing.assert_allclose(meshes[".dcm"], meshes[".nii.gz"], atol=1e-4)

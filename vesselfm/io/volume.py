@@ -305,8 +305,9 @@ def read_volume(
     """Read and validate a 3D volume file, or a DICOM series (a folder or a ``.zip``).
 
     Args:
-        path: a file named with one of :data:`~vesselfm.io.names.EXTENSIONS`, or a folder or
-            ``.zip`` of a DICOM study (:mod:`vesselfm.io.dicom`).
+        path: a file named with one of :data:`~vesselfm.io.names.EXTENSIONS`, a DICOM-SEG
+            ``.dcm`` (:mod:`vesselfm.io.dicom_seg`: its labelmap on its series' grid), or a
+            folder or ``.zip`` of a DICOM study (:mod:`vesselfm.io.dicom`).
         series: DICOM only: the SeriesInstanceUID or SeriesNumber to read; ``None``: the one
             :func:`vesselfm.io.dicom.selection` set, else the CT series with the most slices.
         phase: DICOM only: the cardiac phase (NominalPercentageOfCardiacPhase, else
