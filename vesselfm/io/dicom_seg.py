@@ -160,7 +160,10 @@ def source_frames(mask: np.ndarray, affine: np.ndarray, sources: Sequence[Any]) 
         and np.abs(origin - to_lps[:3, :3] @ [0, 0, k] - to_lps[:3, 3]).max() <= SAME_GRID_MM
         for k, (origin, axes, _) in enumerate(geometry)
     ):
-        return np.ascontiguousarray(mask.transpose(2, 1, 0))
+        # (X, Y, Z) -> (Z, Y, X) in two steps: several times faster than one for 512² slices
+        return np.ascontiguousarray(
+            np.ascontiguousarray(mask.transpose(0, 2, 1)).transpose(1, 2, 0)
+        )
     to_index = np.linalg.inv(to_lps)
     frames = np.zeros((len(sources), rows, columns), dtype=mask.dtype)
     jj, ii = np.meshgrid(np.arange(rows), np.arange(columns), indexing="ij")
@@ -208,14 +211,13 @@ def build_segmentation(
         if labels.dtype.kind == "f" and not np.isin(labels, (0, 1)).all():
             raise ValueError("a DICOM-SEG holds labels (a 0/1 mask), not probabilities")
         labels = labels.astype(np.uint8)
-    values = np.unique(labels)
-    allowed = {0, *(int(s.label) for s in segments)}
-    unknown = [int(v) for v in values if int(v) not in allowed]
-    if unknown:
-        raise ValueError(f"labels {unknown} have no segment (segments: {sorted(allowed - {0})})")
-    frames = source_frames(
-        labels.astype(np.uint16 if values.max() > 255 else np.uint8), affine, sources
-    )
+    # the segments are numbered 1..N: any value in [0, N] has one
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if low < 0 or high > len(segments):
+        raise ValueError(
+            f"labels from {low} to {high}, but the segments are numbered 1..{len(segments)}"
+        )
+    frames = source_frames(labels.astype(np.uint8 if high <= 255 else np.uint16), affine, sources)
     return hd.seg.Segmentation(
         source_images=list(sources),
         pixel_array=frames,
