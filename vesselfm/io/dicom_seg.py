@@ -135,6 +135,13 @@ def slice_geometry(ds: Any) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     return _floats(ds.ImagePositionPatient), axes, (int(ds.Rows), int(ds.Columns))
 
 
+def reversed_axes(array: np.ndarray) -> np.ndarray:
+    """``array`` ``(A, B, C)`` as a contiguous ``(C, B, A)`` (volume ``(X, Y, Z)`` ↔ frames
+    ``(slices, rows, columns)``), copied in two steps that each swap two axes: several times
+    faster than one copy of the reversed view for 512² slices."""
+    return np.ascontiguousarray(np.ascontiguousarray(array.transpose(0, 2, 1)).transpose(1, 2, 0))
+
+
 def source_frames(mask: np.ndarray, affine: np.ndarray, sources: Sequence[Any]) -> np.ndarray:
     """The mask on each source slice's pixels: ``(slices, rows, columns)``.
 
@@ -160,10 +167,7 @@ def source_frames(mask: np.ndarray, affine: np.ndarray, sources: Sequence[Any]) 
         and np.abs(origin - to_lps[:3, :3] @ [0, 0, k] - to_lps[:3, 3]).max() <= SAME_GRID_MM
         for k, (origin, axes, _) in enumerate(geometry)
     ):
-        # (X, Y, Z) -> (Z, Y, X) in two steps: several times faster than one for 512² slices
-        return np.ascontiguousarray(
-            np.ascontiguousarray(mask.transpose(0, 2, 1)).transpose(1, 2, 0)
-        )
+        return reversed_axes(mask)
     to_index = np.linalg.inv(to_lps)
     frames = np.zeros((len(sources), rows, columns), dtype=mask.dtype)
     jj, ii = np.meshgrid(np.arange(rows), np.arange(columns), indexing="ij")
@@ -359,7 +363,7 @@ def read_file(
         )
     except Exception as err:  # noqa: BLE001 - highdicom and pydicom's decoders raise many kinds
         raise VolumeError(f"{where}: cannot decode the segmentation ({err})") from err
-    array = np.ascontiguousarray(np.asarray(frames).transpose(2, 1, 0))
+    array = reversed_axes(np.asarray(frames))
     if dtype is not None:
         array = array.astype(dtype)
     elif array.max(initial=0) <= 255:
