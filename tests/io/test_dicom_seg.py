@@ -200,8 +200,16 @@ def test_dicom_seg_names_formats_and_refusals(tmp_path: Path) -> None:
     a_slice = sorted(folder.iterdir())[0]
     with pytest.raises(VolumeError, match="not a DICOM Segmentation.*folder or .zip"):
         read_volume(a_slice)
+    # a multi-frame (Enhanced CT) source has no per-slice position: refused, nothing written
+    series = read_volume(folder)
+    enhanced = series.native.sources[0].copy()
+    del enhanced.ImagePositionPatient
+    header = dataclasses.replace(series.native, sources=(enhanced,))
+    with pytest.raises(VolumeError, match="single-frame CT slices only"):
+        write_like(_mask(), dataclasses.replace(series, native=header), out / "e_pred.dcm")
+    assert not out.exists() or not list(out.iterdir())
     # SEG predictions are found as <case>_pred files
-    write_like(_mask(), read_volume(folder), tmp_path / "preds" / "s_pred.dcm")
+    write_like(_mask(), series, tmp_path / "preds" / "s_pred.dcm")
     assert find_outputs(tmp_path / "preds", "prediction", "pred") == {
         "s": tmp_path / "preds" / "s_pred.dcm"
     }

@@ -34,8 +34,10 @@ it is in the ``formats`` extra and imported only here.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,18 @@ SERIES_NUMBER = 1000
 SERIES_DESCRIPTION = "vesselFM coronary artery lumen"
 #: largest distance (mm) between a source slice's pixel grid and the volume's for "same grid"
 SAME_GRID_MM = 1e-3
+
+
+@contextlib.contextmanager
+def _quiet_highdicom() -> Iterator[None]:
+    """highdicom logs each module it copies at INFO: a dozen lines per SEG in a run's log."""
+    logger = logging.getLogger("highdicom")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def highdicom_module(where: str) -> Any:
@@ -189,6 +203,12 @@ def _sources_of(like: Any, target: str | os.PathLike[str]) -> tuple[Any, ...]:
             "is not one; give a DICOM series (a folder or .zip) or choose output_format=nifti, "
             "nrrd, mha or seg.nrrd"
         )
+    if any("ImagePositionPatient" not in ds or "PixelSpacing" not in ds for ds in sources):
+        raise VolumeError(
+            f"{target}: DICOM-SEG output is written over single-frame CT slices only, and this "
+            "series is a multi-frame (Enhanced CT) object; choose output_format=nifti, nrrd, mha "
+            "or seg.nrrd"
+        )
     return sources
 
 
@@ -260,7 +280,8 @@ def write_like(
     """
     sources = _sources_of(like, target)
     highdicom_module(str(target))
-    seg = build_segmentation(array, affine, sources, segments)
+    with _quiet_highdicom():
+        seg = build_segmentation(array, affine, sources, segments)
     seg.save_as(str(target), enforce_file_format=True)
 
 
@@ -357,10 +378,11 @@ def read_file(
         )
     shape, affine_lps, uids = _grid(ds, where)
     try:
-        seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
-        frames = seg.get_pixels_by_source_instance(
-            uids, combine_segments=True, assert_missing_frames_are_empty=True
-        )
+        with _quiet_highdicom():
+            seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
+            frames = seg.get_pixels_by_source_instance(
+                uids, combine_segments=True, assert_missing_frames_are_empty=True
+            )
     except Exception as err:  # noqa: BLE001 - highdicom and pydicom's decoders raise many kinds
         raise VolumeError(f"{where}: cannot decode the segmentation ({err})") from err
     array = reversed_axes(np.asarray(frames))
