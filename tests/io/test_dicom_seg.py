@@ -3,6 +3,7 @@ the ``.seg.nrrd`` of the same series (pynrrd); evaluate on SEG predictions."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from vesselfm.io import (
     read_volume,
     role_of,
     write_like,
+    write_volume,
 )
 from vesselfm.io.dicom_seg import source_frames
 
@@ -193,6 +195,8 @@ def test_dicom_seg_names_formats_and_refusals(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(VolumeError, match="needs a DICOM series input"):
         write_like(np.zeros(SHAPE, np.uint8), nifti, out / "a_pred.dcm")
+    with pytest.raises(VolumeError, match=r"b_pred.dcm: output_format=dicom_seg needs a DICOM"):
+        write_volume(np.zeros(SHAPE, np.uint8), np.eye(4), out / "b_pred.dcm")
     assert not out.exists() or not list(out.iterdir())
     # a slice of a series is not a SEG
     image, _ = tube_phantom(shape=SHAPE)
@@ -202,10 +206,10 @@ def test_dicom_seg_names_formats_and_refusals(tmp_path: Path) -> None:
         read_volume(a_slice)
     # a multi-frame (Enhanced CT) source has no per-slice position: refused, nothing written
     series = read_volume(folder)
-    enhanced = series.native.sources[0].copy()
+    enhanced = copy.deepcopy(series.native.sources[0])
     del enhanced.ImagePositionPatient
     header = dataclasses.replace(series.native, sources=(enhanced,))
-    with pytest.raises(VolumeError, match="single-frame CT slices only"):
+    with pytest.raises(VolumeError, match=r"e_pred.dcm: DICOM-SEG .* single-frame CT slices"):
         write_like(_mask(), dataclasses.replace(series, native=header), out / "e_pred.dcm")
     assert not out.exists() or not list(out.iterdir())
     # SEG predictions are found as <case>_pred files

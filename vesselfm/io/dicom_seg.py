@@ -195,7 +195,13 @@ def source_frames(mask: np.ndarray, affine: np.ndarray, sources: Sequence[Any]) 
     return frames
 
 
-def _sources_of(like: Any, target: str | os.PathLike[str]) -> tuple[Any, ...]:
+def check_sources(like: Any, target: str | os.PathLike[str]) -> tuple[Any, ...]:
+    """The source slices of the :class:`~vesselfm.io.dicom.DicomHeader` ``like``, checked
+    before anything is written.
+
+    Raises:
+        VolumeError: none (not a DICOM input), or a multi-frame source; naming ``target``.
+    """
     sources = tuple(getattr(like, "sources", ()) or ())
     if not sources:
         raise VolumeError(
@@ -278,7 +284,7 @@ def write_like(
             installed.
         ValueError: values that are not a labelmap of ``segments``.
     """
-    sources = _sources_of(like, target)
+    sources = check_sources(like, target)
     highdicom_module(str(target))
     with _quiet_highdicom():
         seg = build_segmentation(array, affine, sources, segments)
@@ -288,9 +294,10 @@ def write_like(
 def write_new(
     array: np.ndarray, affine: np.ndarray, target: str | os.PathLike[str], description: str = ""
 ) -> None:
-    """A DICOM-SEG cannot be written without its source series."""
+    """A DICOM-SEG cannot be written without its source series
+    (:func:`vesselfm.io.write_volume` refuses it first)."""
     del array, affine, description
-    _sources_of(None, target)
+    check_sources(None, target)
 
 
 def _frame_items(ds: Any, where: str) -> list[tuple[np.ndarray, str]]:

@@ -403,6 +403,7 @@ def write_like(array: np.ndarray, like: Volume, target: str | os.PathLike[str]) 
             if like.format != "dicom":
                 raise _not_dicom(like.where, fmt)
             native = like.native
+            _codec(fmt).check_sources(native, target)  # naming the target, not its temporary
         else:
             native = like.native if CODECS.get(like.format) == "vesselfm.io.itk" else None
         with atomic_path(target) as tmp:
@@ -444,7 +445,10 @@ def write_volume(
     from vesselfm.utils.io import atomic_path
 
     target = Path(target)
-    codec = _codec(_write_format(target))
+    fmt = _write_format(target)
+    if fmt in NEEDS_DICOM_INPUT:  # no input, so no series to reference
+        raise _not_dicom(target, fmt)
+    codec = _codec(fmt)
     with atomic_path(target) as tmp:
         codec.write_new(np.asarray(array), np.asarray(affine, dtype=np.float64), tmp, description)
     return target
