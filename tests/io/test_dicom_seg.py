@@ -256,3 +256,31 @@ def test_visualise_meshes_a_seg_prediction_as_the_nifti_one(
         meshes[ext] = mesh.Mesh.from_file(str(written["pred_stl"])).vectors
     assert meshes[".dcm"].shape == meshes[".nii.gz"].shape and len(meshes[".dcm"]) > 100
     np.testing.assert_allclose(meshes[".dcm"], meshes[".nii.gz"], atol=1e-4)
+
+
+def test_several_named_segments_make_one_seg_read_back_as_their_labelmap(tmp_path: Path) -> None:
+    from vesselfm.io.dicom_seg import write_like as write_seg
+    from vesselfm.io.terminology import VESSEL, Code, Segment
+
+    image, _ = tube_phantom(shape=SHAPE)
+    write_series(tmp_path / "study", image)
+    scan = read_volume(tmp_path / "study")
+    other = Segment(
+        label=2,
+        name="other vessel",
+        color=(0.2, 0.4, 0.8),
+        category=Code("SCT", "85756007", "Tissue"),
+        type=Code("SCT", "59820001", "Blood vessel"),
+    )
+    labels = _mask()
+    labels[10:14, 4:8, 5:7] = 2
+    target = tmp_path / "s_pred.dcm"
+    write_seg(labels, scan.affine, scan.native, target, segments=(VESSEL, other))
+    ds = pydicom.dcmread(target)
+    assert [(s.SegmentNumber, s.SegmentLabel) for s in ds.SegmentSequence] == [
+        (1, "coronary artery lumen"),
+        (2, "other vessel"),
+    ]
+    np.testing.assert_array_equal(read_volume(target).array, labels)
+    with pytest.raises(ValueError, match="numbered 1..1"):
+        write_seg(labels, scan.affine, scan.native, tmp_path / "x_pred.dcm")
