@@ -216,7 +216,8 @@ def test_output_format_defaults_to_the_input_format() -> None:
     assert output_format_for("a.mhd") == "mha"
     assert output_format_for("a.mha", "nifti") == "nifti"
     with pytest.raises(
-        ValueError, match=r"^output_format must be one of nifti\|nrrd\|mha\|seg\.nrrd .*'dicom'"
+        ValueError,
+        match=r"^output_format must be one of nifti\|nrrd\|mha\|seg\.nrrd\|dicom_seg .*'dicom'",
     ):
         output_format_for("a.nii", "dicom")
 

@@ -13,6 +13,8 @@ Everything that knows about file names and file formats lives here, so that a ne
 - :mod:`~vesselfm.io.nifti` (nibabel), :mod:`~vesselfm.io.itk` (SimpleITK: NRRD, MetaImage) and
   :mod:`~vesselfm.io.slicer` (pynrrd: 3D Slicer's ``.seg.nrrd``): the readers and writers of
   each format, by the table :data:`~vesselfm.io.volume.CODECS`.
+- :mod:`~vesselfm.io.dicom` (pydicom: DICOM CT series) and :mod:`~vesselfm.io.dicom_seg`
+  (highdicom: DICOM-SEG output over such a series, and its reader).
 - :mod:`~vesselfm.io.terminology`: the vessel segment's name, colour and SNOMED CT codes.
 - :mod:`~vesselfm.io.grid`: :func:`check_same_grid`.
 - :mod:`~vesselfm.io.frames`: voxel orders and world frames (:func:`ras_voxel_order`).

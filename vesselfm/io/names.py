@@ -22,8 +22,10 @@ refused (:func:`case_id_problem`), and ids that clash within a run get their par
 name prefixed (:func:`unique_case_ids`).
 
 ``<ext>`` is ``.nii.gz``, ``.nii`` (NIfTI), ``.nrrd`` (NRRD), ``.seg.nrrd`` (3D Slicer
-segmentation), ``.mha`` or ``.mhd`` (MetaImage). New formats (``.dcm``) are added to :data:`EXTENSIONS` (longest first) and to the
-readers of :mod:`vesselfm.io.volume`; nothing else here changes.
+segmentation), ``.mha`` or ``.mhd`` (MetaImage); and, for a prediction only, ``.dcm`` (a DICOM-SEG,
+``<id>_pred.dcm``): any other ``.dcm`` is one slice of a DICOM series, read with its folder, never
+a volume of its own (:data:`PREDICTION_EXTENSIONS`). New formats are added to :data:`EXTENSIONS`
+(longest first) and to the readers of :mod:`vesselfm.io.volume`; nothing else here changes.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ Role = Literal["image", "label", "prediction", "probability"]
 #: The volume file extensions read, longest first so that a longer one wins (``.seg.nrrd``
 #: before ``.nrrd``: ``1_pred.seg.nrrd`` is case ``1``). A ``.mhd``'s data file (``.raw``, ``.zraw``) is not a volume file.
 EXTENSIONS: tuple[str, ...] = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd")
+#: Extensions that name a volume only as a prediction, ``<id>_pred<ext>``: ``.dcm``, our DICOM-SEG
+#: (a DICOM series' slices are ``.dcm`` files too; they are read with their folder, not one by one)
+PREDICTION_EXTENSIONS: tuple[str, ...] = (".dcm",)
 #: Per role, the tags a stem may end in (all but prediction/probability may also have none).
 ROLE_TAGS: Mapping[str, tuple[str, ...]] = {
     "image": (".img", "_0000"),
@@ -54,13 +59,18 @@ OUTPUT_ROLES: tuple[str, ...] = ("prediction", "probability")
 
 
 def split_extension(name: str) -> tuple[str, str]:
-    """``(stem, ext)`` of a file name; ``ext`` is ``""`` when no :data:`EXTENSIONS` entry matches.
+    """``(stem, ext)`` of a file name; ``ext`` is ``""`` when no :data:`EXTENSIONS` entry matches
+    (nor a :data:`PREDICTION_EXTENSIONS` one after a ``_pred`` stem).
 
-    ``"1.img.nii.gz"`` → ``("1.img", ".nii.gz")``; ``"S.NII.GZ"`` → ``("S", ".NII.GZ")``.
+    ``"1.img.nii.gz"`` → ``("1.img", ".nii.gz")``; ``"S.NII.GZ"`` → ``("S", ".NII.GZ")``;
+    ``"1_pred.dcm"`` → ``("1_pred", ".dcm")``; ``"IM0001.dcm"`` → ``("IM0001.dcm", "")``.
     """
     lower = name.lower()
     for ext in EXTENSIONS:
         if lower.endswith(ext):
+            return name[: -len(ext)], name[-len(ext) :]
+    for ext in PREDICTION_EXTENSIONS:
+        if lower.endswith(ext) and _tag(name[: -len(ext)], "prediction") is not None:
             return name[: -len(ext)], name[-len(ext) :]
     return name, ""
 

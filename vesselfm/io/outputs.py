@@ -1,6 +1,6 @@
-"""Output names (``<case>_pred.nii.gz``/``.nrrd``/``.mha``/``.seg.nrrd``, ``<case>_prob.<same>``,
-``<case>_pred.stl``), finding
-them again, and the checks that an output folder and a case's outputs may be written."""
+"""Output names (``<case>_pred.nii.gz``/``.nrrd``/``.mha``/``.seg.nrrd``/``.dcm`` (DICOM-SEG),
+``<case>_prob.<same>`` (NIfTI beside a DICOM-SEG), ``<case>_pred.stl``), finding them again, and
+the checks that an output folder and a case's outputs may be written."""
 
 from __future__ import annotations
 
@@ -38,9 +38,10 @@ def output_paths(
 ) -> dict[str, Path]:
     """``{"pred", "prob", "mesh"}`` paths of a case's outputs in ``output_dir``, the volumes in
     ``output_format`` (one of :data:`~vesselfm.io.volume.OUTPUT_FORMATS`: ``<case>_pred.nii.gz``,
-    ``.nrrd``, ``.mha`` or ``.seg.nrrd``). A ``seg.nrrd`` holds the mask only: the probabilities
-    beside it are ``<case>_prob.nii.gz`` for an ``input_format`` ``nifti`` (or ``None``), else
-    ``<case>_prob.nrrd`` (:func:`~vesselfm.io.volume.probability_format`).
+    ``.nrrd``, ``.mha``, ``.seg.nrrd`` or ``.dcm``). A ``seg.nrrd`` or a DICOM-SEG holds the mask
+    only: the probabilities beside it are ``<case>_prob.nii.gz`` for an ``input_format`` ``nifti``
+    or ``dicom`` (or ``None``), else ``<case>_prob.nrrd``
+    (:func:`~vesselfm.io.volume.probability_format`).
 
     Raises:
         ValueError: an unknown ``output_format``, listing the known ones.
@@ -58,7 +59,9 @@ def output_paths(
 
 def find_outputs(folder: str | os.PathLike[str], role: str, key: str) -> dict[str, Path]:
     """``{case: file}`` of the ``<case>_pred``/``<case>_prob`` volume files in ``folder`` (not
-    recursive, hidden files left out).
+    recursive, hidden files left out), our DICOM-SEGs (``<case>_pred.dcm``) and Slicer
+    segmentations (``<case>_pred.seg.nrrd``) among them. Where a case has several (one run
+    with ``output_format=[dicom_seg,seg.nrrd]``), the last by name is taken: they hold one mask.
 
     Raises:
         UserError: a file whose name gives a refused id (``_pred.nii.gz``).

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from vesselfm.io.names import EXTENSIONS, split_extension
+from vesselfm.io.names import EXTENSIONS, PREDICTION_EXTENSIONS, split_extension
 from vesselfm.utils.errors import UserError
 
 #: the formats :func:`read_volume` reads, by extension (lower case); ``mha`` is MetaImage, in one
@@ -40,16 +40,19 @@ FORMATS: dict[str, str] = {
     ".nrrd": "nrrd",
     ".mha": "mha",
     ".mhd": "mha",
+    # a DICOM-SEG: read as a volume when named <case>_pred.dcm (or given as a file)
+    ".dcm": "dicom_seg",
 }
-assert set(FORMATS) == set(EXTENSIONS)
+assert set(FORMATS) == set(EXTENSIONS) | set(PREDICTION_EXTENSIONS)
 #: the module of :mod:`vesselfm.io` that reads and writes each format (``read_file``,
-#: ``read_bytes``, ``write_like``, ``write_new``); DICOM joins here
+#: ``read_bytes``, ``write_like``, ``write_new``)
 CODECS: dict[str, str] = {
     "nifti": "vesselfm.io.nifti",
     "nrrd": "vesselfm.io.itk",
     "mha": "vesselfm.io.itk",
     "seg.nrrd": "vesselfm.io.slicer",
     "dicom": "vesselfm.io.dicom",
+    "dicom_seg": "vesselfm.io.dicom_seg",
 }
 #: the values of ``output_format=`` and the extension of the files written in each
 OUTPUT_FORMATS: dict[str, str] = {
@@ -57,6 +60,7 @@ OUTPUT_FORMATS: dict[str, str] = {
     "nrrd": ".nrrd",
     "mha": ".mha",
     "seg.nrrd": ".seg.nrrd",
+    "dicom_seg": ".dcm",
 }
 #: the output format of an input of each format when ``output_format=`` is not given
 DEFAULT_OUTPUT_FORMAT: dict[str, str] = {
@@ -64,13 +68,13 @@ DEFAULT_OUTPUT_FORMAT: dict[str, str] = {
     "nrrd": "nrrd",
     "mha": "mha",
     "seg.nrrd": "seg.nrrd",
-    # until DICOM-SEG output exists (output_format=dicom_seg, the next step), a DICOM series'
-    # masks are NIfTI on its grid
-    "dicom": "nifti",
+    "dicom": "dicom_seg",
 }
 #: formats that hold a labelmap only: probabilities of an output in one are written in the
-#: input's own image format instead (NIfTI for NIfTI input, else NRRD)
-MASK_ONLY_FORMATS: frozenset[str] = frozenset({"seg.nrrd"})
+#: input's own image format instead (NIfTI for NIfTI and DICOM input, else NRRD)
+MASK_ONLY_FORMATS: frozenset[str] = frozenset({"seg.nrrd", "dicom_seg"})
+#: output formats that reference the DICOM series the input was (``dicom_seg``)
+NEEDS_DICOM_INPUT: frozenset[str] = frozenset({"dicom_seg"})
 #: the extensions written (a ``.mhd`` is never written: its data file could not be replaced
 #: atomically with it)
 WRITE_EXTENSIONS: tuple[str, ...] = tuple(e for e in FORMATS if e != ".mhd")
@@ -90,7 +94,8 @@ class Volume:
             another.
         affine: 4×4 float64 voxel-index-to-world matrix, RAS mm (nibabel's frame).
         where: the file, for messages (``archive.zip::member`` for a member of an archive).
-        format: the file's format (``"nifti"``, ``"nrrd"`` or ``"mha"``).
+        format: the file's format (``"nifti"``, ``"nrrd"``, ``"mha"``, ``"seg.nrrd"``,
+            ``"dicom"`` for a series, ``"dicom_seg"`` for a DICOM-SEG).
         path: the file on disk, ``None`` for one read from bytes.
         native: the format's header, kept for :func:`write_like`; opaque to callers.
 
@@ -208,25 +213,47 @@ def check_output_formats(value: Any, key: str = "output_format") -> tuple[str, .
     )
 
 
+def _not_dicom(where: str | os.PathLike[str], fmt: str) -> VolumeError:
+    others = "|".join(f for f in OUTPUT_FORMATS if f not in NEEDS_DICOM_INPUT)
+    return VolumeError(
+        f"{where}: output_format={fmt} needs a DICOM series input (a folder or .zip): a "
+        f"DICOM-SEG references the series it was made from, and this input has none; choose "
+        f"output_format={others}"
+    )
+
+
+def _check_input_for(path: str | os.PathLike[str], fmt: str) -> str:
+    if fmt in NEEDS_DICOM_INPUT and format_of(path) != "dicom":
+        raise _not_dicom(path, fmt)
+    return fmt
+
+
 def output_format_for(path: str | os.PathLike[str], output_format: str | None = None) -> str:
     """The format of the outputs of the input ``path``: ``output_format`` when given, else the
-    input's own (:data:`DEFAULT_OUTPUT_FORMAT`; NIfTI for a name of no known format)."""
+    input's own (:data:`DEFAULT_OUTPUT_FORMAT`; NIfTI for a name of no known format).
+
+    Raises:
+        ValueError: an unknown ``output_format``, listing the known ones.
+        VolumeError: ``dicom_seg`` for an input that is not a DICOM series.
+    """
     chosen = check_output_format(output_format)
     if chosen is not None:
-        return chosen
+        return _check_input_for(path, chosen)
     return DEFAULT_OUTPUT_FORMAT.get(format_of(path) or "nifti", "nifti")
 
 
 def output_formats_for(path: str | os.PathLike[str], output_format: Any = None) -> tuple[str, ...]:
     """:func:`output_format_for` of one format or a list (:func:`check_output_formats`)."""
     chosen = check_output_formats(output_format)
-    return chosen if chosen is not None else (output_format_for(path),)
+    if chosen is None:
+        return (output_format_for(path),)
+    return tuple(_check_input_for(path, fmt) for fmt in chosen)
 
 
 def probability_format(output_format: str, input_format: str | None) -> str:
     """The format of ``<case>_prob`` beside a ``<case>_pred`` in ``output_format``: the same,
-    unless that format holds labelmaps only (``seg.nrrd``): then NIfTI for a NIfTI input (or
-    one of unknown format), else NRRD."""
+    unless that format holds labelmaps only (``seg.nrrd``, ``dicom_seg``): then NIfTI for a
+    NIfTI or DICOM input (or one of unknown format), else NRRD."""
     if output_format not in MASK_ONLY_FORMATS:
         return output_format
     return "nifti" if input_format in (None, "nifti", "dicom") else "nrrd"
@@ -234,6 +261,8 @@ def probability_format(output_format: str, input_format: str | None) -> str:
 
 def _format(where: str, name: str) -> str:
     ext = split_extension(name)[1].lower()
+    if not ext and name.lower().endswith(tuple(PREDICTION_EXTENSIONS)):
+        ext = next(e for e in PREDICTION_EXTENSIONS if name.lower().endswith(e))
     if not ext:
         allowed = ", ".join(EXTENSIONS)
         raise VolumeError(f"{where}: not a volume file of a known format; expected {allowed}")
@@ -281,8 +310,9 @@ def read_volume(
     """Read and validate a 3D volume file, or a DICOM series (a folder or a ``.zip``).
 
     Args:
-        path: a file named with one of :data:`~vesselfm.io.names.EXTENSIONS`, or a folder or
-            ``.zip`` of a DICOM study (:mod:`vesselfm.io.dicom`).
+        path: a file named with one of :data:`~vesselfm.io.names.EXTENSIONS`, a DICOM-SEG
+            ``.dcm`` (:mod:`vesselfm.io.dicom_seg`: its labelmap on its series' grid), or a
+            folder or ``.zip`` of a DICOM study (:mod:`vesselfm.io.dicom`).
         series: DICOM only: the SeriesInstanceUID or SeriesNumber to read; ``None``: the one
             :func:`vesselfm.io.dicom.selection` set, else the CT series with the most slices.
         phase: DICOM only: the cardiac phase (NominalPercentageOfCardiacPhase, else
@@ -330,6 +360,8 @@ def read_volume_bytes(data: bytes, name: str, dtype: np.dtype | type | None = No
 
 def _write_format(target: Path) -> str:
     ext = split_extension(target.name)[1].lower()
+    if not ext and target.name.lower().endswith(tuple(PREDICTION_EXTENSIONS)):
+        ext = next(e for e in PREDICTION_EXTENSIONS if target.name.lower().endswith(e))
     if ext not in WRITE_EXTENSIONS:
         raise ValueError(
             f"{target}: volumes are written as {', '.join(WRITE_EXTENSIONS)}; name it so"
@@ -351,7 +383,9 @@ def write_like(array: np.ndarray, like: Volume, target: str | os.PathLike[str]) 
         array: ``(X, Y, Z)`` of ``like``'s shape (uint8 0/1 for a mask, float32 for
             probabilities).
         like: the volume the output belongs to (the input scan).
-        target: the output file, named ``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``.
+        target: the output file, named ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.seg.nrrd``
+            (a 3D Slicer segmentation) or ``.dcm`` (a DICOM-SEG over ``like``'s DICOM series:
+            :mod:`vesselfm.io.dicom_seg`; its frames lie on the series' slices).
 
     Returns:
         ``target``.
@@ -359,7 +393,8 @@ def write_like(array: np.ndarray, like: Volume, target: str | os.PathLike[str]) 
     Raises:
         ValueError: ``array``'s shape is not ``like``'s, or ``target``'s name is not one of a
             format written.
-        VolumeError: writing NRRD/MetaImage without SimpleITK installed.
+        VolumeError: writing NRRD/MetaImage without SimpleITK installed; a ``.dcm`` for a
+            ``like`` that is not a DICOM series.
     """
     from vesselfm.utils.io import atomic_path
 
@@ -369,8 +404,14 @@ def write_like(array: np.ndarray, like: Volume, target: str | os.PathLike[str]) 
         raise ValueError(f"output shape {tuple(array.shape)} differs from the input's {like.shape}")
     fmt = _write_format(target)
     if fmt in MASK_ONLY_FORMATS:  # its own writer, given the input's header when it has one
-        with atomic_path(target) as tmp:
+        if fmt in NEEDS_DICOM_INPUT:
+            if like.format != "dicom":
+                raise _not_dicom(like.where, fmt)
+            native = like.native
+            _codec(fmt).check_sources(native, target)  # naming the target, not its temporary
+        else:
             native = like.native if CODECS.get(like.format) == "vesselfm.io.itk" else None
+        with atomic_path(target) as tmp:
             _codec(fmt).write_like(array, like.affine, native, tmp)
         return target
     if like.native is None or CODECS[fmt] != CODECS.get(like.format):
@@ -409,7 +450,10 @@ def write_volume(
     from vesselfm.utils.io import atomic_path
 
     target = Path(target)
-    codec = _codec(_write_format(target))
+    fmt = _write_format(target)
+    if fmt in NEEDS_DICOM_INPUT:  # no input, so no series to reference
+        raise _not_dicom(target, fmt)
+    codec = _codec(fmt)
     with atomic_path(target) as tmp:
         codec.write_new(np.asarray(array), np.asarray(affine, dtype=np.float64), tmp, description)
     return target
