@@ -214,6 +214,7 @@ def analyse_mask(
     seg_sub = None if segments is None else np.asarray(segments)[box]
     dist = distance_mm(sub, spacing)
     inscribed = InscribedRadius(sub, sub_affine)
+    sub_float = sub.astype(np.float32)  # sampled by every cross-section
     trees = centreline_trees(
         sub,
         spacing,
@@ -245,7 +246,7 @@ def analyse_mask(
                 radius = inscribed(pts)
                 tangents = np.gradient(pts, axis=0)
                 diameter, shift = cross_section_diameter(
-                    sub, sub_affine, pts, tangents, radius, spacing
+                    sub_float, sub_affine, pts, tangents, radius, spacing
                 )
                 limit = np.maximum(max(spacing), 0.75 * radius)
                 pts = pts + np.where((np.linalg.norm(shift, axis=1) <= limit)[:, None], shift, 0.0)
