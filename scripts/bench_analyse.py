@@ -1,12 +1,12 @@
 """Seconds to analyse one full-size coronary mask (read, centreline tree, names, lumen profiles,
 stenoses, CAD-RADS, and the JSON/CSV/Markdown/PNG outputs), the target being <= 30 s on 2 cores.
 
-    python scripts/bench_analyse.py [--mask FILE] [--shape 512 512 275] [--seed 3]
+    python scripts/bench_analyse.py [--mask FILE] [--shape 512 512 275] [--seed 3] [--stenoses 2]
                                     [--repeat 3] [--cores 2] [--no-plots] [--work DIR]
 
 Without ``--mask`` the mask is the label of a synthetic coronary CTA case of ``--shape`` voxels
-(:func:`vesselfm.data.phantom.generate_phantom`: both trees with side branches and planted
-stenoses, ImageCAS-like spacing), written once as NIfTI into ``--work`` (not timed). Each repeat
+(:func:`vesselfm.data.phantom.generate_phantom`: both trees with side branches and ``--stenoses``
+planted narrowings of 30-70 %, ImageCAS-like spacing), written once as NIfTI into ``--work`` (not timed). Each repeat
 times :func:`vesselfm.analysis.analyse_file` and :func:`vesselfm.analysis.report.write_case`
 in this process (the imports are warmed up by a first, untimed run). The process is pinned to
 ``--cores`` CPUs; the load average is printed before and after, because on a shared machine
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--mask", type=Path, default=None)
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 275))
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--stenoses", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--no-plots", action="store_true")
@@ -54,10 +55,10 @@ def main() -> None:
 
         from vesselfm.data.phantom import generate_phantom
 
-        mask = work / f"phantom{args.seed}.label.nii.gz"
+        mask = work / f"phantom{args.seed}-{args.stenoses}.label.nii.gz"
         if not mask.exists():
             t0 = time.perf_counter()
-            ph = generate_phantom(tuple(args.shape), seed=args.seed)
+            ph = generate_phantom(tuple(args.shape), seed=args.seed, stenoses=args.stenoses)
             nib.save(nib.Nifti1Image(ph.label.astype(np.uint8), ph.affine), str(mask))
             print(f"phantom {tuple(args.shape)} seed {args.seed}: {time.perf_counter() - t0:.1f} s")
 
