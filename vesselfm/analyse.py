@@ -101,6 +101,12 @@ def analyse(cfg: DictConfig) -> dict[str, Any]:
     except TypeError as err:
         known = ", ".join(AnalysisSettings.__dataclass_fields__)
         raise UserError(f"analysis: unknown key ({err}); the keys are {known}") from err
+    if cfg.get("image") not in (None, ""):
+        log.warning(
+            "image=%s is not used yet: the ostium is each tree's thick end, and the reformations "
+            "that need the scan are not written",
+            cfg.image,
+        )
     masks = find_masks(str(cfg.mask))
     segments = _segments_for(cfg.get("segments"), masks)
     names = [p.name for case in masks for p in case_files(cfg.output, case).values()]

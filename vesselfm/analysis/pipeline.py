@@ -41,7 +41,8 @@ class AnalysisSettings:
         spur_factor, min_branch_mm: spur pruning (terminal edges shorter than
             ``max(min_branch_mm, spur_factor * radius at the junction)``).
         ostium_window_mm: the root is the end thickest over this length.
-        window_mm, detect_percent, edge_percent, min_degree_percent, min_reference_mm:
+        window_mm, detect_percent, edge_percent, min_degree_percent, min_reference_mm,
+        merge_gap_mm:
             stenosis detection (:func:`vesselfm.analysis.stenosis.find_lesions`).
         junction_factor: samples within this many radii of a branch point or vessel end are
             neither lesion nor reference.
@@ -58,6 +59,7 @@ class AnalysisSettings:
     edge_percent: float = 8.0
     min_degree_percent: float = 20.0
     min_reference_mm: float = 1.5
+    merge_gap_mm: float = 2.0
     junction_factor: float = 2.0
 
     def __post_init__(self) -> None:
@@ -360,6 +362,7 @@ def analyse_mask(
             edge_percent=cfg.edge_percent,
             min_degree_percent=cfg.min_degree_percent,
             min_reference_mm=cfg.min_reference_mm,
+            merge_gap_mm=cfg.merge_gap_mm,
         ):
             where = by_id = next(b for b in flat if b.id == int(owner[lesion.index]))
             del by_id

@@ -153,6 +153,7 @@ def find_lesions(
     min_degree_percent: float = 20.0,
     min_reference_mm: float = 1.5,
     min_side_mm: float = 2.0,
+    merge_gap_mm: float = 2.0,
 ) -> list[Lesion]:
     """Stenoses on one diameter profile.
 
@@ -167,6 +168,8 @@ def find_lesions(
         min_degree_percent: lesions of a smaller degree are not reported.
         min_reference_mm: lesions where the reference diameter is smaller are not graded.
         min_side_mm: healthy vessel needed on both sides for a tapering (linear) reference.
+        merge_gap_mm: lesions closer than this are one (a lesion's uneven shoulder, or tandem
+            narrowings read as one).
 
     Returns:
         Lesions in arc order.
@@ -191,7 +194,7 @@ def find_lesions(
             a -= 1
         while b < n - 1 and edge[b + 1] and ok[b + 1]:
             b += 1
-        if extents and a <= extents[-1][1] + 1:
+        if extents and s[a] - s[extents[-1][1]] <= merge_gap_mm:
             extents[-1] = (extents[-1][0], max(b, extents[-1][1]))
         else:
             extents.append((a, b))
