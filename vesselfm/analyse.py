@@ -107,6 +107,7 @@ def analyse(cfg: DictConfig) -> dict[str, Any]:
             "that need the scan are not written",
             cfg.image,
         )
+    html = bool(cfg.get("html", True))
     masks = find_masks(str(cfg.mask))
     segments = _segments_for(cfg.get("segments"), masks)
     names = [p.name for case in masks for p in case_files(cfg.output, case).values()]
@@ -121,12 +122,15 @@ def analyse(cfg: DictConfig) -> dict[str, Any]:
     errors: dict[str, str] = {}
     for case, path in masks.items():
         try:
-            result = analyse_file(path, case, segments=segments[case], settings=settings)
+            result = analyse_file(
+                path, case, segments=segments[case], settings=settings, keep_mask=html
+            )
         except (UserError, ValueError, OSError) as err:
             errors[case] = str(err).splitlines()[0]
             log.error("case %s: %s", case, errors[case])
             continue
-        paths[case] = write_case(result, output, plots=bool(cfg.get("plots", True)))
+        paths[case] = write_case(result, output, plots=bool(cfg.get("plots", True)), html=html)
+        result.pop("_mask", None)  # the cohort keeps the results, not the volumes
         results[case] = result
         log.info(
             "%s: CAD-RADS %s, %d branches, %d stenoses (automated, not a diagnosis)",

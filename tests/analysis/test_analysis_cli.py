@@ -64,7 +64,13 @@ def test_outputs_and_json_contract(compose_cfg, tmp_path, masks):
         [
             f"{c}_{k}"
             for c in ("s", "y")
-            for k in ("analysis.json", "branches.csv", "report.md", "profiles.png")
+            for k in (
+                "analysis.json",
+                "branches.csv",
+                "report.md",
+                "profiles.png",
+                "centreline.html",
+            )
         ]
         + ["summary.csv", "summary.md"]
     )
@@ -111,6 +117,10 @@ def test_outputs_and_json_contract(compose_cfg, tmp_path, masks):
     assert summary["s"]["cad_rads"] == "4A" and summary["s"]["stenoses"] == "1"
     assert summary["y"]["branches"] == "3"
     assert (out / "s_profiles.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "s_centreline.html").read_text()
+    # the centreline trace and the stenosis marker, labelled with its degree
+    degree = s["stenoses"][0]["degree_percent"]
+    assert f"{s['stenoses'][0]['branch']} {degree:.0f}%" in page and '"stenoses"' in page
 
 
 def test_segment_map_names_the_branches(compose_cfg, tmp_path):
@@ -167,7 +177,9 @@ def test_cli_writes_the_good_cases_and_fails_on_a_broken_one(tmp_path, masks):
     (folder / "y_pred.nii.gz").write_bytes((masks / "y_pred.nii.gz").read_bytes())
     (folder / "broken.label.nii.gz").write_bytes(b"not a volume")
     out = tmp_path / "out"
-    proc = run_cli("vesselfm.analyse", f"mask={folder}", f"output={out}", "plots=false")
+    proc = run_cli(
+        "vesselfm.analyse", f"mask={folder}", f"output={out}", "plots=false", "html=false"
+    )
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "broken" in errors[0] and "1 of 2" in errors[0]

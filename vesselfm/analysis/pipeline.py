@@ -422,8 +422,11 @@ def analyse_file(
     case: str,
     segments: str | os.PathLike[str] | None = None,
     settings: AnalysisSettings | None = None,
+    keep_mask: bool = False,
 ) -> dict[str, Any]:
-    """:func:`analyse_mask` of a mask file (any format :func:`vesselfm.io.read_volume` reads).
+    """:func:`analyse_mask` of a mask file (any format :func:`vesselfm.io.read_volume` reads);
+    with ``keep_mask`` the result's private ``"_mask"`` holds ``(array, affine)`` (for the 3D
+    view).
 
     Raises:
         VolumeError: the mask or the segment map cannot be read, or they are not on one grid.
@@ -436,4 +439,7 @@ def analyse_file(
         seg_vol = read_volume(segments)
         check_same_grid(seg_vol, vol, hint="give the segment map of this mask (segments=)")
         seg = np.asarray(seg_vol.array)
-    return analyse_mask(vol.array, vol.affine, case=case, segments=seg, settings=settings)
+    result = analyse_mask(vol.array, vol.affine, case=case, segments=seg, settings=settings)
+    if keep_mask:
+        result["_mask"] = (vol.array, vol.affine)
+    return result

@@ -39,6 +39,7 @@ def case_files(output: str | os.PathLike[str], case: str) -> dict[str, Path]:
         "csv": out / f"{case}_branches.csv",
         "md": out / f"{case}_report.md",
         "png": out / f"{case}_profiles.png",
+        "html": out / f"{case}_centreline.html",
     }
 
 
@@ -48,9 +49,13 @@ def public(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_case(
-    result: dict[str, Any], output: str | os.PathLike[str], plots: bool = True
+    result: dict[str, Any],
+    output: str | os.PathLike[str],
+    plots: bool = True,
+    html: bool = False,
 ) -> dict[str, Path]:
-    """Write one case's JSON, CSV, Markdown report and (with ``plots``) its profile picture."""
+    """Write one case's JSON, CSV, Markdown report, with ``plots`` its profile picture, and with
+    ``html`` its 3D view (needs the mask: ``result["_mask"] = (array, affine)``)."""
     paths = case_files(output, result["case"])
     with atomic_path(paths["json"]) as tmp:
         tmp.write_text(json.dumps(public(result), indent=1) + "\n", encoding="utf-8")
@@ -75,7 +80,68 @@ def write_case(
     written = {k: paths[k] for k in ("json", "csv", "md")}
     if plots and result["branches"] and profile_plot(result, paths["png"]):
         written["png"] = paths["png"]
+    if html and result["branches"]:
+        from vesselfm.viz.figure3d import save_html
+
+        mask, affine = result.get("_mask", (None, None))
+        written["html"] = save_html(centreline_figure(result, mask, affine), paths["html"])
     return written
+
+
+def centreline_figure(result: dict[str, Any], mask: Any = None, affine: Any = None) -> Any:
+    """A plotly 3D figure: the centreline of every branch coloured by its area-equivalent
+    diameter, stenoses as red markers labelled with their degree, over the mask's translucent
+    surface when ``mask`` and ``affine`` are given (RAS mm, as the STL and the other 3D view)."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    if mask is not None:
+        from vesselfm.viz.figure3d import make_figure
+
+        fig = make_figure(np.asarray(mask) != 0, affine, opacity=0.25, title=result["case"])
+    else:
+        fig = go.Figure()
+    top = max((max(b["diameter_mm"], default=0) for b in result["branches"]), default=1.0)
+    for k, b in enumerate(result["branches"]):
+        p = np.asarray(b["points_mm"])
+        fig.add_trace(
+            go.Scatter3d(
+                x=p[:, 0],
+                y=p[:, 1],
+                z=p[:, 2],
+                mode="lines",
+                name=f"{b['id']} {b['name']}",
+                line={
+                    "width": 6,
+                    "color": b["diameter_mm"],
+                    "colorscale": "Viridis",
+                    "cmin": 0.0,
+                    "cmax": min(top, 6.0),
+                    "showscale": k == 0,
+                    "colorbar": {"title": "diameter (mm)"},
+                },
+                hovertext=[f"{b['name']} {d:.2f} mm" for d in b["diameter_mm"]],
+                hoverinfo="text",
+            )
+        )
+    if result["stenoses"]:
+        q = np.asarray([s["position_mm"] for s in result["stenoses"]])
+        fig.add_trace(
+            go.Scatter3d(
+                x=q[:, 0],
+                y=q[:, 1],
+                z=q[:, 2],
+                mode="markers+text",
+                name="stenoses",
+                marker={"size": 6, "color": "red"},
+                text=[f"{s['branch']} {s['degree_percent']:.0f}%" for s in result["stenoses"]],
+            )
+        )
+    fig.update_layout(
+        title=f"{result['case']}: CAD-RADS {result['cad_rads']} ({NOTICE})",
+        scene={"aspectmode": "data"},
+    )
+    return fig
 
 
 def _mean(values: Sequence[float]) -> float:
