@@ -1,8 +1,9 @@
 """Seconds to analyse one full-size coronary mask (read, centreline tree, names, lumen profiles,
-stenoses, CAD-RADS, and the JSON/CSV/Markdown/PNG outputs), the target being <= 30 s on 2 cores.
+stenoses, CAD-RADS, and the JSON/CSV/Markdown/PNG/HTML outputs), the target being <= 30 s on 2
+cores.
 
     python scripts/bench_analyse.py [--mask FILE] [--shape 512 512 275] [--seed 3] [--stenoses 2]
-                                    [--repeat 3] [--cores 2] [--no-plots] [--work DIR]
+                                    [--repeat 3] [--cores 2] [--no-plots] [--no-html] [--work DIR]
 
 Without ``--mask`` the mask is the label of a synthetic coronary CTA case of ``--shape`` voxels
 (:func:`vesselfm.data.phantom.generate_phantom`: both trees with side branches and ``--stenoses``
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-html", action="store_true")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
 
@@ -74,14 +76,14 @@ def main() -> None:
     )
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     out = work / "out"
-    plots = not args.no_plots
-    result = analyse_file(mask, "bench")  # warm-up: imports, caches
-    write_case(result, out, plots=plots)
+    plots, html = not args.no_plots, not args.no_html
+    result = analyse_file(mask, "bench", keep_mask=html)  # warm-up: imports, caches
+    write_case(result, out, plots=plots, html=html)
     times, cpu = [], []
     for _ in range(args.repeat):
         t0, c0 = time.perf_counter(), time.process_time()
-        result = analyse_file(mask, "bench")
-        write_case(result, out, plots=plots)
+        result = analyse_file(mask, "bench", keep_mask=html)
+        write_case(result, out, plots=plots, html=html)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     vox = int(np.count_nonzero(np.asarray(__import__("nibabel").load(str(mask)).dataobj)))
