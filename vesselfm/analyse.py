@@ -64,7 +64,8 @@ def _segments_for(spec: str | None, masks: dict[str, Path]) -> dict[str, Path | 
                 "of segment maps named by case (<case>.coronary.nii.gz)"
             )
         return {case: path for case in masks}
-    labels = find_labels(str(spec), key="segments", exclude=list(masks.values()))
+    # the same folder may hold both: a segment map is a mask too (non-zero is lumen)
+    labels = find_labels(str(spec), key="segments")
     out = {case: match_label(case, labels) for case in masks}
     missing = [case for case, p in out.items() if p is None]
     if missing:

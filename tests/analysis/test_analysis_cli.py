@@ -125,20 +125,21 @@ def test_outputs_and_json_contract(compose_cfg, tmp_path, masks):
 
 def test_segment_map_names_the_branches(compose_cfg, tmp_path):
     """Names come from the map where one is given, even against the anatomical rule: here the
-    anterior daughter is labelled LCx (3) and the lateral one LAD (2)."""
+    anterior daughter is labelled LCx (3) and the lateral one LAD (2). The map is the mask too,
+    read from one folder for both keys, as an ImageCAS-X segmentation is."""
     world = world_grid(SHAPE, AFFINE)
     (trunk, lateral, anterior), anterior_end, lateral_end = _y(world)
     codes = np.zeros(SHAPE, np.uint8)
     codes[lateral] = 2
     codes[anterior] = 3
     codes[trunk] = 1
-    mask = (codes > 0).astype(np.uint8)
-    save_nifti(tmp_path / "m" / "7.label.nii.gz", mask, AFFINE)
+    # an ImageCAS-X segmentation is its own mask (non-zero is lumen) and segment map
     save_nifti(tmp_path / "seg" / "7.coronary.nii.gz", codes, AFFINE)
     out = tmp_path / "out"
+    folder = tmp_path / "seg"
     result = analyse(
         compose_cfg(
-            "analyse", [f"mask={tmp_path / 'm'}", f"segments={tmp_path / 'seg'}", f"output={out}"]
+            "analyse", [f"mask={folder}", f"segments={folder}", f"output={out}", "html=false"]
         )
     )
     data = result["results"]["7"]
