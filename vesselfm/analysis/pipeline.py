@@ -351,7 +351,8 @@ def analyse_mask(
         )
         owner = np.concatenate([np.full(len(c.arc) - (k > 0), c.id) for k, c in enumerate(chain)])
         junctions = [float(c.arc[0]) for c in chain] + [float(c.arc[-1]) for c in chain[:-1]]
-        ends = [float(arc[-1])] if not chain[-1].children else [float(arc[-1])]
+        # the vessel's far end: a blind tip (its cap), or the branch point where it divides
+        ends = [float(arc[-1])]
         skip = excluded_samples(arc, rad, junctions, ends, factor=cfg.junction_factor)
         for lesion in find_lesions(
             arc,
@@ -364,8 +365,7 @@ def analyse_mask(
             min_reference_mm=cfg.min_reference_mm,
             merge_gap_mm=cfg.merge_gap_mm,
         ):
-            where = by_id = next(b for b in flat if b.id == int(owner[lesion.index]))
-            del by_id
+            where = flat[int(owner[lesion.index])]
             degree = round(lesion.degree_percent, 1)
             result["stenoses"].append(
                 {
