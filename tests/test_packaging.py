@@ -73,6 +73,11 @@ LIBRARY_IMPORTS = [
         ("torch", "lightning", "hydra", "omegaconf"),
         id="io-manifest-and-phantom-without-torch",
     ),
+    pytest.param(
+        ("vesselfm.analysis", "vesselfm.analysis.report"),
+        ("torch", "lightning", "hydra", "omegaconf"),
+        id="analysis-without-torch",
+    ),
 ]
 
 
