@@ -1,7 +1,8 @@
 """Write synthetic coronary CTA phantoms in the ImageCAS layout: ``python -m vesselfm.phantom``.
 
 ``python -m vesselfm.phantom output=<dir> n=<cases> shape=[X,Y,Z] seed=<int>`` writes
-``<dir>/1-200/1.img.nii.gz`` and ``1.label.nii.gz``, ... (see ``vesselfm.data.phantom``).
+``<dir>/1-200/1.img.nii.gz`` and ``1.label.nii.gz``, ... (see ``vesselfm.data.phantom``);
+``layout=imagecasx`` writes the ImageCAS-X layout instead (``vesselfm.data.phantom.imagecasx``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def _options(cfg: DictConfig) -> dict[str, Any]:
         "calcifications": cfg.calcifications,
         "streaks": bool(cfg.streaks),
         "overwrite": bool(cfg.get("overwrite", False)),
+        "layout": str(cfg.get("layout", "imagecas")),
     }
     if spacing is not None:
         options["spacing"] = spacing

@@ -19,7 +19,13 @@ from vesselfm.data.phantom.anatomy import (
 )
 from vesselfm.data.phantom.geometry import _ball, _Grid
 from vesselfm.data.phantom.realism import _add_streaks, _finish_image
-from vesselfm.data.phantom.trees import _build_label, _calcifications, _Context
+from vesselfm.data.phantom.trees import (
+    _Branch,
+    _build_label,
+    _calcifications,
+    _Context,
+    _Variants,
+)
 
 MIN_SIDE = 32
 # The field of view (mm) the anatomy is drawn for; a larger or smaller one scales it.
@@ -47,6 +53,9 @@ class Phantom:
     spacing: tuple[float, float, float]
     case_id: str
     tissue: np.ndarray | None = field(default=None, repr=False)
+    # the coronary branches as drawn (mm from the field of view's centre), for the ImageCAS-X
+    # segment map, centrelines and stenosis records (:mod:`.imagecasx`)
+    branches: list[_Branch] | None = field(default=None, repr=False)
 
 
 def _f32(x: float, quantum: float) -> float:
@@ -90,6 +99,7 @@ def _case_setup(
     seed: int,
     spacing: Sequence[float] | None,
     stenoses: int | None,
+    variants: _Variants | None = None,
 ) -> tuple[_Grid, _Anatomy, _Context, np.ndarray]:
     """Draw the grid, the anatomy and the tree-building context of one case."""
     rng = np.random.default_rng([seed, 0])
@@ -134,6 +144,7 @@ def _case_setup(
         t_av=anat.t_av,
         t_root=anat.t_root,
         stenoses=stenoses,
+        variants=variants,
     )
     return grid, anat, ctx, origin
 
@@ -148,6 +159,7 @@ def generate_phantom(
     calcifications: int | None = None,
     streaks: bool = False,
     case_id: str | None = None,
+    coronary_variants: bool = False,
 ) -> Phantom:
     """Generate one synthetic coronary CTA case in memory.
 
@@ -164,6 +176,9 @@ def generate_phantom(
             random 0-3.
         streaks: add faint streak artefacts through the heart.
         case_id: stored in the result; default ``"phantom-<seed>"``.
+        coronary_variants: draw the anatomy ImageCAS-X labels (left-, co- and right-dominant
+            trees, a ramus intermedius) and 20-90 % stenoses recorded as rendered (see
+            :mod:`.imagecasx`); off, a seed gives the same case as before these existed.
 
     Returns:
         A ``Phantom``: ``image`` int16 HU ``(X, Y, Z)``, ``label`` uint8 0/1, ``affine``
@@ -183,7 +198,12 @@ def generate_phantom(
             f"noise_std must be a number of HU in [0, 500] or null (random), got {noise_std!r}"
         )
 
-    grid, anat, ctx, origin = _case_setup(shape, seed, spacing, stenoses)
+    variants = None
+    if coronary_variants:  # their own stream: the other draws of the seed stay as they are
+        vrng = np.random.default_rng([seed, 6])
+        dominance = str(vrng.choice(["right", "left", "co"], p=[0.5, 0.25, 0.25]))
+        variants = _Variants(dominance=dominance, ramus=bool(vrng.random() < 0.5), rng=vrng)
+    grid, anat, ctx, origin = _case_setup(shape, seed, spacing, stenoses, variants)
     branches, label_box, depth, lumen = _build_label(grid, ctx, seed)
 
     # --- tissues and intensities ---
@@ -229,4 +249,5 @@ def generate_phantom(
         spacing=(float(sp[0]), float(sp[1]), float(sp[2])),
         case_id=case_id if case_id is not None else f"phantom-{seed}",
         tissue=canvas.tissue,
+        branches=branches,
     )
