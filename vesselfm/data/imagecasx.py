@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from vesselfm.data.imagecas import (
     SPLITS,
@@ -250,3 +253,151 @@ def discover_imagecasx(
         first = found.missing[0][1] if found.missing else "the split lists are empty"
         raise ValueError(f"source={root}: no ImageCAS-X case to prepare ({first})")
     return found
+
+
+# ------------------------------------------------------------------ segment maps on other grids
+
+
+def check_segment_codes(label: np.ndarray, where: str) -> np.ndarray:
+    """``label`` as uint8 ImageCAS-X codes (0..14).
+
+    Raises:
+        ValueError: values that are not whole numbers in 0..14 (naming ``where``).
+    """
+    label = np.asarray(label)
+    if label.dtype.kind in "iub":
+        lo, hi = (int(label.min()), int(label.max())) if label.size else (0, 0)
+        if 0 <= lo and hi <= max(SEGMENTS):
+            return label.astype(np.uint8, copy=False)
+    elif label.size and np.all(np.isin(label, np.arange(max(SEGMENTS) + 1))):
+        return label.astype(np.uint8)
+    values = np.unique(label)
+    shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
+    raise ValueError(
+        f"{where}: values {shown} are not ImageCAS-X segment codes (0 background, 1..14)"
+    )
+
+
+def labels_onto_grid(
+    label: np.ndarray, label_affine: np.ndarray, shape: Sequence[int], affine: np.ndarray
+) -> np.ndarray:
+    """Resample a label map onto another grid (``shape``, ``affine``) with nearest neighbour.
+
+    Each target voxel takes the code of the label voxel its centre falls in (0 outside the
+    label's field of view), so codes are never mixed.
+    """
+    from scipy import ndimage
+
+    to_label = np.linalg.inv(np.asarray(label_affine, dtype=np.float64)) @ np.asarray(
+        affine, dtype=np.float64
+    )
+    return ndimage.affine_transform(
+        np.asarray(label),
+        to_label[:3, :3],
+        offset=to_label[:3, 3],
+        output_shape=tuple(int(s) for s in shape),
+        output=np.uint8,
+        order=0,
+        mode="constant",
+        cval=0,
+    )
+
+
+def _nearest_codes(codes: np.ndarray, spacing: Sequence[float], queries: np.ndarray) -> np.ndarray:
+    """The code of the labelled voxel of ``codes`` nearest (in mm) to each query point (voxel
+    index coordinates of ``codes``' grid, ``(K, 3)``)."""
+    from scipy.spatial import cKDTree
+
+    vessel = np.argwhere(codes > 0)
+    if len(queries) == 0 or len(vessel) == 0:
+        return np.zeros(len(queries), dtype=np.uint8)
+    scale = np.asarray(spacing, dtype=np.float64)
+    _, nearest = cKDTree(vessel * scale).query(np.asarray(queries) * scale)
+    return codes[tuple(vessel[nearest].T)]
+
+
+def _centres(mask: np.ndarray, src_shape: Sequence[int], dst_shape: Sequence[int]) -> np.ndarray:
+    """Centres of ``mask``'s voxels (on ``src_shape``) in index coordinates of ``dst_shape``
+    (the same field of view, voxel centres aligned as :func:`resampled_affine` does)."""
+    scale = np.asarray(dst_shape, dtype=np.float64) / np.asarray(src_shape, dtype=np.float64)
+    return (np.argwhere(mask) + 0.5) * scale - 0.5
+
+
+def resample_segments(codes: np.ndarray, lumen: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Segment codes on the grid of the resampled ``lumen`` mask (same field of view).
+
+    The lumen is resampled as the binary label is (:func:`resample_label`), so a segment set and
+    a lumen set of the same cases have the same vessel voxels; each of them takes the code of
+    the nearest labelled voxel of ``codes`` (nearest neighbour that never lands on background).
+
+    Args:
+        codes: uint8 codes on the original grid ``(X, Y, Z)``.
+        lumen: 0/1 on the new grid.
+        spacing: the original voxel size in mm (for "nearest").
+
+    Returns:
+        uint8 codes on the new grid, 0 where ``lumen`` is 0.
+    """
+    out = np.zeros(lumen.shape, dtype=np.uint8)
+    inside = lumen > 0
+    queries = _centres(inside, lumen.shape, codes.shape)
+    out[inside] = _nearest_codes(codes, spacing, queries)
+    return out
+
+
+def restore_segments(
+    prepared: np.ndarray, shape: Sequence[int], spacing: Sequence[float]
+) -> np.ndarray:
+    """The prepared codes taken back to the original grid ``shape``: the lumen as the
+    round-trip Dice takes it back (trilinear, >= 0.5), each voxel the code of the nearest
+    prepared vessel voxel. ``spacing``: the prepared voxel size in mm."""
+    from vesselfm.data.preprocessing import resample_probabilities
+
+    lumen = resample_probabilities((prepared > 0).astype(np.float32), shape) >= 0.5
+    out = np.zeros(tuple(int(s) for s in shape), dtype=np.uint8)
+    out[lumen] = _nearest_codes(prepared, spacing, _centres(lumen, shape, prepared.shape))
+    return out
+
+
+def segment_dice(truth: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """``{segment name: Dice}`` of ``other`` against ``truth`` for the codes ``truth`` holds."""
+    out = {}
+    for code in np.unique(truth):
+        if code == 0:
+            continue
+        a, b = truth == code, other == code
+        out[SEGMENTS[int(code)]] = round(
+            2.0
+            * int(np.count_nonzero(a & b))
+            / (int(np.count_nonzero(a)) + int(np.count_nonzero(b))),
+            6,
+        )
+    return out
+
+
+def segment_round_trip(
+    codes: np.ndarray, prepared: np.ndarray, prepared_spacing: Sequence[float]
+) -> dict[str, float]:
+    """Per-segment Dice of the prepared codes taken back up (:func:`restore_segments`) against
+    the original ``codes``: the ceiling a segment model trained on the prepared set can reach.
+
+    When every axis grows by a power of two (ImageCAS: 256 -> 512 in-plane), only the box around
+    the vessels (one coarse voxel wider) is taken back up, as :func:`round_trip_dice` does: the
+    interpolation there is exact, and outside it the way back is 0.
+    """
+    from vesselfm.data.preprocessing import bounding_box
+
+    shape, small = codes.shape, prepared.shape
+    factors = [s // m if s % m == 0 else 0 for s, m in zip(shape, small, strict=True)]
+    box = bounding_box(prepared > 0)
+    if box is None or not all(f > 0 and f & (f - 1) == 0 for f in factors):
+        return segment_dice(codes, restore_segments(prepared, shape, prepared_spacing))
+    coarse = tuple(
+        slice(max(0, b.start - 1), min(m, b.stop + 1)) for b, m in zip(box, small, strict=True)
+    )
+    fine = tuple(slice(c.start * f, c.stop * f) for c, f in zip(coarse, factors, strict=True))
+    back = np.zeros(shape, dtype=np.uint8)
+    back[fine] = restore_segments(
+        prepared[coarse], [c.stop - c.start for c in fine], prepared_spacing
+    )
+    return segment_dice(codes, back)
