@@ -54,7 +54,7 @@ def _array(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def test_segments_are_the_lumen_with_imagecasx_codes(imagecasx_source):
     seen = set()
-    for index in range(1, 6):
+    for index in (2, 3, 5):  # a ramus, a left- and a co-dominant tree
         seg, affine = _array(imagecasx_source / "segmentations" / f"{index}.coronary.nii.gz")
         image, _ = _array(imagecasx_source / "volumes" / f"{index}.img.nii.gz")
         ph = generate_phantom(SHAPE, case_seed(0, index), coronary_variants=True)
