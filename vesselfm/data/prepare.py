@@ -969,6 +969,16 @@ def prepare_dataset(
         pending.pop(cid, None)
 
     fixed, ambiguous = _known_splits(output, entries, pending, old_failed)
+    for cid in xsource.excluded if xsource is not None else ():
+        if cid in fixed:
+            log.warning(
+                "case %s is in %s but was prepared into %s/%s by an earlier run: it stays in the "
+                "set (splits never drop a case); prepare into a new output= folder to leave it out",
+                cid,
+                xsource.root / "filelist" / "exclude.txt",
+                output,
+                fixed[cid],
+            )
 
     if table is not None:
         conflicts = [
