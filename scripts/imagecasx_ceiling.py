@@ -54,7 +54,7 @@ def main() -> None:
             for name, value in entry["round_trip_segment_dice"].items():
                 per.setdefault(name, []).append(value)
         degrees = []
-        for f in sorted((root / "stenoses").glob("*.json")):
+        for f in sorted((root / "stenoses").glob("[!.]*.json")):
             degrees += [s["degree_percent"] for s in json.loads(f.read_text())["stenoses"]]
     print(f"{args.n} case(s) of {args.shape}: write {t1 - t0:.1f} s, prepare {t2 - t1:.1f} s")
     print(f"lumen round-trip Dice: mean {np.mean(lumen):.3f}")
