@@ -488,11 +488,8 @@ def prepare_case(
     del label
     if codes is not None and options.labels == "segments":
         mask = resample_segments(codes, mask, spacing)
-        extra["segment_voxels"] = {
-            SEGMENTS[int(c)]: int(n)
-            for c, n in zip(*np.unique(codes, return_counts=True), strict=True)
-            if c
-        }
+        counts = np.bincount(codes.ravel(order="K"), minlength=max(SEGMENTS) + 1)
+        extra["segment_voxels"] = {SEGMENTS[c]: int(counts[c]) for c in SEGMENTS if counts[c]}
         extra["round_trip_segment_dice"] = segment_round_trip(
             codes, mask, spacing_from_affine(new_affine)
         )
