@@ -27,9 +27,9 @@ Stenosis records use the analysis' fields (coordinates in the NIfTI world frame,
 ``branch`` (segment name at the narrowest point), ``tree``, ``position_mm`` (the narrowest
 point), ``arc_mm`` (along the centreline from the ostium), ``degree_percent`` (diameter
 reduction against the healthy tube, as drawn), ``length_mm`` (narrowed by at least half the
-degree) and ``grade`` (CAD-RADS band). Degrees are drawn in 20-90 % but never below the radius
-that keeps the tube connected on the grid, so on small grids they stay low and thin branches get
-none.
+degree) and ``grade`` (CAD-RADS band). Degrees are drawn in 20-90 % and placed where the vessel
+is wide enough to show them without breaking up on the grid (capped where it is nowhere), so on
+small grids they stay low and thin branches get none.
 """
 
 from __future__ import annotations

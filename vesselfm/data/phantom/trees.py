@@ -212,26 +212,30 @@ def _apply_stenosis(branch: _Branch, ctx: _Context, rng: np.random.Generator) ->
 def _plant_stenosis(
     branch: _Branch, ctx: _Context, rng: np.random.Generator, degrees: np.random.Generator
 ) -> None:
-    """ImageCAS-X phantoms: narrow the drawn lumen by 20-90 % at a random position in the
-    proximal two thirds and record the lesion as rendered.
+    """ImageCAS-X phantoms: narrow the drawn lumen by 20-90 % in the proximal two thirds and
+    record the lesion as rendered.
 
     The narrowing acts on the drawn radii, floored only where a thinner tube could break up on
-    the grid; its degree is drawn no higher than that floor allows, so the rendered degree (the
-    largest diameter reduction against the healthy radius) is the drawn one. A branch too thin
-    for a 20 % narrowing gets none. ``length_mm`` is the stretch narrowed by at least half the
-    degree.
+    the grid (half a voxel diagonal). The degree is drawn first, then placed where the vessel is
+    wide enough to show it (thin distal stretches cannot); where no point is, it is capped at
+    what the widest point allows. So the rendered degree (the largest diameter reduction against
+    the healthy radius) is the recorded one. A branch too thin for a 20 % narrowing gets none.
+    ``length_mm`` is the stretch narrowed by at least half the degree.
     """
-    s = branch.arclength
-    k0 = int(np.argmin(np.abs(s - rng.uniform(0.2, 0.65) * s[-1])))
-    r0 = float(branch.radii[k0])
-    # half a voxel diagonal keeps a tube connected on the grid (r_floor is 0.6 of it)
-    floor = ctx.r_floor * 0.87
-    most = min(0.9, 1.0 - floor / r0)
-    if most < 0.2:
+    s, healthy = branch.arclength, branch.radii
+    floor = ctx.r_floor * 0.87  # r_floor is 0.6 of a voxel diagonal
+    room = 1.0 - floor / healthy  # the largest degree each point can show
+    span = (s >= 0.1 * s[-1]) & (s <= 0.65 * s[-1])
+    if not np.any(span & (room >= 0.2)):
         return
-    severity = degrees.uniform(0.2, most)
-    width = max(3.0 * r0, 2.0 * ctx.r_floor)
-    healthy = branch.radii
+    target = degrees.uniform(0.2, 0.9)
+    fits = np.flatnonzero(span & (room >= target))
+    if len(fits) == 0:
+        fits = np.flatnonzero(span & (room >= 0.2))
+        fits = fits[room[fits] >= room[fits].max() - 1e-9]
+    k0 = int(fits[int(rng.integers(len(fits)))])
+    severity = min(target, float(room[k0]))
+    width = max(3.0 * float(healthy[k0]), 2.0 * ctx.r_floor)
     narrowed = healthy * (1 - severity * np.exp(-(((s - s[k0]) / width) ** 2)))
     branch.radii = np.maximum(narrowed, np.minimum(healthy, floor))
     reduction = 1.0 - branch.radii / healthy
