@@ -238,3 +238,23 @@ def test_rewrite_and_append_keep_the_lists(tmp_path):
     assert listed == ["1", "2", "3", "4", "5"]
     assert (root / "filelist" / "exclude.txt").read_text() == "2\n"
     assert (root / "Descriptors.csv").read_text().count("\n") == 6
+
+
+def test_phantom_config_layout_key(compose_cfg, tmp_path):
+    from vesselfm.phantom import phantom
+
+    out = tmp_path / "x"
+    cfg = compose_cfg(
+        "phantom",
+        [f"output={out}", "n=1", "shape=[48,40,32]", "layout=imagecasx", "progress=false"],
+    )
+    [(image, segmentation)] = phantom(cfg)
+    assert image == out / "volumes" / "1.img.nii.gz"
+    assert segmentation == out / "segmentations" / "1.coronary.nii.gz"
+    assert sorted(p.name for p in (out / "centerlines").glob("1.*")) == [
+        "1.coronary_left_centerline.vtk",
+        "1.coronary_right_centerline.vtk",
+    ]
+    assert json.loads((out / "stenoses" / "1.json").read_text())["case"] == "1"
+    with pytest.raises(ValueError, match=r"layout must be one of \['imagecas', 'imagecasx'\]"):
+        phantom(compose_cfg("phantom", [f"output={tmp_path / 'y'}", "layout=nifti"]))
