@@ -301,10 +301,12 @@ def _quality(phantom: Phantom) -> str:
     from vesselfm.data.phantom.anatomy import Tissue
 
     assert phantom.tissue is not None
-    pool = ndimage.binary_erosion(phantom.tissue == Tissue.BLOOD, iterations=2)
+    # every other voxel per axis: plenty of samples, an eighth of the erosion's work
+    every = tuple(slice(None, None, 2) for _ in range(3))
+    pool = ndimage.binary_erosion(phantom.tissue[every] == Tissue.BLOOD, iterations=1)
     if pool.sum() < 50:
         return "Good"
-    std = float(phantom.image[pool].std())
+    std = float(phantom.image[every][pool].std())
     return "Good" if std < 27 else "Moderate" if std < 34 else "Poor"
 
 
