@@ -46,7 +46,6 @@ def _options(cfg: DictConfig) -> dict[str, Any]:
         "calcifications": cfg.calcifications,
         "streaks": bool(cfg.streaks),
         "overwrite": bool(cfg.get("overwrite", False)),
-        "layout": str(cfg.get("layout", "imagecas")),
     }
     if spacing is not None:
         options["spacing"] = spacing
@@ -64,7 +63,7 @@ def phantom(cfg: DictConfig) -> list[tuple[Path, Path]]:
     """
     from vesselfm.data.phantom import write_phantom_dataset
 
-    return write_phantom_dataset(**_options(cfg))
+    return write_phantom_dataset(**_options(cfg), layout=str(cfg.get("layout", "imagecas")))
 
 
 @hydra_entrypoint("phantom")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,13 +20,10 @@ from vesselfm.data.phantom.anatomy import (
 )
 from vesselfm.data.phantom.geometry import _ball, _Grid
 from vesselfm.data.phantom.realism import _add_streaks, _finish_image
-from vesselfm.data.phantom.trees import (
-    _Branch,
-    _build_label,
-    _calcifications,
-    _Context,
-    _Variants,
-)
+from vesselfm.data.phantom.trees import _build_label, _calcifications, _Context
+
+if TYPE_CHECKING:
+    from vesselfm.data.phantom.trees import _Branch, _Variants
 
 MIN_SIDE = 32
 # The field of view (mm) the anatomy is drawn for; a larger or smaller one scales it.
@@ -158,8 +156,8 @@ def generate_phantom(
     stenoses: int | None = None,
     calcifications: int | None = None,
     streaks: bool = False,
-    case_id: str | None = None,
     coronary_variants: bool = False,
+    case_id: str | None = None,
 ) -> Phantom:
     """Generate one synthetic coronary CTA case in memory.
 
@@ -175,10 +173,10 @@ def generate_phantom(
         calcifications: number of calcified plaques (800-1200 HU, not labelled); default
             random 0-3.
         streaks: add faint streak artefacts through the heart.
-        case_id: stored in the result; default ``"phantom-<seed>"``.
         coronary_variants: draw the anatomy ImageCAS-X labels (left-, co- and right-dominant
             trees, a ramus intermedius) and 20-90 % stenoses recorded as rendered (see
             :mod:`.imagecasx`); off, a seed gives the same case as before these existed.
+        case_id: stored in the result; default ``"phantom-<seed>"``.
 
     Returns:
         A ``Phantom``: ``image`` int16 HU ``(X, Y, Z)``, ``label`` uint8 0/1, ``affine``
@@ -200,6 +198,8 @@ def generate_phantom(
 
     variants = None
     if coronary_variants:  # their own stream: the other draws of the seed stay as they are
+        from vesselfm.data.phantom.trees import _Variants
+
         vrng = np.random.default_rng([seed, 6])
         dominance = str(vrng.choice(["right", "left", "co"], p=[0.5, 0.25, 0.25]))
         variants = _Variants(dominance=dominance, ramus=bool(vrng.random() < 0.5), rng=vrng)
