@@ -1,7 +1,8 @@
 """Write synthetic coronary CTA phantoms in the ImageCAS layout: ``python -m vesselfm.phantom``.
 
 ``python -m vesselfm.phantom output=<dir> n=<cases> shape=[X,Y,Z] seed=<int>`` writes
-``<dir>/1-200/1.img.nii.gz`` and ``1.label.nii.gz``, ... (see ``vesselfm.data.phantom``).
+``<dir>/1-200/1.img.nii.gz`` and ``1.label.nii.gz``, ... (see ``vesselfm.data.phantom``);
+``layout=imagecasx`` writes the ImageCAS-X layout instead (``vesselfm.data.phantom.imagecasx``).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def phantom(cfg: DictConfig) -> list[tuple[Path, Path]]:
     """
     from vesselfm.data.phantom import write_phantom_dataset
 
-    return write_phantom_dataset(**_options(cfg))
+    return write_phantom_dataset(**_options(cfg), layout=str(cfg.get("layout", "imagecas")))
 
 
 @hydra_entrypoint("phantom")

@@ -41,6 +41,7 @@ def prepare(cfg: DictConfig):  # -> vesselfm.data.prepare.PrepareSummary
             label_threshold=float(cfg.label_threshold),
             image_dtype=str(cfg.image_dtype),
             affine_tolerance=float(cfg.affine_tolerance),
+            labels=str(cfg.get("labels", "lumen")),
         )
         summary = prepare_dataset(
             source,
@@ -56,6 +57,8 @@ def prepare(cfg: DictConfig):  # -> vesselfm.data.prepare.PrepareSummary
             limit=cfg.limit,
             progress=bool(cfg.progress),
             overwrite=bool(cfg.get("overwrite", False)),
+            layout=cfg.get("layout"),
+            images=cfg.get("images"),
         )
     except RuntimeError as err:
         raise UserError(str(err)) from err

@@ -31,3 +31,16 @@ def prepared(phantom_source: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         phantom_source, out, split="random", seed=0, options=options, workers=1, progress=False
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def imagecasx_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five 64×64×48 phantoms in the ImageCAS-X layout, seed 0 (read-only: copy to modify).
+
+    Case 2 has a ramus (code 8), case 3 is left-dominant (code 12), case 5 co-dominant (13).
+    """
+    from vesselfm.data.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("imagecasx") / "root"
+    write_phantom_dataset(root, 5, shape=SHAPE, seed=0, progress=False, layout="imagecasx")
+    return root

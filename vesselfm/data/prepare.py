@@ -29,6 +29,7 @@ empty without an error. See :func:`prepare_dataset`.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import datetime as _dt
 import gzip
 import logging
@@ -46,6 +47,7 @@ import numpy as np
 from vesselfm.data.imagecas import (
     SPLITS,
     Case,
+    Discovery,
     SourceFile,
     case_sort_key,
     discover_cases,
@@ -53,6 +55,15 @@ from vesselfm.data.imagecas import (
     find_split_file,
     read_official_split,
     split_sizes,
+)
+from vesselfm.data.imagecasx import (
+    SEGMENTS,
+    check_segment_codes,
+    discover_imagecasx,
+    is_imagecasx_root,
+    labels_onto_grid,
+    resample_segments,
+    segment_round_trip,
 )
 from vesselfm.data.manifest import (
     FG_FILE,
@@ -115,14 +126,27 @@ class PrepareOptions:
         image_dtype: ``auto`` (int16 when the scan holds integers, as CT in HU does, else
             float32), ``int16``, ``float16`` or ``float32``.
         affine_tolerance: largest difference in mm allowed between image and label affines.
+        layout: ``imagecas`` (binary labels on their scan's grid) or ``imagecasx`` (segment
+            codes 0..14; a label on another grid is resampled onto its scan's with nearest
+            neighbour).
+        labels: ``lumen`` (binary mask) or ``segments`` (ImageCAS-X codes kept; ``imagecasx``
+            only).
     """
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     label_threshold: float = DEFAULT_LABEL_THRESHOLD
     image_dtype: str = "auto"
     affine_tolerance: float = 1e-3
+    layout: str = "imagecas"
+    labels: str = "lumen"
 
     def __post_init__(self) -> None:
+        from vesselfm.data.imagecasx import LABEL_MODES, LAYOUTS
+
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {self.layout!r}")
+        if self.labels not in LABEL_MODES:
+            raise ValueError(f"labels must be one of {list(LABEL_MODES)}, got {self.labels!r}")
         if self.image_dtype not in IMAGE_DTYPES:
             raise ValueError(
                 f"image_dtype must be one of {list(IMAGE_DTYPES)}, got {self.image_dtype!r}"
@@ -135,6 +159,8 @@ class PrepareOptions:
             "preprocess": self.preprocess.to_dict(),
             "label_threshold": float(self.label_threshold),
             "image_dtype": self.image_dtype,
+            "layout": self.layout,
+            "labels": self.labels,
         }
 
 
@@ -397,13 +423,47 @@ def prepare_case(
     case_dir = case_folder(output, split, case.case_id)  # checked before any work
     image_volume = read_source(case.image, "image")
     label_volume = read_source(case.label, "label")
+    extra: dict[str, Any] = {}
+    label_array = label_volume.array
     try:
         check_same_grid(label_volume, image_volume, atol=options.affine_tolerance)
     except GridError as err:
-        raise CaseError(f"label {err}") from err
+        if options.layout != "imagecasx":
+            raise CaseError(f"label {err}") from err
+        # ImageCAS-X labels of a scan resampled elsewhere: back onto the scan's grid, codes kept
+        label_array = labels_onto_grid(
+            label_array, label_volume.affine, image_volume.shape, image_volume.affine
+        )
+        if np.any(label_volume.array) and not np.any(label_array):
+            raise CaseError(
+                f"label {case.label}: does not overlap its scan {case.image} at all (different "
+                "patient frames?); give the scan this label was drawn on"
+            ) from err
+        log.warning(
+            "label %s is on another grid than its scan (%s, spacing %s mm vs %s, %s mm): "
+            "resampled onto the scan's grid with nearest neighbour",
+            case.label,
+            "x".join(map(str, label_volume.shape)),
+            ", ".join(f"{v:.3g}" for v in spacing_from_affine(label_volume.affine)),
+            "x".join(map(str, image_volume.shape)),
+            ", ".join(f"{v:.3g}" for v in spacing_from_affine(image_volume.affine)),
+        )
+        extra["label_resampled"] = {
+            "method": "nearest",
+            "from_shape": list(label_volume.shape),
+            "from_affine": np.asarray(label_volume.affine).tolist(),
+        }
     image, affine = image_volume.array, image_volume.affine
-    label = _check_label(label_volume.array, case.label)
-    del image_volume, label_volume
+    codes = None
+    if options.layout == "imagecasx":
+        try:
+            codes = check_segment_codes(label_array, f"label {case.label}")
+        except ValueError as err:
+            raise CaseError(str(err)) from err
+        label = codes > 0
+    else:
+        label = _check_label(label_array, case.label)
+    del image_volume, label_volume, label_array
 
     cfg = options.preprocess
     spacing = spacing_from_affine(affine)
@@ -426,6 +486,14 @@ def prepare_case(
     label_voxels = int(np.count_nonzero(label))
     round_trip = round_trip_dice(label, mask, label_voxels)
     del label
+    if codes is not None and options.labels == "segments":
+        mask = resample_segments(codes, mask, spacing)
+        counts = np.bincount(codes.ravel(order="K"), minlength=max(SEGMENTS) + 1)
+        extra["segment_voxels"] = {SEGMENTS[c]: int(counts[c]) for c in SEGMENTS if counts[c]}
+        extra["round_trip_segment_dice"] = segment_round_trip(
+            codes, mask, spacing_from_affine(new_affine)
+        )
+    del codes
 
     case_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(case_dir)  # left by a run killed while writing this case
@@ -466,6 +534,7 @@ def prepare_case(
         "prepared_label_voxels": int(np.count_nonzero(mask)),
         "intensity_range": list(value_range),
         "round_trip_dice": round(float(round_trip), 6),
+        **extra,
         "seconds": round(time.perf_counter() - start, 3),
     }
 
@@ -538,6 +607,8 @@ class SplitSettings:
         return self.ratios[SPLITS.index(split)] > 0
 
     def describe(self) -> str:
+        if self.mode == "imagecasx":
+            return f"the ImageCAS-X split lists in {self.info['split_file']}"
         if self.table is not None:
             return f"split_file={self.info['split_file']} fold={self.info['fold']}"
         return f"seed={self.seed} split_ratios={list(self.ratios)}"
@@ -722,6 +793,8 @@ def prepare_dataset(
     progress: bool = True,
     manifest_interval: float = 2.0,
     overwrite: bool = False,
+    layout: str | None = None,
+    images: str | os.PathLike[str] | None = None,
 ) -> PrepareSummary:
     """Prepare every case of ``source`` into ``output`` (resumable).
 
@@ -766,6 +839,12 @@ def prepare_dataset(
         manifest_interval: seconds between manifest saves while running.
         overwrite: write into ``output`` even when it holds files vesselfm did not write (those
             at the paths prepare writes are replaced; the others are left alone).
+        layout: ``imagecas`` (pairs of scans and binary labels), ``imagecasx`` (an ImageCAS-X
+            root: its split lists less ``exclude.txt`` decide the splits, ``split=`` and
+            ``split_file=`` do not apply; centrelines and descriptors go into the manifest) or
+            ``None``: ``imagecasx`` when ``source`` holds ``segmentations/`` and ``filelist/``.
+        images: the scans of an ImageCAS-X root when they lie elsewhere (e.g. the Kaggle folders
+            ``1-200/<id>.img.nii.gz``, searched recursively); default ``<source>/volumes``.
 
     Returns:
         A :class:`PrepareSummary`.
@@ -797,7 +876,41 @@ def prepare_dataset(
                 f"{foreign[0]}); prepare into a new or empty folder (output=), or pass "
                 "overwrite=true to write there anyway"
             )
-    found = discover_cases(source)
+    single = isinstance(source, (str, os.PathLike))
+    if layout is None:
+        layout = "imagecasx" if single and is_imagecasx_root(source) else options.layout
+    options = dataclasses.replace(options, layout=str(layout))  # checks layout
+    if options.labels == "segments" and options.layout != "imagecasx":
+        raise ValueError(
+            f"labels=segments needs ImageCAS-X segment labels, and source={source} is no "
+            "ImageCAS-X root (segmentations/ and filelist/); ImageCAS labels are binary: use "
+            "labels=lumen"
+        )
+    xsource = None
+    if options.layout == "imagecasx":
+        if split is not None or split_file is not None:
+            raise ValueError(
+                "split= and split_file= do not apply to an ImageCAS-X root: its filelist/"
+                "{train,val,test,exclude}.txt decide the splits (leave both unset)"
+            )
+        if not single:
+            raise ValueError(f"layout=imagecasx needs one ImageCAS-X root as source, got {source}")
+        xsource = discover_imagecasx(source, images)
+        found = Discovery(cases=xsource.cases)
+        log.info(
+            "ImageCAS-X root %s: %d case(s) in its split lists, %d excluded by exclude.txt%s",
+            source,
+            len(xsource.table),
+            len(xsource.excluded),
+            f" ({_few(xsource.excluded)})" if xsource.excluded else "",
+        )
+    else:
+        if images is not None:
+            raise ValueError(
+                "images= names the scans of an ImageCAS-X root (layout=imagecasx); for ImageCAS "
+                "pairs give their folder as source="
+            )
+        found = discover_cases(source)
     cases = found.cases[: int(limit)] if limit else found.cases
     summary = PrepareSummary(output=output)
     failed: dict[str, dict[str, Any]] = {}
@@ -810,21 +923,27 @@ def prepare_dataset(
             }
         for path, reason in found.unreadable:
             failed[path] = {"source": path, "reason": f"{path}: {reason}"}
+        for cid, reason in xsource.missing if xsource is not None else ():
+            failed[cid] = {"reason": reason}
     if not found.cases:  # only pairs without a usable id: nothing to prepare
         first = next(iter(failed.values()))["reason"]
         raise RuntimeError(
             f"no case could be prepared from source={source}: {len(failed)} failed (first: {first})"
         )
-    if split is None and split_file is None:
+    if xsource is None and split is None and split_file is None:
         split_file = find_split_file(source)
         if split_file is not None:
             log.info(
                 "using the split file found in the source: %s (split=random to ignore it)",
                 split_file,
             )
-    plan = split_settings(
-        [c.case_id for c in cases], split, split_file, fold, seed, split_ratios, split_sheet
-    )
+    if xsource is not None:
+        ratios = tuple(float(r) for r in split_ratios)
+        plan = SplitSettings("imagecasx", dict(xsource.table), int(seed), ratios, xsource.info())  # type: ignore[arg-type]
+    else:
+        plan = split_settings(
+            [c.case_id for c in cases], split, split_file, fold, seed, split_ratios, split_sheet
+        )
     table = plan.table
 
     manifest = load_manifest(output) or {}
@@ -847,6 +966,16 @@ def prepare_dataset(
         pending.pop(cid, None)
 
     fixed, ambiguous = _known_splits(output, entries, pending, old_failed)
+    for cid in xsource.excluded if xsource is not None else ():
+        if cid in fixed:
+            log.warning(
+                "case %s is in %s but was prepared into %s/%s by an earlier run: it stays in the "
+                "set (splits never drop a case); prepare into a new output= folder to leave it out",
+                cid,
+                xsource.root / "filelist" / "exclude.txt",
+                output,
+                fixed[cid],
+            )
 
     if table is not None:
         conflicts = [
@@ -928,6 +1057,13 @@ def prepare_dataset(
         "cases": entries,
         "failed": old_failed,
     }
+    if xsource is not None:
+        manifest["imagecasx"] = {
+            "root": str(xsource.root.resolve()),
+            "images": str(Path(images).expanduser().resolve()) if images is not None else None,
+            "descriptors_file": xsource.descriptors_file,
+            "segments": {str(code): name for code, name in SEGMENTS.items()},
+        }
     if summary.skipped:
         log.info("%d case(s) already prepared, skipped", len(summary.skipped))
 
@@ -1088,6 +1224,11 @@ def prepare_dataset(
         summary.mean_round_trip_dice = float(np.mean(list(dices.values())))
         worst = min(dices, key=dices.get)
         summary.min_round_trip_dice = (worst, float(dices[worst]))
+    if xsource is not None:  # what evaluation needs beside the masks
+        for cid, entry in (*entries.items(), *pending.items()):
+            entry["centerlines"] = xsource.centerlines.get(cid, [])
+            if cid in xsource.descriptors:
+                entry["descriptors"] = xsource.descriptors[cid]
     summary.seconds = time.perf_counter() - t0
     manifest["summary"] = {
         "cases": summary.per_split,

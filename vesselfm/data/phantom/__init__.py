@@ -34,7 +34,8 @@ The package is split by what it draws: :mod:`.anatomy` (thorax, heart, tissue HU
 :mod:`.trees` (coronary centrelines, radii, stenoses, plaques, the label and its topology),
 :mod:`.realism` (blur, noise, streaks), :mod:`.generate` (one case from its seed) and
 :mod:`.writing` (the ImageCAS-layout NIfTI files); :mod:`.geometry` holds the voxel geometry
-they share.
+they share. :mod:`.imagecasx` writes the ImageCAS-X layout (``layout=imagecasx``: 14 named
+segments, centrelines, planted stenoses, split lists, descriptors).
 
 Example:
     >>> from vesselfm.data.phantom import generate_phantom

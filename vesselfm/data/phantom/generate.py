@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from vesselfm.data.phantom.anatomy import (
 from vesselfm.data.phantom.geometry import _ball, _Grid
 from vesselfm.data.phantom.realism import _add_streaks, _finish_image
 from vesselfm.data.phantom.trees import _build_label, _calcifications, _Context
+
+if TYPE_CHECKING:
+    from vesselfm.data.phantom.trees import _Branch, _Variants
 
 MIN_SIDE = 32
 # The field of view (mm) the anatomy is drawn for; a larger or smaller one scales it.
@@ -47,6 +51,9 @@ class Phantom:
     spacing: tuple[float, float, float]
     case_id: str
     tissue: np.ndarray | None = field(default=None, repr=False)
+    # the coronary branches as drawn (mm from the field of view's centre), for the ImageCAS-X
+    # segment map, centrelines and stenosis records (:mod:`.imagecasx`)
+    branches: list[_Branch] | None = field(default=None, repr=False)
 
 
 def _f32(x: float, quantum: float) -> float:
@@ -90,6 +97,7 @@ def _case_setup(
     seed: int,
     spacing: Sequence[float] | None,
     stenoses: int | None,
+    variants: _Variants | None = None,
 ) -> tuple[_Grid, _Anatomy, _Context, np.ndarray]:
     """Draw the grid, the anatomy and the tree-building context of one case."""
     rng = np.random.default_rng([seed, 0])
@@ -134,6 +142,7 @@ def _case_setup(
         t_av=anat.t_av,
         t_root=anat.t_root,
         stenoses=stenoses,
+        variants=variants,
     )
     return grid, anat, ctx, origin
 
@@ -147,6 +156,7 @@ def generate_phantom(
     stenoses: int | None = None,
     calcifications: int | None = None,
     streaks: bool = False,
+    coronary_variants: bool = False,
     case_id: str | None = None,
 ) -> Phantom:
     """Generate one synthetic coronary CTA case in memory.
@@ -163,6 +173,9 @@ def generate_phantom(
         calcifications: number of calcified plaques (800-1200 HU, not labelled); default
             random 0-3.
         streaks: add faint streak artefacts through the heart.
+        coronary_variants: draw the anatomy ImageCAS-X labels (left-, co- and right-dominant
+            trees, a ramus intermedius) and 20-90 % stenoses recorded as rendered (see
+            :mod:`.imagecasx`); off, a seed gives the same case as before these existed.
         case_id: stored in the result; default ``"phantom-<seed>"``.
 
     Returns:
@@ -183,7 +196,14 @@ def generate_phantom(
             f"noise_std must be a number of HU in [0, 500] or null (random), got {noise_std!r}"
         )
 
-    grid, anat, ctx, origin = _case_setup(shape, seed, spacing, stenoses)
+    variants = None
+    if coronary_variants:  # their own stream: the other draws of the seed stay as they are
+        from vesselfm.data.phantom.trees import _Variants
+
+        vrng = np.random.default_rng([seed, 6])
+        dominance = str(vrng.choice(["right", "left", "co"], p=[0.5, 0.25, 0.25]))
+        variants = _Variants(dominance=dominance, ramus=bool(vrng.random() < 0.5), rng=vrng)
+    grid, anat, ctx, origin = _case_setup(shape, seed, spacing, stenoses, variants)
     branches, label_box, depth, lumen = _build_label(grid, ctx, seed)
 
     # --- tissues and intensities ---
@@ -229,4 +249,5 @@ def generate_phantom(
         spacing=(float(sp[0]), float(sp[1]), float(sp[2])),
         case_id=case_id if case_id is not None else f"phantom-{seed}",
         tissue=canvas.tissue,
+        branches=branches,
     )

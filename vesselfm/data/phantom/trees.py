@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -66,6 +66,25 @@ class _Branch:
     points: np.ndarray
     radii: np.ndarray
     arclength: np.ndarray
+    # ImageCAS-X phantoms only: the points from this index on form another named segment (the
+    # PDA after the crux), and the planted stenoses as rendered (see ``_plant_stenosis``)
+    distal: tuple[int, str] | None = None
+    lesions: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class _Variants:
+    """Anatomical variants of ImageCAS-X phantoms, drawn from their own random stream so the
+    ImageCAS phantoms (``variants=None``) stay what they were for a seed.
+
+    ``dominance`` is ``right`` (the RCA gives the PDA and the posterolateral branch), ``left``
+    (the LCx reaches the crux and gives both) or ``co`` (RCA gives the PDA, LCx a
+    posterolateral branch); ``ramus`` adds an intermediate artery at the left main's division.
+    """
+
+    dominance: str
+    ramus: bool
+    rng: np.random.Generator
 
 
 @dataclass
@@ -86,6 +105,7 @@ class _Context:
     t_av: float
     t_root: float
     stenoses: int | None
+    variants: _Variants | None = None
 
 
 def _radius_mm(r_ref: np.ndarray, ctx: _Context) -> np.ndarray:
@@ -189,6 +209,46 @@ def _apply_stenosis(branch: _Branch, ctx: _Context, rng: np.random.Generator) ->
     branch.radii = _radius_mm(branch.r_ref, ctx)
 
 
+def _plant_stenosis(
+    branch: _Branch, ctx: _Context, rng: np.random.Generator, degrees: np.random.Generator
+) -> None:
+    """ImageCAS-X phantoms: narrow the drawn lumen by 20-90 % in the proximal two thirds and
+    record the lesion as rendered.
+
+    The narrowing acts on the drawn radii, floored only where a thinner tube could break up on
+    the grid (half a voxel diagonal). The degree is drawn first, then placed where the vessel is
+    wide enough to show it (thin distal stretches cannot); where no point is, it is capped at
+    what the widest point allows. So the rendered degree (the largest diameter reduction against
+    the healthy radius) is the recorded one. A branch too thin for a 20 % narrowing gets none.
+    ``length_mm`` is the stretch narrowed by at least half the degree.
+    """
+    s, healthy = branch.arclength, branch.radii
+    floor = ctx.r_floor * 0.87  # r_floor is 0.6 of a voxel diagonal
+    room = 1.0 - floor / healthy  # the largest degree each point can show
+    span = (s >= 0.1 * s[-1]) & (s <= 0.65 * s[-1])
+    if not np.any(span & (room >= 0.2)):
+        return
+    target = degrees.uniform(0.2, 0.9)
+    fits = np.flatnonzero(span & (room >= target))
+    if len(fits) == 0:
+        fits = np.flatnonzero(span & (room >= 0.2))
+        fits = fits[room[fits] >= room[fits].max() - 1e-9]
+    k0 = int(fits[int(rng.integers(len(fits)))])
+    severity = min(target, float(room[k0]))
+    width = max(3.0 * float(healthy[k0]), 2.0 * ctx.r_floor)
+    narrowed = healthy * (1 - severity * np.exp(-(((s - s[k0]) / width) ** 2)))
+    branch.radii = np.maximum(narrowed, np.minimum(healthy, floor))
+    reduction = 1.0 - branch.radii / healthy
+    k = int(np.argmax(reduction))
+    degree = float(reduction[k])
+    lo = hi = k
+    while lo > 0 and reduction[lo - 1] >= degree / 2:
+        lo -= 1
+    while hi < len(s) - 1 and reduction[hi + 1] >= degree / 2:
+        hi += 1
+    branch.lesions.append({"index": k, "degree": degree, "length_mm": float(s[hi] - s[lo])})
+
+
 def _first_violation(cand: _Branch, branches: list[_Branch], ctx: _Context) -> int:
     """Index of the first centreline point that breaks a spacing rule (``len`` if none).
 
@@ -221,7 +281,9 @@ def _first_violation(cand: _Branch, branches: list[_Branch], ctx: _Context) -> i
             parent = branches[cand.parent]
             kj = int(np.argmin(np.linalg.norm(parent.points - cand.junction, axis=1)))
             s_junction = float(parent.arclength[kj])
-            zone = 1.5 * (float(r[0]) + float(parent.radii[kj]) + ctx.margin)
+            # the ramus leaves a trifurcation: three tubes part later than two
+            spread = 3.0 if cand.name == "IM" else 1.5
+            zone = spread * (float(r[0]) + float(parent.radii[kj]) + ctx.margin)
         tree = cKDTree(q)
         reach = r + float(rq.max()) + ctx.margin
         for i, neighbours in enumerate(tree.query_ball_point(p, reach)):
@@ -321,32 +383,81 @@ def _plan_trees(
     )  # fmt: skip
     i_lad = add(lad, 0.6)
     sweep = rng.uniform(90, 140) * deg
+    variants = ctx.variants
+    dominance = variants.dominance if variants is not None else "right"
+    # ImageCAS-X variants: the LCx runs on towards the crux (phi decreasing from the anterior
+    # interventricular groove round the left side), to it and down as the PDA when left-dominant
+    piv_left = ph["piv"] - 2 * math.pi
+    crux_left = piv_left + 5 * deg
+    if dominance == "left":
+        full = phi_bif - crux_left
+        lcx_controls = [
+            tuple(p_bif), (t_av - 0.01, phi_bif - 0.3 * full),
+            (t_av + rng.uniform(-0.02, 0.03), phi_bif - 0.65 * full), (t_av + 0.03, crux_left),
+            (t_av + 0.15, piv_left), (rng.uniform(0.55, 0.8), piv_left + rng.uniform(-8, 8) * deg),
+        ]  # fmt: skip
+    else:
+        if dominance == "co":
+            sweep = variants.rng.uniform(0.8, 0.88) * (phi_bif - crux_left)  # type: ignore[union-attr]
+        lcx_controls = [
+            tuple(p_bif), (t_av - 0.01, phi_bif - 0.35 * sweep),
+            (t_av + rng.uniform(-0.02, 0.05), phi_bif - sweep),
+            (t_av + 0.25, phi_bif - sweep - 12 * deg),
+        ]  # fmt: skip
     lcx = _build_branch(
-        "LCx", 0,
-        [tuple(p_bif), (t_av - 0.01, phi_bif - 0.35 * sweep),
-         (t_av + rng.uniform(-0.02, 0.05), phi_bif - sweep),
-         (t_av + 0.25, phi_bif - sweep - 12 * deg)],
+        "LCx", 0, lcx_controls,
         0.75 * r_bif, rng.uniform(0.7, 0.9), ctx, rng, parent=i_lm, junction=x_bif,
     )  # fmt: skip
     i_lcx = add(lcx, 0.5)
+    if i_lcx is not None and i_lcx >= 0 and dominance != "right":
+        # left: the LCx beyond the crux is the PDA; co: beyond its turn down, a posterolateral
+        phi_lcx = branches[i_lcx].params[:, 1]
+        edge = crux_left if dominance == "left" else phi_bif - sweep + 2 * deg
+        beyond = np.flatnonzero(phi_lcx <= edge)
+        if len(beyond) and 3 <= beyond[0] < len(phi_lcx) - 2:
+            branches[i_lcx].distal = (int(beyond[0]), "L-PDA" if dominance == "left" else "LPL")
 
     # Right tree: RCA round the right atrioventricular groove to the crux, then down as the PDA.
     r_rca = rng.uniform(1.8, 2.4)
     crux = ph["piv"] - 5 * deg
+    if dominance == "left":  # a short RCA that ends past the acute margin
+        rca_controls = [
+            (t_r, ph["root"] + d0), (t_mid, ph["root"] + d0 + 12 * deg), (t_av, ph["rv"] - 5 * deg),
+            (t_av + 0.02, ph["rv"] + 45 * deg), (t_av + 0.12, ph["rv"] + 55 * deg),
+        ]  # fmt: skip
+    else:
+        rca_controls = [
+            (t_r, ph["root"] + d0), (t_mid, ph["root"] + d0 + 12 * deg), (t_av, ph["rv"] - 5 * deg),
+            (t_av + 0.02, ph["rv"] + 45 * deg), (t_av + 0.03, crux),
+            (t_av + 0.15, ph["piv"]), (rng.uniform(0.55, 0.8), ph["piv"] + rng.uniform(-8, 8) * deg),
+        ]  # fmt: skip
     rca = _build_branch(
-        "RCA", 1,
-        [(t_r, ph["root"] + d0), (t_mid, ph["root"] + d0 + 12 * deg), (t_av, ph["rv"] - 5 * deg),
-         (t_av + 0.02, ph["rv"] + 45 * deg), (t_av + 0.03, crux),
-         (t_av + 0.15, ph["piv"]), (rng.uniform(0.55, 0.8), ph["piv"] + rng.uniform(-8, 8) * deg)],
+        "RCA", 1, rca_controls,
         r_rca, rng.uniform(0.7, 0.9), ctx, rng, tortuosity=0.8, origin=ctx.root_center,
     )  # fmt: skip
     i_rca = add(rca, 0.6)
     if any(i is None or i < 0 for i in (i_lad, i_lcx, i_rca)):
         return None
+    if variants is not None and dominance != "left":
+        beyond = np.flatnonzero(branches[i_rca].params[:, 1] >= crux)
+        if len(beyond) and 3 <= beyond[0] < len(branches[i_rca].points) - 2:
+            branches[i_rca].distal = (int(beyond[0]), "R-PDA")
+    if variants is not None and variants.ramus:
+        im = _build_branch(
+            "IM", 0,
+            [tuple(p_bif), (t_av + 0.15, phi_bif - 18 * deg), (min(t_av + 0.45, 0.85), phi_bif - 28 * deg)],
+            0.65 * r_bif, rng.uniform(0.6, 0.8), ctx, rng, parent=i_lm, junction=x_bif,
+        )  # fmt: skip
+        add(im, None)
 
     mains = [i_lad, i_lcx, i_rca]
-    for _ in range(ctx.stenoses if ctx.stenoses is not None else int(rng.integers(0, 3))):
-        _apply_stenosis(branches[mains[int(rng.integers(0, 3))]], ctx, rng)
+    count = ctx.stenoses if ctx.stenoses is not None else int(rng.integers(0, 3))
+    if variants is None:
+        for _ in range(count):
+            _apply_stenosis(branches[mains[int(rng.integers(0, 3))]], ctx, rng)
+    else:  # at most one lesion per main vessel, so each is recorded as rendered
+        for j in rng.permutation(3)[:count]:
+            _plant_stenosis(branches[mains[int(j)]], ctx, rng, variants.rng)
 
     if not side_branches:
         return branches
@@ -354,6 +465,8 @@ def _plan_trees(
     # Side branches, in random order; each leaves its parent at 60-90 degrees and is dropped or
     # cut short where it would crowd another tube.
     n_lad, n_lcx = len(branches[i_lad].points), len(branches[i_lcx].points)
+    if branches[i_lcx].distal is not None:  # marginals leave the LCx before the crux
+        n_lcx = branches[i_lcx].distal[0]
     k_crux = nearest(i_rca, crux)
     candidates: list[tuple[str, int, int]] = []
     for _ in range(int(rng.integers(1, 4))):
@@ -364,7 +477,11 @@ def _plan_trees(
         candidates.append(
             ("AM", i_rca, nearest(i_rca, ph["rv"] + rng.uniform(5, 40) * deg, k_crux))
         )
-    candidates.append(("PL", i_rca, k_crux))
+    if dominance == "right":
+        candidates.append(("PL", i_rca, k_crux))
+    elif dominance == "left":
+        k_pl = nearest(i_lcx, crux_left + variants.rng.uniform(12, 25) * deg, n_lcx)  # type: ignore[union-attr]
+        candidates.append(("LPL", i_lcx, k_pl))
     if rng.random() < 0.5:
         candidates.append(("CB", i_rca, int(rng.uniform(0.08, 0.15) * k_crux)))
     for k in rng.permutation(len(candidates)):
@@ -374,7 +491,7 @@ def _plan_trees(
             dphi = -rng.uniform(35, 60) * deg
             dt = rng.uniform(0.25, 0.45)
             controls = [(tj, pj), (tj + 0.3 * dt, pj + 0.5 * dphi), (min(tj + dt, 0.93), pj + dphi)]
-        elif kind == "OM":
+        elif kind in ("OM", "LPL"):
             dt = rng.uniform(0.45, 0.75)
             controls = [
                 (tj, pj),

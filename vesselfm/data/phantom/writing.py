@@ -56,6 +56,7 @@ def write_phantom_dataset(
     start_index: int = 1,
     progress: bool = True,
     overwrite: bool = False,
+    layout: str = "imagecas",
     **options: object,
 ) -> list[tuple[Path, Path]]:
     """Write cases ``start_index .. start_index + n - 1`` in the ImageCAS layout.
@@ -75,11 +76,13 @@ def write_phantom_dataset(
         progress: show a tqdm progress bar.
         overwrite: write even where ``output`` holds files vesselfm did not write (those with
             the names of the phantoms are replaced).
+        layout: ``imagecas`` (the layout above) or ``imagecasx`` (named segments, centrelines,
+            stenosis records, split lists and descriptors: :mod:`.imagecasx`).
         **options: passed to ``generate_phantom`` (``spacing``, ``noise_std``, ``stenoses``,
             ``calcifications``, ``streaks``).
 
     Returns:
-        ``[(image_path, label_path), ...]`` in case order.
+        ``[(image_path, label_path), ...]`` in case order (the segmentation for ``imagecasx``).
 
     Raises:
         ValueError: a bad ``n``, ``start_index``, shape, seed or option.
@@ -101,6 +104,8 @@ def write_phantom_dataset(
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"unknown phantom option(s) {unknown}; allowed: {sorted(allowed)}")
+    if layout not in ("imagecas", "imagecasx"):
+        raise ValueError(f"layout must be one of ['imagecas', 'imagecasx'], got {layout!r}")
     shape = _check_shape(shape)
     seed = _check_seed(seed)
     output = Path(output)
@@ -115,12 +120,27 @@ def write_phantom_dataset(
         )
 
     paths = []
+    rows = []
     for index in tqdm(
         range(start_index, start_index + n), desc="phantoms", unit="case", disable=not progress
     ):
+        if layout == "imagecasx":
+            from vesselfm.data.phantom.imagecasx import save_imagecasx_case
+
+            phantom = generate_phantom(
+                shape, case_seed(seed, index), case_id=str(index), coronary_variants=True,
+                **options,  # type: ignore[arg-type]
+            )  # fmt: skip
+            rows.append(save_imagecasx_case(phantom, output))
+            paths.append((rows[-1]["image"], rows[-1]["segmentation"]))
+            continue
         phantom = generate_phantom(shape, case_seed(seed, index), case_id=str(index), **options)  # type: ignore[arg-type]
         image_path, label_path = case_paths(output, index)
         save_phantom(phantom, image_path, label_path)
         paths.append((image_path, label_path))
+    if layout == "imagecasx":
+        from vesselfm.data.phantom.imagecasx import write_imagecasx_index
+
+        write_imagecasx_index(output, rows)
     log.info("wrote %d phantom case(s) of shape %s to %s", n, shape, output)
     return paths
