@@ -119,7 +119,8 @@ _selection: contextvars.ContextVar[Selection | None] = contextvars.ContextVar(
 @contextlib.contextmanager
 def selection(series: Any = None, phase: Any = None, resample: Any = False) -> Iterator[Selection]:
     """Within the block, DICOM inputs are read with ``series=``, ``phase=`` and
-    ``dicom.resample=`` (the infer keys); explicit arguments of :func:`read_file` win."""
+    ``dicom.resample=`` (the keys of infer, evaluate and visualise); explicit arguments of
+    :func:`read_file` win."""
     chosen = Selection(
         series=None if series is None else str(series).strip(),
         phase=None if phase is None else float(phase),
