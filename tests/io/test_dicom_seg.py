@@ -331,3 +331,41 @@ def test_seg_over_an_enhanced_ct_references_its_frames_and_decodes_to_the_nifti_
     back = read_volume(seg_path)
     np.testing.assert_array_equal(back.array, nifti.array)
     np.testing.assert_allclose(back.affine, nifti.affine, atol=1e-4, rtol=0)
+
+
+def test_seg_over_an_enhanced_ct_of_two_phases_is_refused_with_one_line(
+    tmp_path: Path,
+) -> None:
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+    from pydicom.dataset import Dataset
+
+    image, _ = tube_phantom(shape=SHAPE)
+    uid = pydicom.uid.generate_uid()
+    write_series(tmp_path / "s", image, orientation=OBLIQUE, series=uid, phase=40, prefix="a")
+    write_series(tmp_path / "s", image + 5, orientation=OBLIQUE, series=uid, phase=75, prefix="b")
+    legacy = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, (tmp_path / "s").iterdir())}
+    enhanced = LegacyConvertedEnhancedCTImage(
+        list(legacy.values()),
+        series_instance_uid=pydicom.uid.generate_uid(),
+        series_number=5,
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        instance_number=1,
+    )
+    for item in enhanced.PerFrameFunctionalGroupsSequence:  # the converter drops the phases
+        source = item.ConversionSourceAttributesSequence[0].ReferencedSOPInstanceUID
+        cardiac = Dataset()
+        cardiac.NominalPercentageOfCardiacPhase = legacy[source].NominalPercentageOfCardiacPhase
+        item.CardiacSynchronizationSequence = [cardiac]
+    (tmp_path / "multi").mkdir()
+    enhanced.save_as(tmp_path / "multi" / "ct.dcm")
+    scan = read_volume(tmp_path / "multi", phase=40)
+    np.testing.assert_array_equal(scan.array, image)
+    assert len(scan.native.frame_numbers) == SHAPE[2]
+    # highdicom writes a frame per source frame and refuses two at one position: refused
+    # before anything is written, naming the file and the formats that work
+    with pytest.raises(VolumeError) as err:
+        write_like(_mask(), scan, tmp_path / "out" / "m_pred.dcm")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(tmp_path / "out" / "m_pred.dcm"))
+    assert "holds 24 frames and the phase read 12" in message and "output_format=nifti" in message
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

@@ -28,7 +28,7 @@ The reader (:func:`read_file`, used by :func:`vesselfm.io.read_volume` for ``.dc
 ``evaluate pred=`` and ``visualise pred=``) gives such a SEG back as a labelmap (segment number
 per voxel; 0/1 for our masks) on the grid of the source series: ``(columns, rows, slices)``, the
 slices being the referenced instances in the order listed (over a multi-frame object: its
-frames' distinct positions along the slice normal). The slice step comes from two frames
+frames in order along the slice normal). The slice step comes from two frames
 (or, with one, from ``SpacingBetweenSlices`` along the slice normal), so the whole series' grid
 is rebuilt without the series at hand.
 
@@ -252,13 +252,17 @@ def source_frames(
     return frames
 
 
+def _frame_count(ds: Any) -> int:
+    return int(ds.get("NumberOfFrames") or len(ds.PerFrameFunctionalGroupsSequence))
+
+
 def check_sources(like: Any, target: str | os.PathLike[str]) -> tuple[Any, ...]:
     """The source datasets of the :class:`~vesselfm.io.dicom.DicomHeader` ``like`` (the
     slices, or the one multi-frame object), checked before anything is written.
 
     Raises:
-        VolumeError: none (not a DICOM input), a series split over several multi-frame objects,
-            or sources without the position, orientation or spacing of each slice; naming
+        VolumeError: none (not a DICOM input), a series split over several multi-frame objects
+            or one object holding several phases, or sources without the position, orientation or spacing of each slice; naming
             ``target``.
     """
     sources = tuple(getattr(like, "sources", ()) or ())
@@ -275,6 +279,15 @@ def check_sources(like: Any, target: str | os.PathLike[str]) -> tuple[Any, ...]:
             "objects, and a DICOM-SEG derives from one; choose output_format=nifti, nrrd, mha or "
             "seg.nrrd"
         )
+    if frame_numbers:
+        count = _frame_count(sources[0])
+        if len(frame_numbers) < count:
+            raise VolumeError(
+                f"{target}: the enhanced CT object holds {count} frames and the phase read "
+                f"{len(frame_numbers)} of them (several cardiac phases in one object); a "
+                "DICOM-SEG over it would need a frame per source frame at shared positions, "
+                "which highdicom refuses; choose output_format=nifti, nrrd, mha or seg.nrrd"
+            )
     try:
         slice_geometries(sources, frame_numbers)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
@@ -300,8 +313,7 @@ def build_segmentation(
     frame of slice ``k``), SEG frame ``f`` is source frame ``f`` (referenced by
     ReferencedSOPInstanceUID and ReferencedFrameNumber, at its position), and every frame is
     kept, empty ones too: the SEG lists the object, not its frames, so only its frames tell the
-    reader the series' grid. Frames of the object outside the series read (another phase)
-    are empty.
+    reader the series' grid (:func:`check_sources` refuses an object holding other frames).
 
     Raises:
         ValueError: values in ``array`` that no segment has, or segment labels not 1..N.
@@ -326,10 +338,8 @@ def build_segmentation(
         labels.astype(np.uint8 if high <= 255 else np.uint16), affine, sources, frame_numbers
     )
     keep_all = not frames.any()  # a SEG needs a frame: with no vessel anywhere all are kept
-    if frame_numbers:
-        (source,) = sources
-        count = int(source.get("NumberOfFrames") or len(source.PerFrameFunctionalGroupsSequence))
-        on_source = np.zeros((count, *frames.shape[1:]), dtype=frames.dtype)
+    if frame_numbers:  # SEG frame f is source frame f
+        on_source = np.zeros_like(frames)
         on_source[np.asarray(frame_numbers, dtype=np.int64) - 1] = frames
         frames, keep_all = on_source, True
     return hd.seg.Segmentation(
@@ -411,14 +421,13 @@ def _frame_items(ds: Any, where: str) -> list[tuple[np.ndarray, str, int | None]
 @dataclass(frozen=True)
 class _SegGrid:
     """The source series' grid of a SEG: shape ``(columns, rows, slices)``, voxel-to-LPS
-    matrix, and where each slice's frames come from: ``uids[k]`` (single-frame slices), or,
-    over one multi-frame object ``uids[0]``, ``frames[k]`` its frame numbers at slice ``k``'s
-    position (several where the object holds several phases)."""
+    matrix, and where each slice comes from: ``uids[k]`` (single-frame slices), or, over one
+    multi-frame object ``uids[0]``, its frame ``frames[k]``."""
 
     shape: tuple[int, int, int]
     affine: np.ndarray
     uids: list[str]
-    frames: list[list[int]] | None = None
+    frames: list[int] | None = None
 
 
 def _step(
@@ -456,24 +465,25 @@ def _grid(ds: Any, where: str) -> _SegGrid:
         ) from err
     normal = np.cross(orientation[:3], orientation[3:])
     items = _frame_items(ds, where)
-    frames: list[list[int]] | None = None
+    frames: list[int] | None = None
     if any(number is not None for _, _, number in items):
-        # over a multi-frame object: every frame of it is in the SEG (build_segmentation), the
-        # slices are its distinct positions along the normal
+        # over a multi-frame object: every frame of it is in the SEG (build_segmentation), in
+        # slice order along the normal
         if len(uids) != 1 or any(uid != uids[0] or n is None for _, uid, n in items):
             raise VolumeError(
                 f"{where}: frames derive from frames of several objects; only DICOM-SEGs over "
                 "one multi-frame object (as vesselfm writes them) are read"
             )
-        by_position: list[tuple[np.ndarray, list[int]]] = []
-        for position, _, number in sorted(items, key=lambda item: float(item[0] @ normal)):
-            if by_position and np.abs(by_position[-1][0] - position).max() < 1e-3:
-                by_position[-1][1].append(int(number))  # type: ignore[arg-type]
-            else:
-                by_position.append((position, [int(number)]))  # type: ignore[arg-type]
-        frames = [numbers for _, numbers in by_position]
-        placed = [(k, position) for k, (position, _) in enumerate(by_position)]
-        slices = len(by_position)
+        ordered = sorted(items, key=lambda item: float(item[0] @ normal))
+        steps = np.diff([float(position @ normal) for position, _, _ in ordered])
+        if (steps < 1e-3).any():
+            raise VolumeError(
+                f"{where}: several frames at one position; only DICOM-SEGs over one phase "
+                "(as vesselfm writes them) are read"
+            )
+        frames = [int(n) for _, _, n in ordered]  # type: ignore[arg-type]
+        placed = [(k, position) for k, (position, _, _) in enumerate(ordered)]
+        slices = len(ordered)
     else:
         slice_of = {uid: k for k, uid in enumerate(uids)}
         placed = []
@@ -494,7 +504,7 @@ def _grid(ds: Any, where: str) -> _SegGrid:
     return _SegGrid((int(ds.Columns), int(ds.Rows), slices), affine, uids, frames)
 
 
-def _decode(seg: Any, grid: _SegGrid, where: str) -> np.ndarray:
+def _decode(seg: Any, grid: _SegGrid) -> np.ndarray:
     """The labelmap ``(slices, rows, columns)`` of a SEG on its series' grid."""
     if grid.frames is None:
         return np.asarray(
@@ -502,27 +512,14 @@ def _decode(seg: Any, grid: _SegGrid, where: str) -> np.ndarray:
                 grid.uids, combine_segments=True, assert_missing_frames_are_empty=True
             )
         )
-    numbers = sorted(n for ns in grid.frames for n in ns)
-    pixels = np.asarray(
+    return np.asarray(
         seg.get_pixels_by_source_frame(
             grid.uids[0],
-            source_frame_numbers=numbers,
+            source_frame_numbers=grid.frames,
             combine_segments=True,
             assert_missing_frames_are_empty=True,
         )
     )
-    at = {n: i for i, n in enumerate(numbers)}
-    out = np.zeros((len(grid.frames), *pixels.shape[1:]), dtype=pixels.dtype)
-    for k, ns in enumerate(grid.frames):
-        held = [n for n in ns if pixels[at[n]].any()]
-        if len(held) > 1:  # several phases segmented at one position: which one is unknown
-            raise VolumeError(
-                f"{where}: source frames {held} lie at one position and each holds a segment; "
-                "only DICOM-SEGs of one phase (as vesselfm writes them) are read"
-            )
-        if held:
-            out[k] = pixels[at[held[0]]]
-    return out
 
 
 def read_file(
@@ -532,8 +529,7 @@ def read_file(
     each voxel the number of the segment holding it (0: none; segments must not overlap).
 
     Over single-frame slices, the slices are the referenced instances in the order listed;
-    over one multi-frame (enhanced CT) object, its frames' distinct positions along the slice
-    normal (frames of other phases, empty, at the same positions)."""
+    over one multi-frame (enhanced CT) object, its frames in order along the slice normal."""
     from vesselfm.io.dicom import pydicom_module
 
     pydicom = pydicom_module(where)
@@ -556,9 +552,7 @@ def read_file(
     try:
         with _quiet_highdicom():
             seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
-            frames = _decode(seg, grid, where)
-    except VolumeError:
-        raise
+            frames = _decode(seg, grid)
     except Exception as err:  # noqa: BLE001 - highdicom and pydicom's decoders raise many kinds
         raise VolumeError(f"{where}: cannot decode the segmentation ({err})") from err
     array = reversed_axes(frames)
