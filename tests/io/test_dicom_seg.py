@@ -331,6 +331,18 @@ def test_seg_over_an_enhanced_ct_references_its_frames_and_decodes_to_the_nifti_
     back = read_volume(seg_path)
     np.testing.assert_array_equal(back.array, nifti.array)
     np.testing.assert_allclose(back.affine, nifti.affine, atol=1e-4, rtol=0)
+    # two segments: a SEG frame per segment and source frame, read back as their labelmap
+    from vesselfm.io.dicom_seg import write_like as write_seg
+    from vesselfm.io.terminology import VESSEL, Code, Segment
+
+    other = Segment(
+        2, "other", (0.2, 0.4, 0.8), VESSEL.category, Code("SCT", "59820001", "Blood vessel")
+    )
+    labels = mask.copy()
+    labels[10:14, 4:8, 5:7] = 2
+    write_seg(labels, multi.affine, multi.native, tmp_path / "two_pred.dcm", (VESSEL, other))
+    assert int(pydicom.dcmread(tmp_path / "two_pred.dcm").NumberOfFrames) == 2 * SHAPE[2]
+    np.testing.assert_array_equal(read_volume(tmp_path / "two_pred.dcm").array, labels)
 
 
 def test_seg_over_an_enhanced_ct_of_two_phases_is_refused_with_one_line(

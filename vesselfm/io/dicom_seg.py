@@ -155,19 +155,11 @@ def slice_geometry(ds: Any) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     return _floats(ds.ImagePositionPatient), axes, (int(ds.Rows), int(ds.Columns))
 
 
-def _functional(ds: Any, item: Any, sequence: str, keyword: str) -> Any:
-    """``keyword`` of the functional group ``sequence``: the frame's own, else the shared one."""
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    for group_item in (item, shared[0] if shared else None):
-        group = None if group_item is None else group_item.get(sequence)
-        if group and keyword in group[0]:
-            return group[0].get(keyword)
-    return None
-
-
 def frame_geometry(ds: Any, number: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """:func:`slice_geometry` of frame ``number`` (1-based) of a multi-frame (enhanced CT)
     object, from its functional groups (the frame's own, else the shared ones)."""
+    from vesselfm.io.dicom import _functional  # the reader's lookup, shared
+
     item = ds.PerFrameFunctionalGroupsSequence[number - 1]
     values = {
         keyword: _functional(ds, item, sequence, keyword)
@@ -262,8 +254,8 @@ def check_sources(like: Any, target: str | os.PathLike[str]) -> tuple[Any, ...]:
 
     Raises:
         VolumeError: none (not a DICOM input), a series split over several multi-frame objects
-            or one object holding several phases, or sources without the position, orientation or spacing of each slice; naming
-            ``target``.
+            or one object holding several phases, or sources without the position, orientation
+            or spacing of each slice; naming ``target``.
     """
     sources = tuple(getattr(like, "sources", ()) or ())
     if not sources:
@@ -474,15 +466,17 @@ def _grid(ds: Any, where: str) -> _SegGrid:
                 f"{where}: frames derive from frames of several objects; only DICOM-SEGs over "
                 "one multi-frame object (as vesselfm writes them) are read"
             )
-        ordered = sorted(items, key=lambda item: float(item[0] @ normal))
-        steps = np.diff([float(position @ normal) for position, _, _ in ordered])
+        # one item per source frame (several segments: a SEG frame each)
+        by_number = {int(n): position for position, _, n in items}  # type: ignore[arg-type]
+        ordered = sorted(by_number.items(), key=lambda item: float(item[1] @ normal))
+        steps = np.diff([float(position @ normal) for _, position in ordered])
         if (steps < 1e-3).any():
             raise VolumeError(
                 f"{where}: several frames at one position; only DICOM-SEGs over one phase "
                 "(as vesselfm writes them) are read"
             )
-        frames = [int(n) for _, _, n in ordered]  # type: ignore[arg-type]
-        placed = [(k, position) for k, (position, _, _) in enumerate(ordered)]
+        frames = [n for n, _ in ordered]
+        placed = [(k, position) for k, (_, position) in enumerate(ordered)]
         slices = len(ordered)
     else:
         slice_of = {uid: k for k, uid in enumerate(uids)}
