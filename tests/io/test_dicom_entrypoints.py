@@ -28,9 +28,10 @@ def gap_study(tmp_path: Path) -> tuple[Path, np.ndarray]:
     ``gt/study.label.nii.gz``)."""
     image, label = tube_phantom(shape=SHAPE)
     write_series(tmp_path / "study", image, skip=(4,))
-    with selection(resample=True):
-        scan = read_volume(tmp_path / "study")
+    scan = read_volume(tmp_path / "study", resample=True)  # the notebook's (Python) way
     assert scan.shape == SHAPE  # the missing slice comes back
+    with selection(resample=True):
+        np.testing.assert_array_equal(read_volume(tmp_path / "study").array, scan.array)
     write_like(label, scan, tmp_path / "pred" / "study_pred.nii.gz")
     write_like(label, scan, tmp_path / "gt" / "study.label.nii.gz")
     return tmp_path / "study", label
