@@ -25,6 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vesselfm.io.dicom import config_selection
 from vesselfm.metrics.folders import evaluate_folders, expected_cases
 from vesselfm.utils.cli import UserError, hydra_entrypoint
 
@@ -56,21 +57,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if OmegaConf.is_config(cases):
         cases = OmegaConf.to_container(cases, resolve=True)
     expected = expected_cases(cases, cfg.get("split"), cfg.get("manifest"))
-    result = evaluate_folders(
-        pred=cfg.pred,
-        gt=cfg.gt,
-        output=cfg.output,
-        prob=cfg.get("prob"),
-        workers=workers,
-        threshold=float(cfg.get("threshold", 0.5)),
-        metrics=metrics,
-        expected=expected[0] if expected else None,
-        expected_by=expected[1] if expected else "cases=",
-        overwrite=bool(cfg.get("overwrite", False)),
-        centerlines=cfg.get("centerlines"),
-        image=cfg.get("image"),
-        descriptors=cfg.get("descriptors"),
-    )
+    with config_selection(cfg):  # DICOM scans (image=): series=, phase=, dicom.resample=
+        result = evaluate_folders(
+            pred=cfg.pred,
+            gt=cfg.gt,
+            output=cfg.output,
+            prob=cfg.get("prob"),
+            workers=workers,
+            threshold=float(cfg.get("threshold", 0.5)),
+            metrics=metrics,
+            expected=expected[0] if expected else None,
+            expected_by=expected[1] if expected else "cases=",
+            overwrite=bool(cfg.get("overwrite", False)),
+            centerlines=cfg.get("centerlines"),
+            image=cfg.get("image"),
+            descriptors=cfg.get("descriptors"),
+        )
     rows, errors = result.rows, result.errors
     if errors:
         first_case = next(iter(errors))

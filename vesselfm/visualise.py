@@ -1,4 +1,4 @@
-"""Look at a segmentation: ``python -m vesselfm.visualise pred=<nii> [gt=<nii>] [image=<nii>] output=<dir>``.
+"""Look at a segmentation: ``python -m vesselfm.visualise pred=<file> [gt=<file>] [image=<file or DICOM folder/zip>] output=<dir>``.
 
 Writes STL meshes, a self-contained interactive 3D page and PNG overlays through
 :func:`vesselfm.viz.visualise_case`; see ``configs/visualise.yaml`` for the options.
@@ -22,7 +22,7 @@ def visualise(cfg: DictConfig) -> dict[str, Path]:
     Returns:
         The paths written, keyed as :func:`vesselfm.viz.visualise_case` keys them.
     """
-    from vesselfm.viz import visualise_case
+    from vesselfm.io.dicom import config_selection
 
     if cfg.get("pred") in (None, ""):
         raise UserError("pred= is required: give the prediction file, e.g. pred=out/1_pred.nii.gz")
@@ -30,7 +30,17 @@ def visualise(cfg: DictConfig) -> dict[str, Path]:
     if not pred.is_file():
         raise UserError(f"pred={pred}: no such file; give the path of a <case>_pred volume file")
     output = Path(str(cfg.output)) if cfg.get("output") else pred.parent / "viz"
-    written = visualise_case(
+    with config_selection(cfg):  # a DICOM image=: series=, phase=, dicom.resample=
+        written = _visualise(cfg, pred, output)
+    for key, path in written.items():
+        log.info("%s: %s", key, path)
+    return written
+
+
+def _visualise(cfg: DictConfig, pred: Path, output: Path) -> dict[str, Path]:
+    from vesselfm.viz import visualise_case
+
+    return visualise_case(
         pred,
         output,
         gt_path=cfg.get("gt"),
@@ -47,9 +57,6 @@ def visualise(cfg: DictConfig) -> dict[str, Path]:
         png=bool(cfg.png),
         overwrite=bool(cfg.get("overwrite", False)),
     )
-    for key, path in written.items():
-        log.info("%s: %s", key, path)
-    return written
 
 
 @hydra_entrypoint("visualise")

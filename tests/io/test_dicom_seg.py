@@ -204,12 +204,12 @@ def test_dicom_seg_names_formats_and_refusals(tmp_path: Path) -> None:
     a_slice = sorted(folder.iterdir())[0]
     with pytest.raises(VolumeError, match="not a DICOM Segmentation.*folder or .zip"):
         read_volume(a_slice)
-    # a multi-frame (Enhanced CT) source has no per-slice position: refused, nothing written
+    # a source slice without its position: refused, nothing written
     series = read_volume(folder)
-    enhanced = copy.deepcopy(series.native.sources[0])
-    del enhanced.ImagePositionPatient
-    header = dataclasses.replace(series.native, sources=(enhanced,))
-    with pytest.raises(VolumeError, match=r"e_pred.dcm: DICOM-SEG .* single-frame CT slices"):
+    broken = copy.deepcopy(series.native.sources[0])
+    del broken.ImagePositionPatient
+    header = dataclasses.replace(series.native, sources=(broken, *series.native.sources[1:]))
+    with pytest.raises(VolumeError, match=r"e_pred.dcm: the source series lacks a slice's posi"):
         write_like(_mask(), dataclasses.replace(series, native=header), out / "e_pred.dcm")
     assert not out.exists() or not list(out.iterdir())
     # SEG predictions are found as <case>_pred files
@@ -284,3 +284,100 @@ def test_several_named_segments_make_one_seg_read_back_as_their_labelmap(tmp_pat
     np.testing.assert_array_equal(read_volume(target).array, labels)
     with pytest.raises(ValueError, match="numbered 1..1"):
         write_seg(labels, scan.affine, scan.native, tmp_path / "x_pred.dcm")
+
+
+def test_seg_over_an_enhanced_ct_references_its_frames_and_decodes_to_the_nifti_mask(
+    tmp_path: Path, oblique: tuple[Volume, dict[str, pydicom.Dataset]]
+) -> None:
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    scan, files = oblique
+    enhanced = LegacyConvertedEnhancedCTImage(
+        [pydicom.dcmread(f) for f in sorted((tmp_path / "study").iterdir())],
+        series_instance_uid=pydicom.uid.generate_uid(),
+        series_number=5,
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        instance_number=1,
+    )
+    (tmp_path / "multi").mkdir()
+    enhanced.save_as(tmp_path / "multi" / "ct.dcm")
+    multi = read_volume(tmp_path / "multi")
+    mask = _mask()
+    seg_path = write_like(mask, multi, tmp_path / "out" / "multi_pred.dcm")
+    nifti = read_volume(write_like(mask, scan, tmp_path / "out" / "single_pred.nii.gz"))
+    ds = pydicom.dcmread(seg_path)
+    (series,) = ds.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == enhanced.SeriesInstanceUID
+    assert [i.ReferencedSOPInstanceUID for i in series.ReferencedInstanceSequence] == [
+        enhanced.SOPInstanceUID
+    ]
+    # every frame of the object, each on its source frame's position, referenced by its number
+    source_frames_ = enhanced.PerFrameFunctionalGroupsSequence
+    assert int(ds.NumberOfFrames) == len(source_frames_) == SHAPE[2]
+    frames = hd.seg.Segmentation.from_dataset(ds).pixel_array
+    numbers = set()
+    for n, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        ref = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        assert ref.ReferencedSOPInstanceUID == enhanced.SOPInstanceUID
+        number = int(ref.ReferencedFrameNumber)
+        numbers.add(number)
+        position = frame.PlanePositionSequence[0].ImagePositionPatient
+        want = source_frames_[number - 1].PlanePositionSequence[0].ImagePositionPatient
+        np.testing.assert_allclose([float(v) for v in position], [float(v) for v in want])
+        # the frame is the NIfTI mask's slice at that position
+        k = _slice_index(nifti, frame.PlanePositionSequence[0])
+        np.testing.assert_array_equal(frames[n], nifti.array[:, :, k].T)
+    assert numbers == set(range(1, SHAPE[2] + 1))
+    back = read_volume(seg_path)
+    np.testing.assert_array_equal(back.array, nifti.array)
+    np.testing.assert_allclose(back.affine, nifti.affine, atol=1e-4, rtol=0)
+    # two segments: a SEG frame per segment and source frame, read back as their labelmap
+    from vesselfm.io.dicom_seg import write_like as write_seg
+    from vesselfm.io.terminology import VESSEL, Code, Segment
+
+    other = Segment(
+        2, "other", (0.2, 0.4, 0.8), VESSEL.category, Code("SCT", "59820001", "Blood vessel")
+    )
+    labels = mask.copy()
+    labels[10:14, 4:8, 5:7] = 2
+    write_seg(labels, multi.affine, multi.native, tmp_path / "two_pred.dcm", (VESSEL, other))
+    assert int(pydicom.dcmread(tmp_path / "two_pred.dcm").NumberOfFrames) == 2 * SHAPE[2]
+    np.testing.assert_array_equal(read_volume(tmp_path / "two_pred.dcm").array, labels)
+
+
+def test_seg_over_an_enhanced_ct_of_two_phases_is_refused_with_one_line(
+    tmp_path: Path,
+) -> None:
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+    from pydicom.dataset import Dataset
+
+    image, _ = tube_phantom(shape=SHAPE)
+    uid = pydicom.uid.generate_uid()
+    write_series(tmp_path / "s", image, orientation=OBLIQUE, series=uid, phase=40, prefix="a")
+    write_series(tmp_path / "s", image + 5, orientation=OBLIQUE, series=uid, phase=75, prefix="b")
+    legacy = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, (tmp_path / "s").iterdir())}
+    enhanced = LegacyConvertedEnhancedCTImage(
+        list(legacy.values()),
+        series_instance_uid=pydicom.uid.generate_uid(),
+        series_number=5,
+        sop_instance_uid=pydicom.uid.generate_uid(),
+        instance_number=1,
+    )
+    for item in enhanced.PerFrameFunctionalGroupsSequence:  # the converter drops the phases
+        source = item.ConversionSourceAttributesSequence[0].ReferencedSOPInstanceUID
+        cardiac = Dataset()
+        cardiac.NominalPercentageOfCardiacPhase = legacy[source].NominalPercentageOfCardiacPhase
+        item.CardiacSynchronizationSequence = [cardiac]
+    (tmp_path / "multi").mkdir()
+    enhanced.save_as(tmp_path / "multi" / "ct.dcm")
+    scan = read_volume(tmp_path / "multi", phase=40)
+    np.testing.assert_array_equal(scan.array, image)
+    assert len(scan.native.frame_numbers) == SHAPE[2]
+    # highdicom writes a frame per source frame and refuses two at one position: refused
+    # before anything is written, naming the file and the formats that work
+    with pytest.raises(VolumeError) as err:
+        write_like(_mask(), scan, tmp_path / "out" / "m_pred.dcm")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(tmp_path / "out" / "m_pred.dcm"))
+    assert "holds 24 frames and the phase read 12" in message and "output_format=nifti" in message
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

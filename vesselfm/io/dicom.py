@@ -119,7 +119,8 @@ _selection: contextvars.ContextVar[Selection | None] = contextvars.ContextVar(
 @contextlib.contextmanager
 def selection(series: Any = None, phase: Any = None, resample: Any = False) -> Iterator[Selection]:
     """Within the block, DICOM inputs are read with ``series=``, ``phase=`` and
-    ``dicom.resample=`` (the infer keys); explicit arguments of :func:`read_file` win."""
+    ``dicom.resample=`` (the keys of infer, evaluate and visualise); explicit arguments of
+    :func:`read_file` win."""
     chosen = Selection(
         series=None if series is None else str(series).strip(),
         phase=None if phase is None else float(phase),
@@ -130,6 +131,23 @@ def selection(series: Any = None, phase: Any = None, resample: Any = False) -> I
         yield chosen
     finally:
         _selection.reset(token)
+
+
+def current_selection() -> Selection:
+    """The :class:`Selection` in effect (:func:`selection`'s, else the defaults): what a worker
+    process is given, since a context variable does not cross into it."""
+    return _selection.get() or _NO_SELECTION
+
+
+def config_selection(cfg: Any) -> contextlib.AbstractContextManager[Selection]:
+    """:func:`selection` from an entrypoint's config: its ``series``, ``phase`` and
+    ``dicom.resample`` keys (``configs/dicom/selection.yaml``; absent keys are the defaults)."""
+    dicom = cfg.get("dicom") or {}
+    return selection(
+        series=cfg.get("series"),
+        phase=cfg.get("phase"),
+        resample=bool(dicom.get("resample", False)),
+    )
 
 
 @dataclass(frozen=True)
@@ -902,7 +920,8 @@ def read_file(
     gaps, tilt = _irregular(grid)
     if gaps and not resample:
         raise VolumeError(
-            f"{where}: {gaps}; set dicom.resample=true to resample it onto a regular grid"
+            f"{where}: {gaps}; set dicom.resample=true (Python: read_volume(..., resample=True)) "
+            "to resample it onto a regular grid"
         )
     array = _pixels(images, container, where)
     resampled = "; ".join(r for r in (tilt, gaps) if r)

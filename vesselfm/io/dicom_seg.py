@@ -13,7 +13,11 @@ order ``k``):
   source series and every instance referenced (``ReferencedSeriesSequence``, in slice order), and
   per frame its source slice (``DerivationImageSequence`` > ``SourceImageSequence``);
 - one frame per source slice that holds vessel (empty slices omitted; a mask with no vessel at
-  all keeps every frame, as highdicom does: a SEG needs a frame).
+  all keeps every frame, as highdicom does: a SEG needs a frame);
+- over an enhanced (multi-frame) CT object (``sources`` the one object, ``frame_numbers[k]``
+  the frame of slice ``k``): frame ``f`` of the SEG derives from frame ``f`` of the object
+  (ReferencedSOPInstanceUID + ReferencedFrameNumber, on its position), every frame kept, since
+  the SEG references the object, not its frames, and only its frames carry the series' grid.
 
 Frames always lie on the source slices: the mask, on the Volume's grid, is taken onto each
 source slice's pixels through the affines (:func:`source_frames`): voxel for pixel where the
@@ -23,7 +27,8 @@ resampled onto a regular grid, while ``sources`` keep the slices as scanned).
 The reader (:func:`read_file`, used by :func:`vesselfm.io.read_volume` for ``.dcm`` files, so by
 ``evaluate pred=`` and ``visualise pred=``) gives such a SEG back as a labelmap (segment number
 per voxel; 0/1 for our masks) on the grid of the source series: ``(columns, rows, slices)``, the
-slices being the referenced instances in the order listed. The slice step comes from two frames
+slices being the referenced instances in the order listed (over a multi-frame object: its
+frames in order along the slice normal). The slice step comes from two frames
 (or, with one, from ``SpacingBetweenSlices`` along the slice normal), so the whole series' grid
 is rebuilt without the series at hand.
 
@@ -38,6 +43,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +155,42 @@ def slice_geometry(ds: Any) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     return _floats(ds.ImagePositionPatient), axes, (int(ds.Rows), int(ds.Columns))
 
 
+def frame_geometry(ds: Any, number: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """:func:`slice_geometry` of frame ``number`` (1-based) of a multi-frame (enhanced CT)
+    object, from its functional groups (the frame's own, else the shared ones)."""
+    from vesselfm.io.dicom import _functional  # the reader's lookup, shared
+
+    item = ds.PerFrameFunctionalGroupsSequence[number - 1]
+    values = {
+        keyword: _functional(ds, item, sequence, keyword)
+        for sequence, keyword in (
+            ("PlanePositionSequence", "ImagePositionPatient"),
+            ("PlaneOrientationSequence", "ImageOrientationPatient"),
+            ("PixelMeasuresSequence", "PixelSpacing"),
+        )
+    }
+    if any(v is None for v in values.values()):
+        raise ValueError(
+            f"frame {number} has no {', '.join(k for k, v in values.items() if v is None)}"
+        )
+    orientation = _floats(values["ImageOrientationPatient"])
+    spacing = _floats(values["PixelSpacing"])
+    axes = np.stack([orientation[:3] * spacing[1], orientation[3:] * spacing[0]])
+    return _floats(values["ImagePositionPatient"]), axes, (int(ds.Rows), int(ds.Columns))
+
+
+def slice_geometries(
+    sources: Sequence[Any], frame_numbers: Sequence[int] = ()
+) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
+    """The geometry of each source slice ``k`` (:func:`slice_geometry`): ``sources[k]`` for a
+    single-frame series, frame ``frame_numbers[k]`` of the one multi-frame object
+    ``sources[0]`` otherwise (:class:`~vesselfm.io.dicom.DicomHeader`)."""
+    if frame_numbers:
+        (ds,) = sources
+        return [frame_geometry(ds, int(n)) for n in frame_numbers]
+    return [slice_geometry(ds) for ds in sources]
+
+
 def reversed_axes(array: np.ndarray) -> np.ndarray:
     """``array`` ``(A, B, C)`` as a contiguous ``(C, B, A)`` (volume ``(X, Y, Z)`` ↔ frames
     ``(slices, rows, columns)``), copied in two steps that each swap two axes: several times
@@ -156,7 +198,12 @@ def reversed_axes(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.ascontiguousarray(array.transpose(0, 2, 1)).transpose(1, 2, 0))
 
 
-def source_frames(mask: np.ndarray, affine: np.ndarray, sources: Sequence[Any]) -> np.ndarray:
+def source_frames(
+    mask: np.ndarray,
+    affine: np.ndarray,
+    sources: Sequence[Any],
+    frame_numbers: Sequence[int] = (),
+) -> np.ndarray:
     """The mask on each source slice's pixels: ``(slices, rows, columns)``.
 
     Where the volume's grid is the series' own (``mask`` is ``(columns, rows, slices)`` and each
@@ -167,23 +214,25 @@ def source_frames(mask: np.ndarray, affine: np.ndarray, sources: Sequence[Any]) 
     Args:
         mask: ``(X, Y, Z)`` labels on the volume's grid.
         affine: the volume's voxel-to-RAS matrix.
-        sources: the slices' datasets (single-frame, with position and orientation).
+        sources: the slices' datasets (single-frame, with position and orientation), or the one
+            multi-frame object holding them.
+        frame_numbers: for a multi-frame ``sources[0]``, the (1-based) frame of each slice.
     """
     mask = np.asarray(mask)
     to_lps = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
-    geometry = [slice_geometry(ds) for ds in sources]
+    geometry = slice_geometries(sources, frame_numbers)
     sizes = {size for _, _, size in geometry}
     if len(sizes) != 1:
         raise ValueError(f"source slices of different sizes {sorted(sizes)}")
     rows, columns = geometry[0][2]
-    if mask.shape == (columns, rows, len(sources)) and all(
+    if mask.shape == (columns, rows, len(geometry)) and all(
         np.abs(axes - to_lps[:3, :2].T).max() <= SAME_GRID_MM / max(rows, columns)
         and np.abs(origin - to_lps[:3, :3] @ [0, 0, k] - to_lps[:3, 3]).max() <= SAME_GRID_MM
         for k, (origin, axes, _) in enumerate(geometry)
     ):
         return reversed_axes(mask)
     to_index = np.linalg.inv(to_lps)
-    frames = np.zeros((len(sources), rows, columns), dtype=mask.dtype)
+    frames = np.zeros((len(geometry), rows, columns), dtype=mask.dtype)
     jj, ii = np.meshgrid(np.arange(rows), np.arange(columns), indexing="ij")
     for k, (origin, axes, _) in enumerate(geometry):
         base = to_index[:3, :3] @ origin + to_index[:3, 3]
@@ -195,12 +244,18 @@ def source_frames(mask: np.ndarray, affine: np.ndarray, sources: Sequence[Any]) 
     return frames
 
 
+def _frame_count(ds: Any) -> int:
+    return int(ds.get("NumberOfFrames") or len(ds.PerFrameFunctionalGroupsSequence))
+
+
 def check_sources(like: Any, target: str | os.PathLike[str]) -> tuple[Any, ...]:
-    """The source slices of the :class:`~vesselfm.io.dicom.DicomHeader` ``like``, checked
-    before anything is written.
+    """The source datasets of the :class:`~vesselfm.io.dicom.DicomHeader` ``like`` (the
+    slices, or the one multi-frame object), checked before anything is written.
 
     Raises:
-        VolumeError: none (not a DICOM input), or a multi-frame source; naming ``target``.
+        VolumeError: none (not a DICOM input), a series split over several multi-frame objects
+            or one object holding several phases, or sources without the position, orientation
+            or spacing of each slice; naming ``target``.
     """
     sources = tuple(getattr(like, "sources", ()) or ())
     if not sources:
@@ -209,12 +264,29 @@ def check_sources(like: Any, target: str | os.PathLike[str]) -> tuple[Any, ...]:
             "is not one; give a DICOM series (a folder or .zip) or choose output_format=nifti, "
             "nrrd, mha or seg.nrrd"
         )
-    if any("ImagePositionPatient" not in ds or "PixelSpacing" not in ds for ds in sources):
+    frame_numbers = tuple(getattr(like, "frame_numbers", ()) or ())
+    if frame_numbers and len(sources) > 1:
         raise VolumeError(
-            f"{target}: DICOM-SEG output is written over single-frame CT slices only, and this "
-            "series is a multi-frame (Enhanced CT) object; choose output_format=nifti, nrrd, mha "
-            "or seg.nrrd"
+            f"{target}: this series is split over {len(sources)} multi-frame (Enhanced CT) "
+            "objects, and a DICOM-SEG derives from one; choose output_format=nifti, nrrd, mha or "
+            "seg.nrrd"
         )
+    if frame_numbers:
+        count = _frame_count(sources[0])
+        if len(frame_numbers) < count:
+            raise VolumeError(
+                f"{target}: the enhanced CT object holds {count} frames and the phase read "
+                f"{len(frame_numbers)} of them (several cardiac phases in one object); a "
+                "DICOM-SEG over it would need a frame per source frame at shared positions, "
+                "which highdicom refuses; choose output_format=nifti, nrrd, mha or seg.nrrd"
+            )
+    try:
+        slice_geometries(sources, frame_numbers)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
+        raise VolumeError(
+            f"{target}: the source series lacks a slice's position, orientation or pixel "
+            f"spacing ({err}); choose output_format=nifti, nrrd, mha or seg.nrrd"
+        ) from err
     return sources
 
 
@@ -223,10 +295,17 @@ def build_segmentation(
     affine: np.ndarray,
     sources: Sequence[Any],
     segments: Sequence[Segment] = (VESSEL,),
+    frame_numbers: Sequence[int] = (),
 ) -> Any:
     """The highdicom Segmentation of the labelmap ``array`` (on the grid of ``affine``) over the
     source slices ``sources`` (in slice order), one segment per entry of ``segments`` (voxels
     valued with its label value).
+
+    Over a multi-frame source (``sources`` the one enhanced CT object, ``frame_numbers[k]`` the
+    frame of slice ``k``), SEG frame ``f`` is source frame ``f`` (referenced by
+    ReferencedSOPInstanceUID and ReferencedFrameNumber, at its position), and every frame is
+    kept, empty ones too: the SEG lists the object, not its frames, so only its frames tell the
+    reader the series' grid (:func:`check_sources` refuses an object holding other frames).
 
     Raises:
         ValueError: values in ``array`` that no segment has, or segment labels not 1..N.
@@ -247,7 +326,14 @@ def build_segmentation(
         raise ValueError(
             f"labels from {low} to {high}, but the segments are numbered 1..{len(segments)}"
         )
-    frames = source_frames(labels.astype(np.uint8 if high <= 255 else np.uint16), affine, sources)
+    frames = source_frames(
+        labels.astype(np.uint8 if high <= 255 else np.uint16), affine, sources, frame_numbers
+    )
+    keep_all = not frames.any()  # a SEG needs a frame: with no vessel anywhere all are kept
+    if frame_numbers:  # SEG frame f is source frame f
+        on_source = np.zeros_like(frames)
+        on_source[np.asarray(frame_numbers, dtype=np.int64) - 1] = frames
+        frames, keep_all = on_source, True
     return hd.seg.Segmentation(
         source_images=list(sources),
         pixel_array=frames,
@@ -264,8 +350,7 @@ def build_segmentation(
         content_label="VESSELFM",
         content_description="vesselFM coronary artery lumen segmentation",
         series_description=SERIES_DESCRIPTION,
-        # a SEG needs a frame: with no vessel anywhere every frame is kept (highdicom would warn)
-        omit_empty_frames=bool(frames.any()),
+        omit_empty_frames=not keep_all,
     )
 
 
@@ -286,8 +371,9 @@ def write_like(
     """
     sources = check_sources(like, target)
     highdicom_module(str(target))
+    frame_numbers = tuple(getattr(like, "frame_numbers", ()) or ())
     with _quiet_highdicom():
-        seg = build_segmentation(array, affine, sources, segments)
+        seg = build_segmentation(array, affine, sources, segments, frame_numbers)
     seg.save_as(str(target), enforce_file_format=True)
 
 
@@ -300,25 +386,63 @@ def write_new(
     check_sources(None, target)
 
 
-def _frame_items(ds: Any, where: str) -> list[tuple[np.ndarray, str]]:
-    """``(ImagePositionPatient, source SOPInstanceUID)`` of each frame."""
+def _frame_items(ds: Any, where: str) -> list[tuple[np.ndarray, str, int | None]]:
+    """``(ImagePositionPatient, source SOPInstanceUID, source frame number or None)`` of each
+    frame."""
     items = []
     for n, frame in enumerate(ds.PerFrameFunctionalGroupsSequence, start=1):
         try:
             position = _floats(frame.PlanePositionSequence[0].ImagePositionPatient)
             source = frame.DerivationImageSequence[0].SourceImageSequence[0]
-            items.append((position, str(source.ReferencedSOPInstanceUID)))
-        except (AttributeError, IndexError, KeyError) as err:
+            number = source.get("ReferencedFrameNumber")
+            items.append(
+                (
+                    position,
+                    str(source.ReferencedSOPInstanceUID),
+                    None if number is None else int(number),
+                )
+            )
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
             raise VolumeError(
-                f"{where}: frame {n} has no position or no source slice; only DICOM-SEGs whose "
-                "frames derive from single-frame slices (as vesselfm writes them) are read"
+                f"{where}: frame {n} has no position or no source image; only DICOM-SEGs whose "
+                "frames derive from CT slices or frames (as vesselfm writes them) are read"
             ) from err
     return items
 
 
-def _grid(ds: Any, where: str) -> tuple[tuple[int, int, int], np.ndarray, list[str]]:
-    """The source series' shape ``(columns, rows, slices)``, voxel-to-LPS matrix and instance
-    UIDs (in slice order) of a SEG."""
+@dataclass(frozen=True)
+class _SegGrid:
+    """The source series' grid of a SEG: shape ``(columns, rows, slices)``, voxel-to-LPS
+    matrix, and where each slice comes from: ``uids[k]`` (single-frame slices), or, over one
+    multi-frame object ``uids[0]``, its frame ``frames[k]``."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    uids: list[str]
+    frames: list[int] | None = None
+
+
+def _step(
+    placed: list[tuple[int, np.ndarray]], slices: int, normal: np.ndarray, measures: Any, where: str
+) -> np.ndarray:
+    """The slice step (LPS mm) from the placed frames ``(slice, position)``: between the first
+    and last slice holding a frame, else along the normal."""
+    first = min(placed, key=lambda p: p[0])
+    last = max(placed, key=lambda p: p[0])
+    if last[0] > first[0]:
+        return (last[1] - first[1]) / (last[0] - first[0])
+    if slices == 1:
+        return normal * float(measures.get("SliceThickness") or 1.0)
+    if measures.get("SpacingBetweenSlices") is not None:
+        return normal * float(measures.SpacingBetweenSlices)
+    raise VolumeError(
+        f"{where}: the SEG's frames lie on one slice and it has no SpacingBetweenSlices; "
+        "the slice spacing of its series is unknown"
+    )
+
+
+def _grid(ds: Any, where: str) -> _SegGrid:
+    """The source series' grid of a SEG (:class:`_SegGrid`)."""
     try:
         (series,) = ds.ReferencedSeriesSequence
         uids = [str(item.ReferencedSOPInstanceUID) for item in series.ReferencedInstanceSequence]
@@ -331,40 +455,75 @@ def _grid(ds: Any, where: str) -> tuple[tuple[int, int, int], np.ndarray, list[s
             f"{where}: not a DICOM-SEG of one source series with shared orientation and pixel "
             f"spacing ({type(err).__name__}); only SEGs as vesselfm writes them are read"
         ) from err
-    slice_of = {uid: k for k, uid in enumerate(uids)}
-    items = _frame_items(ds, where)
-    placed = []
-    for position, uid in items:
-        if uid not in slice_of:
-            raise VolumeError(f"{where}: a frame derives from {uid}, which the SEG does not list")
-        placed.append((slice_of[uid], position))
     normal = np.cross(orientation[:3], orientation[3:])
-    first = min(placed, key=lambda p: p[0])
-    last = max(placed, key=lambda p: p[0])
-    if last[0] > first[0]:
-        step = (last[1] - first[1]) / (last[0] - first[0])
-    elif len(uids) == 1:
-        step = normal * float(measures.get("SliceThickness") or 1.0)
-    elif measures.get("SpacingBetweenSlices") is not None:
-        step = normal * float(measures.SpacingBetweenSlices)
+    items = _frame_items(ds, where)
+    frames: list[int] | None = None
+    if any(number is not None for _, _, number in items):
+        # over a multi-frame object: every frame of it is in the SEG (build_segmentation), in
+        # slice order along the normal
+        if len(uids) != 1 or any(uid != uids[0] or n is None for _, uid, n in items):
+            raise VolumeError(
+                f"{where}: frames derive from frames of several objects; only DICOM-SEGs over "
+                "one multi-frame object (as vesselfm writes them) are read"
+            )
+        # one item per source frame (several segments: a SEG frame each)
+        by_number = {int(n): position for position, _, n in items}  # type: ignore[arg-type]
+        ordered = sorted(by_number.items(), key=lambda item: float(item[1] @ normal))
+        steps = np.diff([float(position @ normal) for _, position in ordered])
+        if (steps < 1e-3).any():
+            raise VolumeError(
+                f"{where}: several frames at one position; only DICOM-SEGs over one phase "
+                "(as vesselfm writes them) are read"
+            )
+        frames = [n for n, _ in ordered]
+        placed = [(k, position) for k, (_, position) in enumerate(ordered)]
+        slices = len(ordered)
     else:
-        raise VolumeError(
-            f"{where}: the SEG's frames lie on one slice and it has no SpacingBetweenSlices; "
-            "the slice spacing of its series is unknown"
-        )
+        slice_of = {uid: k for k, uid in enumerate(uids)}
+        placed = []
+        for position, uid, _ in items:
+            if uid not in slice_of:
+                raise VolumeError(
+                    f"{where}: a frame derives from {uid}, which the SEG does not list"
+                )
+            placed.append((slice_of[uid], position))
+        slices = len(uids)
+    step = _step(placed, slices, normal, measures, where)
+    first = min(placed, key=lambda p: p[0])
     affine = np.eye(4)
     affine[:3, 0] = orientation[:3] * spacing[1]
     affine[:3, 1] = orientation[3:] * spacing[0]
     affine[:3, 2] = step
     affine[:3, 3] = first[1] - first[0] * step
-    return (int(ds.Columns), int(ds.Rows), len(uids)), affine, uids
+    return _SegGrid((int(ds.Columns), int(ds.Rows), slices), affine, uids, frames)
+
+
+def _decode(seg: Any, grid: _SegGrid) -> np.ndarray:
+    """The labelmap ``(slices, rows, columns)`` of a SEG on its series' grid."""
+    if grid.frames is None:
+        return np.asarray(
+            seg.get_pixels_by_source_instance(
+                grid.uids, combine_segments=True, assert_missing_frames_are_empty=True
+            )
+        )
+    return np.asarray(
+        seg.get_pixels_by_source_frame(
+            grid.uids[0],
+            source_frame_numbers=grid.frames,
+            combine_segments=True,
+            assert_missing_frames_are_empty=True,
+        )
+    )
 
 
 def read_file(
     path: Path, dtype: Any, where: str
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], None]:
     """``(labelmap (columns, rows, slices), RAS affine, shape, None)`` of a DICOM-SEG file:
-    each voxel the number of the segment holding it (0: none; segments must not overlap)."""
+    each voxel the number of the segment holding it (0: none; segments must not overlap).
+
+    Over single-frame slices, the slices are the referenced instances in the order listed;
+    over one multi-frame (enhanced CT) object, its frames in order along the slice normal."""
     from vesselfm.io.dicom import pydicom_module
 
     pydicom = pydicom_module(where)
@@ -383,21 +542,19 @@ def read_file(
             "single .dcm file is read as a DICOM-SEG only: give a DICOM series as its folder "
             "or .zip"
         )
-    shape, affine_lps, uids = _grid(ds, where)
+    grid = _grid(ds, where)
     try:
         with _quiet_highdicom():
             seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
-            frames = seg.get_pixels_by_source_instance(
-                uids, combine_segments=True, assert_missing_frames_are_empty=True
-            )
+            frames = _decode(seg, grid)
     except Exception as err:  # noqa: BLE001 - highdicom and pydicom's decoders raise many kinds
         raise VolumeError(f"{where}: cannot decode the segmentation ({err})") from err
-    array = reversed_axes(np.asarray(frames))
+    array = reversed_axes(frames)
     if dtype is not None:
         array = array.astype(dtype)
     elif array.max(initial=0) <= 255:
         array = array.astype(np.uint8)
-    return array, LPS_TO_RAS @ affine_lps, shape, None
+    return array, LPS_TO_RAS @ grid.affine, grid.shape, None
 
 
 def read_bytes(data: bytes, where: str, dtype: Any) -> Any:

@@ -306,6 +306,7 @@ def read_volume(
     *,
     series: str | None = None,
     phase: float | None = None,
+    resample: bool | None = None,
 ) -> Volume:
     """Read and validate a 3D volume file, or a DICOM series (a folder or a ``.zip``).
 
@@ -317,6 +318,9 @@ def read_volume(
             :func:`vesselfm.io.dicom.selection` set, else the CT series with the most slices.
         phase: DICOM only: the cardiac phase (NominalPercentageOfCardiacPhase, else
             TriggerTime) where several slices share a position.
+        resample: DICOM only: resample a series with gaps or uneven slice spacing onto a
+            regular grid (``dicom.resample=``) instead of stopping; ``None``: as
+            :func:`vesselfm.io.dicom.selection` set, else ``False``.
         dtype: the array's dtype, the file's scaling applied in it (``np.float32`` for
             intensities); ``None`` keeps the stored dtype (scaled files: int32 for integer
             scaling, else float32), the smallest exact array.
@@ -334,7 +338,7 @@ def read_volume(
     if is_dicom_input(path):
         fmt = "dicom"
         array, affine, header_shape, native = _codec(fmt).read_file(
-            path, dtype, where, series=series, phase=phase
+            path, dtype, where, series=series, phase=phase, resample=resample
         )
     else:
         fmt = _format(where, path.name)

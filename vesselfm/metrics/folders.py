@@ -29,6 +29,7 @@ import numpy as np
 
 from vesselfm.io import Volume
 from vesselfm.io.centerlines import Centerlines
+from vesselfm.io.dicom import Selection
 from vesselfm.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,16 @@ SPLITS = ("train", "val", "test")
 #: the key of :func:`score_volumes`'s row holding the case's local-Dice points (not a column)
 POINTS_KEY = "_local_dice_points"
 _NO_RESAMPLING = "predictions must be on the label's grid (scoring does not resample)"
+#: the hint for a DICOM-SEG prediction off the label's grid: a SEG's frames lie on its source
+#: slices, while a series read resampled (gantry tilt, ``dicom.resample=true``) has its masks,
+#: and so labels drawn on them, on the resampled grid
+_SEG_OFF_GRID = (
+    "a DICOM-SEG lies on its source series' slices, not on the regular grid a tilted or "
+    "gapped series is resampled onto (as its label is): score that case's NIfTI prediction "
+    "instead (python -m vesselfm.infer ... output_format=[dicom_seg,nifti])"
+)
+#: what find_predictions looks for, for messages
+_PREDICTION_NAMES = "<case>_pred.nii.gz/.nii/.nrrd/.mha/.mhd/.seg.nrrd/.dcm (DICOM-SEG)"
 
 
 @dataclass(frozen=True)
@@ -89,8 +100,8 @@ def find_predictions(pred_dir: str | Path) -> dict[str, Path]:
     preds = find_outputs(pred_dir, "prediction", "pred")
     if not preds:
         raise UserError(
-            f"pred={pred_dir}: no <case>_pred.nii.gz/.nrrd/.mha files found; point pred= at the folder "
-            "python -m vesselfm.infer wrote"
+            f"pred={pred_dir}: no {_PREDICTION_NAMES} files found; point pred= at the "
+            "folder python -m vesselfm.infer wrote"
         )
     return preds
 
@@ -247,7 +258,9 @@ def score_volumes(
     from vesselfm.metrics.imagecasx import check_segments, imagecasx_columns, segment_codes
 
     try:
-        check_same_grid(pred, label, hint=_NO_RESAMPLING)
+        check_same_grid(
+            pred, label, hint=_SEG_OFF_GRID if pred.format == "dicom_seg" else _NO_RESAMPLING
+        )
         if prob is not None:
             check_same_grid(prob, label, hint=_NO_RESAMPLING)
         if image is not None:
@@ -370,11 +383,16 @@ def score_case(
 
 
 def _score_task(
-    files: CaseFiles, threshold: float, metrics: Sequence[str] | None
+    files: CaseFiles, threshold: float, metrics: Sequence[str] | None, dicom: Selection
 ) -> tuple[str, dict[str, Any] | None, str | None]:
-    """Worker entry: never raises for a case-level problem, so one bad case stops nothing."""
+    """Worker entry: never raises for a case-level problem, so one bad case stops nothing.
+    DICOM scans are read with ``dicom`` (the caller's ``series=``, ``phase=``,
+    ``dicom.resample=``: a worker process does not inherit the caller's context)."""
+    from vesselfm.io.dicom import selection
+
     try:
-        return files.case, score_case(files, threshold, metrics), None
+        with selection(dicom.series, dicom.phase, dicom.resample):
+            return files.case, score_case(files, threshold, metrics), None
     except CaseError as err:
         return files.case, None, str(err)
 
@@ -447,6 +465,7 @@ def evaluate_folders(
     from tqdm.auto import tqdm
 
     from vesselfm.io import check_output_dir
+    from vesselfm.io.dicom import current_selection
     from vesselfm.metrics.compute import _select
     from vesselfm.metrics.imagecasx import (
         IMAGECASX_FILES,
@@ -538,15 +557,16 @@ def evaluate_folders(
             points[case] = row.pop(POINTS_KEY, [])
             rows[case] = row
 
+    dicom = current_selection()
     bar = tqdm(total=len(cases), desc="evaluate", unit="case")
     if workers == 1:
         for files in cases:
-            collect(*_score_task(files, threshold, names))
+            collect(*_score_task(files, threshold, names, dicom))
             bar.update()
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=ctx) as pool:
-            futures = [pool.submit(_score_task, files, threshold, names) for files in cases]
+            futures = [pool.submit(_score_task, files, threshold, names, dicom) for files in cases]
             for future in as_completed(futures):
                 collect(*future.result())
                 bar.update()

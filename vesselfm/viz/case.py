@@ -1,7 +1,10 @@
 """Everything to look at one case: STL meshes, the 3D HTML page and the PNG overlays.
 
 :func:`visualise_case` is what ``python -m vesselfm.visualise``, the notebook and the training
-demo call. It reads NIfTI files, thresholds the prediction, and writes (``<case>`` is the case
+demo call. It reads any scan the case-file layer reads (NIfTI, NRRD, MetaImage, ``.seg.nrrd``, a DICOM-SEG
+``_pred.dcm``; ``image=`` also a DICOM series as a folder or ``.zip``, read with the
+``series=``/``phase=``/``dicom.resample=`` of :func:`vesselfm.io.dicom.selection`), thresholds the
+prediction, and writes (``<case>`` is the case
 id of the prediction file: ``1_pred.nii.gz`` and ``1.label.nii.gz`` are case ``1``)::
 
     <output>/<case>_pred.stl   <case>_gt.stl            binary STL in scanner mm
@@ -25,6 +28,7 @@ from vesselfm.io import (
     VolumeError,
     check_case_id,
     check_same_grid,
+    is_dicom_input,
     ras_voxel_order,
     read_volume,
 )
@@ -43,11 +47,13 @@ log = logging.getLogger(__name__)
 
 
 def _load(path: str | os.PathLike[str], role: str) -> Volume:
-    """Read a volume (:func:`vesselfm.io.read_volume`), with a one-line error naming the role."""
+    """Read a volume (:func:`vesselfm.io.read_volume`: a file, or a DICOM series as a folder
+    or ``.zip``), with a one-line error naming the role."""
     path = Path(path)
-    if not path.is_file():
+    if not (path.is_file() or is_dicom_input(path)):
         raise FileNotFoundError(
-            f"{role}={path}: no such file; give the path of a {', '.join(EXTENSIONS)} file"
+            f"{role}={path}: no such file; give the path of a {', '.join(EXTENSIONS)} file or "
+            "a DICOM series' folder or .zip"
         )
     try:
         return read_volume(path)
@@ -84,7 +90,8 @@ def visualise_case(
         output_dir: folder for the outputs (created).
         gt_path: optional ground-truth NIfTI on the prediction's grid: adds ``<case>_gt.stl``,
             colours TP / FP / FN in the 3D view and outlines it on the PNGs.
-        image_path: optional image NIfTI (e.g. the CTA in HU) for the PNG backgrounds.
+        image_path: optional image (e.g. the CTA in HU) for the PNG backgrounds: a volume file
+            or a DICOM series (folder or ``.zip``).
         case_id: name used in the output files; default the case id of ``pred_path``
             (:func:`vesselfm.io.case_id`: ``1_pred.nii.gz`` → ``1``).
         threshold: foreground is ``value >= threshold`` (for the prediction and the ground truth),
