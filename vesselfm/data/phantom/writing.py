@@ -76,7 +76,7 @@ def write_phantom_dataset(
         overwrite: write even where ``output`` holds files vesselfm did not write (those with
             the names of the phantoms are replaced).
         **options: passed to ``generate_phantom`` (``spacing``, ``noise_std``, ``stenoses``,
-            ``calcifications``, ``streaks``).
+            ``calcifications``, ``streaks``, ``style``).
 
     Returns:
         ``[(image_path, label_path), ...]`` in case order.
@@ -97,7 +97,7 @@ def write_phantom_dataset(
         or start_index < 1
     ):
         raise ValueError(f"start_index must be an integer >= 1, got {start_index!r}")
-    allowed = {"spacing", "noise_std", "stenoses", "calcifications", "streaks"}
+    allowed = {"spacing", "noise_std", "stenoses", "calcifications", "streaks", "style"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"unknown phantom option(s) {unknown}; allowed: {sorted(allowed)}")
