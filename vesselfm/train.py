@@ -107,7 +107,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         ood = cfg.ood
         rows = evaluate_ood(
             model.model,
-            shape=list(ood.shape),
+            shape=list(ood.shape or getattr(datamodule, "shape", None) or (96, 96, 64)),
             seed=int(ood.seed),
             cases=int(ood.cases),
             families=list(ood.families) if ood.get("families") else None,
