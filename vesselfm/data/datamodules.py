@@ -71,11 +71,19 @@ class StyledPatchDataset(Dataset):
     Args:
         base: a :class:`RandomPatchDataset` (its ``cases`` give each patch's voxel size).
         ranges: factor ranges (default :data:`vesselfm.data.phantom.style.TRAIN_RANGES`).
+        probability: share of patches re-rendered; the others keep the phantom's CT look
+            (the choice is drawn from the item's style seed).
     """
 
-    def __init__(self, base: RandomPatchDataset, ranges: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        base: RandomPatchDataset,
+        ranges: Mapping[str, Any] | None = None,
+        probability: float = 1.0,
+    ) -> None:
         self.base = base
         self.ranges = dict(ranges) if ranges else None
+        self.probability = float(probability)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -102,7 +110,10 @@ class StyledPatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         style_seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-        return self.restyle(self.base[index], index, style_seed)
+        item = self.base[index]
+        if np.random.default_rng([style_seed, 1]).random() >= self.probability:
+            return item
+        return self.restyle(item, index, style_seed)
 
 
 TRANSFER_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -338,6 +349,8 @@ class PhantomDataModule(ImageCASDataModule):
             random style (raw cases in ``<work_dir>/raw-randomised``); ``patch`` keeps CT-style
             training phantoms and re-renders every training patch in a new random style as it is
             loaded (:class:`StyledPatchDataset`).
+        style_probability: with ``style_per=patch``: the share of training patches re-rendered
+            (the others keep the CT look).
         **kwargs: as :class:`ImageCASDataModule`.
     """
 
@@ -354,6 +367,7 @@ class PhantomDataModule(ImageCASDataModule):
         data_dir: str | os.PathLike[str] | None = None,
         style: str = "ct",
         style_per: str = "case",
+        style_probability: float = 1.0,
         **kwargs: Any,
     ) -> None:
         from vesselfm.data.phantom.style import STYLE_PER, STYLES
@@ -362,7 +376,10 @@ class PhantomDataModule(ImageCASDataModule):
             raise ValueError(f"data.style must be one of {list(STYLES)}, got {style!r}")
         if style_per not in STYLE_PER:
             raise ValueError(f"data.style_per must be one of {list(STYLE_PER)}, got {style_per!r}")
+        if not 0.0 <= float(style_probability) <= 1.0:
+            raise ValueError(f"data.style_probability must be in [0, 1], got {style_probability!r}")
         self.style, self.style_per = style, style_per
+        self.style_probability = float(style_probability)
         # per-case randomised training phantoms live apart from CT-style ones
         self._tag = "-randomised" if (style, style_per) == ("randomised", "case") else ""
         self.n = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
@@ -429,7 +446,9 @@ class PhantomDataModule(ImageCASDataModule):
         if (self.style, self.style_per) == ("randomised", "patch") and isinstance(
             self.train_set, RandomPatchDataset
         ):
-            self.train_set = StyledPatchDataset(self.train_set)  # type: ignore[assignment]
+            self.train_set = StyledPatchDataset(  # type: ignore[assignment]
+                self.train_set, probability=self.style_probability
+            )
 
     def _load(self) -> None:
         super()._load()

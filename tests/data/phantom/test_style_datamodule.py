@@ -77,11 +77,23 @@ def test_per_patch_style_renders_every_patch_anew_over_ct_phantoms(tmp_path):
     # normalised like a prepared volume: 1-99 % -> [0, 1], clipped to [-0.2, 1.2]
     assert float(item["image"].min()) >= -0.2 - 1e-6 and float(item["image"].max()) <= 1.2 + 1e-6
     assert item["image"].dtype == base["image"].dtype and item["label"].dtype == base["label"].dtype
+    # style_probability 0: every patch keeps the CT look (the same crop as the base's)
+    ds.probability = 0.0
+    torch.manual_seed(7)
+    kept = ds[0]
+    assert torch.equal(kept["image"], base["image"]) and torch.equal(kept["label"], base["label"])
 
 
-@pytest.mark.parametrize(("key", "value"), [("style", "mri"), ("style_per", "volume")])
-def test_bad_style_keys_are_refused_with_the_allowed_values(tmp_path, key, value):
-    with pytest.raises(ValueError, match=f"data.{key} must be one of"):
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("style", "mri", "one of"),
+        ("style_per", "volume", "one of"),
+        ("style_probability", 1.5, "in"),
+    ],
+)
+def test_bad_style_keys_are_refused_with_the_allowed_values(tmp_path, key, value, allowed):
+    with pytest.raises(ValueError, match=f"data.{key} must be {allowed}"):
         PhantomDataModule(work_dir=tmp_path, **{key: value})
 
 

@@ -39,7 +39,8 @@ class Phantom:
         spacing: ``(sx, sy, sz)`` voxel sizes in mm, the column norms of ``affine[:3, :3]``.
         case_id: the case name (``"1"`` for ``1.img.nii.gz``).
         tissue: uint8 ``Tissue`` codes before blur and noise, same shape (ground truth for
-            tests and figures).
+            tests and figures); with ``style="randomised"`` the CT anatomy's, without the
+            extra trees, distractors and context the style adds.
     """
 
     image: np.ndarray
