@@ -54,8 +54,9 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 # The real train config shrunk for a 2-core CPU, as lightning-hydra-template's cfg_train: the
 # phantom demo (tiny model, cpu trainer) on 3 phantoms of 48x48x40, 32^3 patches and windows,
 # 1 epoch of 2 steps (samples_per_epoch 4 / batch 2: the batch limit), num_workers=0, no demo
-# segmentation; outputs in tmp_path (compose_cfg). The logger is the local CSV one unless the
-# test names another: the default callbacks' LearningRateMonitor refuses a run without logger.
+# segmentation, no out-of-distribution scoring; outputs in tmp_path (compose_cfg). The logger is
+# the local CSV one unless the test names another: the default callbacks' LearningRateMonitor
+# refuses a run without logger.
 SHRUNK_TRAIN = (
     "experiment=phantom_demo",
     "trainer.accelerator=cpu",
@@ -73,6 +74,7 @@ SHRUNK_TRAIN = (
     "data.foreground_ratio=1.0",
     "inference.roi_size=[32,32,32]",
     "demo.cases=0",
+    "ood.cases=0",
 )
 
 

@@ -34,6 +34,11 @@ def _options(cfg: DictConfig) -> dict[str, Any]:
                 f"spacing must be 3 voxel sizes [sx,sy,sz] in mm or null, got {spacing!r}"
             )
         spacing = tuple(spacing)
+    style = str(cfg.get("style", "ct"))
+    if style not in ("ct", "randomised"):
+        raise UserError(
+            f"style must be one of ['ct', 'randomised'], got {style!r}; e.g. style=randomised"
+        )
     options: dict[str, Any] = {
         "output": Path(str(cfg.output)),
         "n": cfg.n,
@@ -45,6 +50,7 @@ def _options(cfg: DictConfig) -> dict[str, Any]:
         "stenoses": cfg.stenoses,
         "calcifications": cfg.calcifications,
         "streaks": bool(cfg.streaks),
+        "style": style,
         "overwrite": bool(cfg.get("overwrite", False)),
     }
     if spacing is not None:

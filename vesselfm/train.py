@@ -100,6 +100,23 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         trainer.test(model=model, datamodule=datamodule, ckpt_path=best, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
+    if cfg.get("test") and cfg.get("ood") and cfg.ood.get("cases") and trainer.is_global_zero:
+        # the tested (best) weights on the out-of-distribution phantom families
+        from vesselfm.inference.ood_report import evaluate_ood, write_ood_reports
+
+        ood = cfg.ood
+        rows = evaluate_ood(
+            model.model,
+            shape=list(ood.shape or getattr(datamodule, "shape", None) or (96, 96, 64)),
+            seed=int(ood.seed),
+            cases=int(ood.cases),
+            families=list(ood.families) if ood.get("families") else None,
+            tta=list(ood.get("tta") or ["none"]),
+            inference=OmegaConf.to_container(cfg.inference, resolve=True),
+            preprocess=getattr(datamodule, "preprocess", None),
+        )
+        objects["ood"] = write_ood_reports(rows, cfg.paths.output_dir)
+
     if cfg.get("demo") and cfg.demo.get("cases") and trainer.is_global_zero:
         from vesselfm.inference.demo import run_demo
 
@@ -133,6 +150,8 @@ def main(cfg: DictConfig) -> float | None:
         lines.append(f"best checkpoint: {best}")
     if (out / "summary.md").is_file():
         lines.append(f"test metric table: {out / 'summary.md'} (per case: {out / 'metrics.csv'})")
+    if "ood" in objects:
+        lines.append(f"out-of-distribution families: {objects['ood']['csv']} (summary.md)")
     for result in objects.get("demo", []):
         lines.append(
             f"demo segmentation: {result['pred']} (mesh {result.get('mesh')}, 3D view {result['views'].get('html')})"

@@ -59,6 +59,63 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class StyledPatchDataset(Dataset):
+    """Training patches of ``base`` re-rendered in a new random style each
+    (:func:`vesselfm.data.phantom.style.randomise`; ``data.style_per=patch``).
+
+    Each item first draws its style seed from torch's RNG (seeded per worker and epoch like the
+    crops), then takes ``base``'s patch, re-renders it (extra labelled tubes join the label),
+    normalises it to [0, 1] by its 1-99 % percentiles (as ``prepare`` does a volume) and clips
+    to [-0.2, 1.2] (noise and artefacts may reach beyond).
+
+    Args:
+        base: a :class:`RandomPatchDataset` (its ``cases`` give each patch's voxel size).
+        ranges: factor ranges (default :data:`vesselfm.data.phantom.style.TRAIN_RANGES`).
+        probability: share of patches re-rendered; the others keep the phantom's CT look
+            (the choice is drawn from the item's style seed).
+    """
+
+    def __init__(
+        self,
+        base: RandomPatchDataset,
+        ranges: Mapping[str, Any] | None = None,
+        probability: float = 1.0,
+    ) -> None:
+        self.base = base
+        self.ranges = dict(ranges) if ranges else None
+        self.probability = float(probability)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def seed_transforms(self, seed: int | None = None) -> None:
+        self.base.seed_transforms(seed)
+
+    def restyle(self, item: Mapping[str, Any], index: int, style_seed: int) -> dict[str, Any]:
+        """``item`` (``base[index]``) re-rendered with the style drawn from ``style_seed``."""
+        from vesselfm.data.phantom.style import randomise
+
+        case = self.base.cases[index % len(self.base.cases)]
+        image = item["image"][0].float().numpy()
+        label = item["label"][0].numpy().astype(np.uint8)
+        styled, label, _ = randomise(
+            image, label, case.spacing, np.random.default_rng(style_seed), self.ranges
+        )
+        lo, hi = np.percentile(styled, [1.0, 99.0])
+        styled = np.clip((styled - lo) / max(float(hi - lo), 1e-6), -0.2, 1.2)
+        return {
+            "image": torch.from_numpy(styled.astype(np.float32))[None].to(item["image"].dtype),
+            "label": torch.from_numpy(label)[None].to(item["label"].dtype),
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        style_seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        item = self.base[index]
+        if np.random.default_rng([style_seed, 1]).random() >= self.probability:
+            return item
+        return self.restyle(item, index, style_seed)
+
+
 TRANSFER_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -283,7 +340,17 @@ class PhantomDataModule(ImageCASDataModule):
         work_dir: where the raw phantoms (and by default the prepared set) go.
         preprocess: :class:`PreprocessConfig` fields (e.g. ``{"in_plane_size": None}`` keeps the grid).
         prepare_workers: processes for the preparation.
-        data_dir: the prepared set's folder (default ``<work_dir>/prepared``).
+        data_dir: the prepared set's folder (default ``<work_dir>/prepared``, and
+            ``<work_dir>/prepared-randomised`` for ``style=randomised, style_per=case``).
+        style: ``ct`` (the CT generator's look) or ``randomised`` (domain-randomised training
+            cases, :mod:`vesselfm.data.phantom.style`). Validation and test phantoms are always
+            CT-style: the held-out figures stay comparable.
+        style_per: with ``style=randomised``: ``case`` writes each training phantom in one
+            random style (raw cases in ``<work_dir>/raw-randomised``); ``patch`` keeps CT-style
+            training phantoms and re-renders every training patch in a new random style as it is
+            loaded (:class:`StyledPatchDataset`).
+        style_probability: with ``style_per=patch``: the share of training patches re-rendered
+            (the others keep the CT look).
         **kwargs: as :class:`ImageCASDataModule`.
     """
 
@@ -298,15 +365,32 @@ class PhantomDataModule(ImageCASDataModule):
         preprocess: Mapping[str, Any] | PreprocessConfig | None = None,
         prepare_workers: int = 1,
         data_dir: str | os.PathLike[str] | None = None,
+        style: str = "ct",
+        style_per: str = "case",
+        style_probability: float = 1.0,
         **kwargs: Any,
     ) -> None:
+        from vesselfm.data.phantom.style import STYLE_PER, STYLES
+
+        if style not in STYLES:
+            raise ValueError(f"data.style must be one of {list(STYLES)}, got {style!r}")
+        if style_per not in STYLE_PER:
+            raise ValueError(f"data.style_per must be one of {list(STYLE_PER)}, got {style_per!r}")
+        if not 0.0 <= float(style_probability) <= 1.0:
+            raise ValueError(f"data.style_probability must be in [0, 1], got {style_probability!r}")
+        self.style, self.style_per = style, style_per
+        self.style_probability = float(style_probability)
+        # per-case randomised training phantoms live apart from CT-style ones
+        self._tag = "-randomised" if (style, style_per) == ("randomised", "case") else ""
         self.n = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
         if self.n["train"] < 1 or min(self.n.values()) < 0:
             raise ValueError(f"data.n_train must be >= 1 and n_val, n_test >= 0, got {self.n}")
         self.shape = _triple(_plain(shape), "shape")
         self.work_dir = Path(work_dir).expanduser()
         prepared = (
-            Path(data_dir).expanduser() if data_dir is not None else self.work_dir / "prepared"
+            Path(data_dir).expanduser()
+            if data_dir is not None
+            else self.work_dir / f"prepared{self._tag}"
         )
         super().__init__(data_dir=prepared, seed=seed, **kwargs)
         pre = _plain(preprocess)
@@ -323,12 +407,20 @@ class PhantomDataModule(ImageCASDataModule):
         from vesselfm.data.phantom import case_paths, write_phantom_dataset
         from vesselfm.data.prepare import PrepareOptions, prepare_dataset
 
-        raw = self.work_dir / "raw"
+        raw = self.work_dir / f"raw{self._tag}"
         total = sum(self.n.values())
         for index in range(1, total + 1):
             if not all(p.is_file() for p in case_paths(raw, index)):
+                # validation and test phantoms stay CT-style
+                style = "randomised" if self._tag and index <= self.n["train"] else "ct"
                 write_phantom_dataset(
-                    raw, 1, shape=self.shape, seed=self.seed, start_index=index, progress=False
+                    raw,
+                    1,
+                    shape=self.shape,
+                    seed=self.seed,
+                    start_index=index,
+                    progress=False,
+                    style=style,
                 )
         split_file = self.work_dir / "split.csv"
         rows = ["id,fold_1"]
@@ -349,6 +441,15 @@ class PhantomDataModule(ImageCASDataModule):
             progress=False,
         )
 
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if (self.style, self.style_per) == ("randomised", "patch") and isinstance(
+            self.train_set, RandomPatchDataset
+        ):
+            self.train_set = StyledPatchDataset(  # type: ignore[assignment]
+                self.train_set, probability=self.style_probability
+            )
+
     def _load(self) -> None:
         super()._load()
         if self._preprocess != self._preprocess_config:
@@ -361,4 +462,5 @@ class PhantomDataModule(ImageCASDataModule):
 __all__ = [
     "ImageCASDataModule",
     "PhantomDataModule",
+    "StyledPatchDataset",
 ]

@@ -20,6 +20,7 @@ from vesselfm.data.phantom.anatomy import (
 )
 from vesselfm.data.phantom.geometry import _ball, _Grid
 from vesselfm.data.phantom.realism import _add_streaks, _finish_image
+from vesselfm.data.phantom.style import STYLE_STREAM, check_style, randomise, to_int16
 from vesselfm.data.phantom.trees import _build_label, _calcifications, _Context
 
 if TYPE_CHECKING:
@@ -42,7 +43,8 @@ class Phantom:
         spacing: ``(sx, sy, sz)`` voxel sizes in mm, the column norms of ``affine[:3, :3]``.
         case_id: the case name (``"1"`` for ``1.img.nii.gz``).
         tissue: uint8 ``Tissue`` codes before blur and noise, same shape (ground truth for
-            tests and figures).
+            tests and figures); with ``style="randomised"`` the CT anatomy's, without the
+            extra trees, distractors and context the style adds.
     """
 
     image: np.ndarray
@@ -158,6 +160,7 @@ def generate_phantom(
     streaks: bool = False,
     coronary_variants: bool = False,
     case_id: str | None = None,
+    style: str = "ct",
 ) -> Phantom:
     """Generate one synthetic coronary CTA case in memory.
 
@@ -177,6 +180,9 @@ def generate_phantom(
             trees, a ramus intermedius) and 20-90 % stenoses recorded as rendered (see
             :mod:`.imagecasx`); off, a seed gives the same case as before these existed.
         case_id: stored in the result; default ``"phantom-<seed>"``.
+        style: ``"ct"`` (CT Hounsfield units, as above) or ``"randomised"``: the same anatomy
+            and coronaries rendered with a random appearance and extra labelled/unlabelled tubes
+            (:mod:`.style`, drawn from its own stream; ``"ct"`` output does not change).
 
     Returns:
         A ``Phantom``: ``image`` int16 HU ``(X, Y, Z)``, ``label`` uint8 0/1, ``affine``
@@ -187,6 +193,7 @@ def generate_phantom(
     """
     shape = _check_shape(shape)
     seed = _check_seed(seed)
+    check_style(style)
     stenoses = _check_count(stenoses, "stenoses")
     calcifications = _check_count(calcifications, "calcifications")
     if noise_std is not None and not (
@@ -216,6 +223,7 @@ def generate_phantom(
 
     # Vessels: partial-volume blend of the lumen over whatever they cross, then the label. The
     # voxels on the label's edge (depth ~ 0) are mostly lumen, as an annotator would draw it.
+    background = canvas.image.copy() if style == "randomised" else None
     occ = np.clip(depth / float(grid.spacing.mean()) + 0.75, 0.0, 1.0)
     view = canvas.image[label_box]
     view += occ * (np.float32(hu["lumen"]) - view)
@@ -237,7 +245,13 @@ def generate_phantom(
     target_std = noise_std if noise_std is not None else noise_rng.uniform(20.0, 40.0)
     if streaks:
         _add_streaks(canvas.image, grid, anat.heart.center, noise_rng)
-    image = _finish_image(canvas.image, sigma_vox, float(target_std), noise_rng)
+    if background is not None:
+        styled, label, _ = randomise(
+            background, label, grid.spacing, np.random.default_rng([seed, STYLE_STREAM])
+        )
+        image = to_int16(styled)
+    else:
+        image = _finish_image(canvas.image, sigma_vox, float(target_std), noise_rng)
 
     sp = grid.spacing
     affine = np.diag([-sp[0], -sp[1], sp[2], 1.0])

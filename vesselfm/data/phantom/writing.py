@@ -79,7 +79,7 @@ def write_phantom_dataset(
         layout: ``imagecas`` (the layout above) or ``imagecasx`` (named segments, centrelines,
             stenosis records, split lists and descriptors: :mod:`.imagecasx`).
         **options: passed to ``generate_phantom`` (``spacing``, ``noise_std``, ``stenoses``,
-            ``calcifications``, ``streaks``).
+            ``calcifications``, ``streaks``, ``style``).
 
     Returns:
         ``[(image_path, label_path), ...]`` in case order (the segmentation for ``imagecasx``).
@@ -100,7 +100,7 @@ def write_phantom_dataset(
         or start_index < 1
     ):
         raise ValueError(f"start_index must be an integer >= 1, got {start_index!r}")
-    allowed = {"spacing", "noise_std", "stenoses", "calcifications", "streaks"}
+    allowed = {"spacing", "noise_std", "stenoses", "calcifications", "streaks", "style"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"unknown phantom option(s) {unknown}; allowed: {sorted(allowed)}")
