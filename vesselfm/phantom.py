@@ -39,6 +39,11 @@ def _options(cfg: DictConfig) -> dict[str, Any]:
         raise UserError(
             f"style must be one of ['ct', 'randomised'], got {style!r}; e.g. style=randomised"
         )
+    if style == "randomised" and str(cfg.get("layout", "imagecas")) == "imagecasx":
+        raise UserError(
+            "style=randomised adds labelled tubes that are no coronary segment, so it cannot "
+            "write layout=imagecasx; use style=ct with layout=imagecasx"
+        )
     options: dict[str, Any] = {
         "output": Path(str(cfg.output)),
         "n": cfg.n,

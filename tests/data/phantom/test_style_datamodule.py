@@ -113,3 +113,15 @@ def test_phantom_cli_writes_randomised_cases_and_refuses_a_bad_style(tmp_path):
     assert bad.returncode != 0
     assert "style must be one of ['ct', 'randomised']" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_randomised_style_and_the_imagecasx_layout_are_refused_together(compose_cfg):
+    from vesselfm.phantom import _options
+    from vesselfm.utils.cli import UserError
+
+    cfg = compose_cfg("phantom", ["output=x", "style=randomised", "layout=imagecasx"])
+    with pytest.raises(UserError, match="cannot write layout=imagecasx"):
+        _options(cfg)
+    assert (
+        _options(compose_cfg("phantom", ["output=x", "style=randomised"]))["style"] == "randomised"
+    )
