@@ -294,8 +294,9 @@ def segment_files(
         result.failed_cases[case] = reason
     result.rank, result.world_size, result.shard = rank, world_size, shard_pair
     if rank == 0:
-        result.summary = write_run_summary(output_dir, sorted(cases.values()))
-        _merge_ranks(result, run, set(cases.values()))
+        if run.status is not None:
+            result.summary = write_run_summary(output_dir, sorted(cases.values()))
+            _merge_ranks(result, run, set(cases.values()))
         if labels is not None:
             _write_reports(result)
     _log_summary(result, labels is not None)

@@ -374,7 +374,9 @@ class CohortRun:
             if self.shard is None
             else {"shard": f"{self.shard[0]}/{self.shard[1]}", "rank": rank}
         )
-        self.status = StatusFile(self.output_dir / name, fields)
+        # a run of one scan says it all in its exit status and message: no status file
+        if len(self.cases) > 1 or self.shard is not None or world_size > 1:
+            self.status = StatusFile(self.output_dir / name, fields)
         mine = share(self.cases, self.shard, rank, world_size)
         where = f"rank {rank} of {world_size}"
         if self.shard is not None:
@@ -423,6 +425,10 @@ class CohortRun:
             self.bar = _CohortBar(len(mine), initial=len(mine) - len(jobs), desc=name[7:-6])
         return jobs
 
+    def _status(self, line: Mapping[str, Any]) -> None:
+        if self.status is not None:
+            self.status.write(line)
+
     def _skip(self, index: int, path: Path, case: str, targets: Mapping[str, Any]) -> None:
         log.info(
             "%s: outputs exist in %s, skipped (overwrite=true redoes them)", case, self.output_dir
@@ -430,7 +436,7 @@ class CohortRun:
         done = self._record(path, case, targets, skipped=True)
         scored = self._score(done, None) if self.pairs is not None else {}
         self.done.append((index, done))
-        self.status.write(
+        self._status(
             {
                 "case": case,
                 "input": str(path),
@@ -469,8 +475,7 @@ class CohortRun:
         if isinstance(err, BaseException):
             log.debug("traceback of %s", path, exc_info=err)
         self.failed.append((index, str(path), case, reason))
-        if self.status is not None:
-            self.status.write(
+        self._status(
                 {
                     "case": case,
                     "input": str(path),
@@ -548,7 +553,7 @@ class CohortRun:
         )
         self.done.append((job.index, done))
         self._predicted += 1
-        self.status.write(
+        self._status(
             {
                 "case": job.case,
                 "input": str(job.path),
