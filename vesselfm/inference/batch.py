@@ -345,8 +345,9 @@ def _merge_ranks(result: BatchResult, run: Any, cases: set[str]) -> None:
         result.failed = [(str(r.get("input")), str(r.get("reason"))) for _, r in failed]
         result.failed_cases = {c: str(r.get("reason")) for c, r in failed}
     if run.pairs is not None:
-        result.metrics = [latest[c]["metrics"] for c in sorted(latest) if latest[c].get("metrics")]
-        result.missing_labels = [c for c in sorted(latest) if latest[c].get("missing_label")]
+        ours = [c for c in sorted(latest) if c in cases]
+        result.metrics = [latest[c]["metrics"] for c in ours if latest[c].get("metrics")]
+        result.missing_labels = [c for c in ours if latest[c].get("missing_label")]
 
 
 def _score(case: str, done: dict[str, Any], label_path: Path, threshold: float) -> dict[str, Any]:
