@@ -353,7 +353,6 @@ class CohortRun:
         self.rank = 0
         self.world_size = 1
         self.bar: Any = None
-        self._started = time.perf_counter()
         self._predicted = 0
 
     # ------------------------------------------------------------------ planning (per rank)
@@ -418,6 +417,8 @@ class CohortRun:
                 raise
             except Exception as err:  # noqa: BLE001 - a case refused before its work
                 self._fail(index, path, case, err, 0.0)
+                if self.stop_on_error:
+                    raise
                 continue
             jobs.append(Job(index, path, case, targets))
         self.jobs = jobs
