@@ -70,6 +70,9 @@ def _predictor(model: str, device: str, threads: str, extra: list[str]) -> objec
     chosen = None if chosen is None else OmegaConf.to_container(chosen, resolve=True)
     preprocess, threshold = resolve_preprocess_and_threshold(cfg.model, chosen, None)
     inference = {**OmegaConf.to_container(cfg.inference, resolve=True), "threshold": threshold}
+    import torch
+
+    torch.manual_seed(0)  # model=tiny: the same random weights in both modes
     return SlidingWindowPredictor.from_config(
         load_model(cfg.model), inference, preprocess=preprocess
     )
