@@ -477,14 +477,14 @@ class CohortRun:
             log.debug("traceback of %s", path, exc_info=err)
         self.failed.append((index, str(path), case, reason))
         self._status(
-                {
-                    "case": case,
-                    "input": str(path),
-                    "state": "failed",
-                    "reason": reason,
-                    "seconds": round(seconds, 3),
-                }
-            )
+            {
+                "case": case,
+                "input": str(path),
+                "state": "failed",
+                "reason": reason,
+                "seconds": round(seconds, 3),
+            }
+        )
         if self.bar is not None:
             self.bar.step(failed=True)
 
@@ -790,6 +790,15 @@ def run_cohort(run: CohortRun, devices: int, num_nodes: int) -> tuple[int, int]:
             trainer.predict(
                 module_cls(run, predictor), datamodule=data_cls(run), return_predictions=False
             )
+    except RuntimeError as err:
+        if "DataLoader worker" not in str(err):
+            raise
+        # a worker killed from outside (the OOM killer, a signal sent to it alone)
+        raise UserError(
+            f"a loader worker reading scans for {run.output_dir} died "
+            f"({str(err).strip().splitlines()[0]}); finished outputs are kept: rerun the same "
+            "command to go on (num_workers=0 reads in the predicting process, with less memory)"
+        ) from err
     finally:
         quiet.setLevel(level)
         if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and sigint is not signal.SIG_IGN:
