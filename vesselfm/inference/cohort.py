@@ -600,7 +600,7 @@ class _CohortBar:
             initial=initial,
             desc=desc,
             unit="scan",
-            bar_format="{desc}: {n_fmt}/{total_fmt} scans |{bar}| {postfix} ETA {remaining}",
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} scans{postfix} ETA {remaining}",
         )
         self.start = time.perf_counter()
         self.new = 0
