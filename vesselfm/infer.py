@@ -2,8 +2,9 @@
 ``.mhd``; ``output_format=nifti|nrrd|mha|seg.nrrd`` or a list, default the input's own format).
 
 ``infer(cfg)`` builds a predictor from the config and calls the Python API that does the work,
-:func:`vesselfm.inference.segment_files`; ``main()`` is the Hydra CLI. A failed scan is skipped
-while the others go on; the run exits 2 if any failed, or (``label=``) if a case had no label.
+:func:`vesselfm.inference.segment_files` (Lightning predict: ``devices=``, ``num_nodes=``,
+``shard=K/N``); ``main()`` is the Hydra CLI. A failed scan is skipped while the others go on; the
+run exits 2 if any failed, or (``label=``) if a case had no label.
 """
 
 from __future__ import annotations
@@ -94,7 +95,13 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
             overwrite=overwrite,
             progress=progress,
             output_format=output_format,
+            devices=cfg.get("devices", 1),
+            num_nodes=cfg.get("num_nodes", 1),
+            shard=None if cfg.get("shard") is None else str(cfg.shard),
+            num_workers=cfg.get("num_workers", "auto"),
         )
+    if result.rank != 0:
+        return {"output": result.output_dir, "results": result.cases, "failed": result.failed}
     result.raise_for_errors()
     return {
         "output": result.output_dir,

@@ -26,6 +26,12 @@ from vesselfm.utils.io import _HOST
 FAST = [*TINY_INFER, "model.checkpoint=null"]
 
 
+def resumable(weights: Path) -> list[str]:
+    """``FAST`` with fixed weights: a resume skips only outputs of the same weights, and random
+    ones differ from run to run."""
+    return [*TINY_INFER, f"model.checkpoint={weights}"]
+
+
 _run_cli = partial(run_cli, "vesselfm.infer")
 
 
@@ -100,6 +106,8 @@ def test_folder_with_a_bad_file_goes_on_and_fails_at_the_end(
         ".vesselfm-outputs.json",
         "a_pred.nii.gz",
         "c_pred.nii.gz",
+        "run_summary.json",
+        "status-rank0.jsonl",
     ]
     assert nib.load(out / "c_pred.nii.gz").shape == (40, 36, 20)
 
@@ -129,12 +137,19 @@ def test_run_level_errors(
 
 
 def test_skip_existing_overwrite_and_label_scoring(
-    compose_cfg: Callable[..., DictConfig], scan_file: Path, tmp_path: Path
+    compose_cfg: Callable[..., DictConfig], scan_file: Path, tmp_path: Path, weights: Path
 ) -> None:
     out = tmp_path / "preds"
     labels = scan_file.parent
     cfg = compose_cfg(
-        "infer", [f"input={scan_file}", f"output={out}", f"label={labels}", "save_prob=true", *FAST]
+        "infer",
+        [
+            f"input={scan_file}",
+            f"output={out}",
+            f"label={labels}",
+            "save_prob=true",
+            *resumable(weights),
+        ],
     )
     first = infer(cfg)
     assert [r["skipped"] for r in first["results"]] == [False]
@@ -309,7 +324,7 @@ def test_same_file_name_in_patient_folders_gets_the_parent_prefixed(
 
 @pytest.mark.parametrize("layout", ["default_output_under_glob", "output_is_input"])
 def test_outputs_inside_the_input_are_never_read_back(
-    compose_cfg: Callable[..., DictConfig], tmp_path: Path, layout: str
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, layout: str, weights: Path
 ) -> None:
     root = tmp_path / "data"
     _patients(root, {"p1": (40, 36, 20), "p2": (40, 36, 20)})
@@ -317,7 +332,7 @@ def test_outputs_inside_the_input_are_never_read_back(
         spec, out = [f"input={root / '*' / '*.nii.gz'}"], root / "vesselfm_pred"
     else:
         spec, out = [f"input={root / 'p1'}", f"output={root / 'p1'}"], root / "p1"
-    cfg = compose_cfg("infer", [*spec, *FAST])
+    cfg = compose_cfg("infer", [*spec, *resumable(weights)])
     first = infer(cfg)
     second = infer(cfg)  # a rerun sees the first run's outputs in its input
     assert [r["skipped"] for r in second["results"]] == [True] * len(first["results"])
@@ -344,17 +359,18 @@ def test_stale_temporaries_are_removed_at_start(
 
 
 def _count_predictions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
-    """The shapes of the scans the predictor was run on (it still runs)."""
-    from vesselfm.inference import SlidingWindowPredictor
+    """The shapes of the scans predicted (it still runs): each prediction is resampled back to
+    its scan's grid once, by the cohort writer."""
+    import vesselfm.data.preprocessing as preprocessing
 
     calls: list[tuple[int, ...]] = []
-    real = SlidingWindowPredictor.predict_array
+    real = preprocessing.resample_probabilities
 
-    def counted(self, image, affine):  # noqa: ANN001, ANN202
-        calls.append(tuple(image.shape))
-        return real(self, image, affine)
+    def counted(prob, shape):  # noqa: ANN001, ANN202
+        calls.append(tuple(shape))
+        return real(prob, shape)
 
-    monkeypatch.setattr(SlidingWindowPredictor, "predict_array", counted)
+    monkeypatch.setattr(preprocessing, "resample_probabilities", counted)
     return calls
 
 
@@ -407,10 +423,12 @@ def test_an_existing_output_we_did_not_write_is_never_overwritten(
 
 
 def test_an_output_changed_since_we_wrote_it_is_not_ours(
-    compose_cfg: Callable[..., DictConfig], scan_file: Path, tmp_path: Path
+    compose_cfg: Callable[..., DictConfig], scan_file: Path, tmp_path: Path, weights: Path
 ) -> None:
     out = tmp_path / "preds"
-    cfg = compose_cfg("infer", [f"input={scan_file}", f"output={out}", "save_prob=true", *FAST])
+    cfg = compose_cfg(
+        "infer", [f"input={scan_file}", f"output={out}", "save_prob=true", *resumable(weights)]
+    )
     infer(cfg)
     assert infer(cfg)["results"][0]["skipped"]  # all ours: resumed
     prob = out / "1_prob.nii.gz"
@@ -475,7 +493,9 @@ def test_clashing_ids_the_folders_cannot_tell_apart_stop_the_run_before_any_writ
 
 
 @pytest.mark.slow
-def test_a_resumed_run_never_passes_off_another_patients_output(tmp_path: Path) -> None:
+def test_a_resumed_run_never_passes_off_another_patients_output(
+    tmp_path: Path, weights: Path
+) -> None:
     # one run per patient into one folder: both scans are case "ct"
     scans = {}
     for patient, seed in (("a", 0), ("b", 1)):
@@ -484,15 +504,15 @@ def test_a_resumed_run_never_passes_off_another_patients_output(tmp_path: Path) 
             tmp_path / "pat" / patient / "ct.nii.gz", tube_phantom(seed=seed)[0]
         )
     out = tmp_path / "out"
-    first = _run_cli(f"input={scans['a']}", f"output={out}", *FAST, cwd=tmp_path)
+    first = _run_cli(f"input={scans['a']}", f"output={out}", *resumable(weights), cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     mask_a = (out / "ct_pred.nii.gz").read_bytes()
-    second = _run_cli(f"input={scans['b']}", f"output={out}", *FAST, cwd=tmp_path)
+    second = _run_cli(f"input={scans['b']}", f"output={out}", *resumable(weights), cwd=tmp_path)
     assert second.returncode == 2, second.stderr[-2000:]
     assert f"was made from {scans['a'].resolve()}, not from {scans['b'].resolve()}" in second.stderr
     assert (out / "ct_pred.nii.gz").read_bytes() == mask_a  # untouched
     # the same patient again is a resume: skipped
-    again = _run_cli(f"input={scans['a']}", f"output={out}", *FAST, cwd=tmp_path)
+    again = _run_cli(f"input={scans['a']}", f"output={out}", *resumable(weights), cwd=tmp_path)
     assert again.returncode == 0 and "0 segmented, 1 skipped" in again.stderr
 
 

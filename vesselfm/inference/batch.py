@@ -86,6 +86,11 @@ class BatchResult:
             ``summary.json`` and ``summary.md``; else ``None``.
         missing_labels: with labels, the case ids segmented but not scored (no label).
         labels_from: where the labels came from, for messages (e.g. ``"label=/data/labels"``).
+        rank, world_size: this process among the run's (DDP); ``cases`` and ``failed`` are its
+            share's.
+        shard: ``(K, N)`` of ``shard=K/N``, else ``None``.
+        summary: on rank 0, ``run_summary.json`` as written (every status file in the folder
+            merged: ``expected``, ``done``, ``skipped``, ``failed``, ``pending``, ...).
     """
 
     output_dir: Path
@@ -97,6 +102,10 @@ class BatchResult:
     reports: dict[str, Path] | None = None
     missing_labels: list[str] = field(default_factory=list)
     labels_from: str | None = None
+    rank: int = 0
+    world_size: int = 1
+    shard: tuple[int, int] | None = None
+    summary: dict[str, Any] | None = None
 
     @property
     def segmented(self) -> int:
@@ -144,13 +153,23 @@ def segment_files(
     progress: bool = True,
     stop_on_error: bool = False,
     output_format: str | Sequence[str] | None = None,
+    devices: int = 1,
+    num_nodes: int = 1,
+    shard: str | Sequence[int] | None = None,
+    num_workers: int | str | None = "auto",
 ) -> BatchResult:
     """Segment every scan with ``predictor`` and write its outputs into ``output_dir``.
 
-    Per scan, :meth:`~vesselfm.inference.SlidingWindowPredictor.predict_file` writes
+    Runs :mod:`vesselfm.inference.cohort`'s pipeline through Lightning's ``Trainer.predict``:
+    loader workers read the next scans while one is predicted, a writer thread writes. Per scan,
+    the files :meth:`~vesselfm.inference.SlidingWindowPredictor.predict_file` would write (the
+    same bytes):
     ``<case>_pred.nii.gz`` (``.nrrd``/``.mha`` by ``output_format``; and ``<case>_prob.<same>``,
     ``<case>_pred.stl``); a case whose outputs
-    exist and were written by vesselfm is skipped unless ``overwrite``. With ``labels``, each case
+    exist and were written by vesselfm with the same weights and prediction settings is skipped
+    unless ``overwrite`` (ours with other settings are redone). Each process writes
+    ``status-<rank|shard>.jsonl`` (one line per case) and rank 0 merges every status file in
+    the folder into ``run_summary.json``. With ``labels``, each case
     is scored against its label at the predictor's threshold (the one its masks use), as
     ``evaluate`` scores it (:func:`vesselfm.metrics.folders.score_volumes`), and ``metrics.csv``,
     ``summary.json`` and ``summary.md`` are written into ``output_dir`` at the end. A case line per scan and a summary
@@ -176,6 +195,14 @@ def segment_files(
         output_format: ``nifti``, ``nrrd``, ``mha`` or ``seg.nrrd``, or a list of them (each
             written), for every case; ``None``: each scan's own format
             (:func:`vesselfm.io.output_formats_for`).
+        devices, num_nodes: processes per node and nodes (Lightning's DDP; started by
+            Lightning, ``torchrun`` or SLURM); each takes a disjoint share of the cases
+            (:mod:`vesselfm.inference.cohort`). From Python, more than one device needs a
+            launcher (``torchrun``): Lightning re-runs the script for the other ranks.
+        shard: ``"K/N"``: only the K-th of N deterministic shares (job arrays), or ``None``.
+        num_workers: DataLoader workers reading and preprocessing the next scans (one scan
+            each) while one is predicted; ``"auto"``: 2 where there are 3 or more cores, else 1.
+            ``0`` reads in the predicting process.
 
     Returns:
         A :class:`BatchResult`; failed and unlabelled cases are in it, not raised (see
@@ -201,8 +228,14 @@ def segment_files(
         >>> result.segmented, [row["dice"] for row in result.metrics]  # doctest: +SKIP
         (2, [0.81, 0.77])
     """
-    from tqdm.auto import tqdm
-
+    from vesselfm.inference.cohort import (
+        SUMMARY_NAME,
+        CohortRun,
+        parse_shard,
+        prediction_settings,
+        run_cohort,
+        write_run_summary,
+    )
     from vesselfm.io import (
         check_case_id,
         check_output_dir,
@@ -212,15 +245,20 @@ def segment_files(
     )
     from vesselfm.metrics.report import REPORT_FILES
     from vesselfm.utils.io import remove_stale_temporaries
+    from vesselfm.utils.outputs import fork_run
 
     output_format = check_output_formats(output_format)
+    shard_pair = parse_shard(shard)
+    devices, num_nodes = _positive(devices, "devices"), _positive(num_nodes, "num_nodes")
+    workers = resolve_num_workers(num_workers)
     cases = dict(inputs) if isinstance(inputs, Mapping) else case_ids(inputs)
     for path, case in cases.items():
         check_case_id(path, case, "input")
     # the labels are paired as evaluate pairs them (one rule, before the first write)
     pairs = pair_labels(cases.values(), labels)[0] if labels is not None else None
     # with labels, the reports are replaced at the end: refused now if they are not ours
-    check_output_dir(output_dir, "output", REPORT_FILES if labels is not None else (), overwrite)
+    reports = REPORT_FILES if labels is not None else ()
+    check_output_dir(output_dir, "output", (*reports, SUMMARY_NAME), overwrite)
     # the first write of the run: every check about the run has passed
     output_dir = ensure_writable_dir(output_dir)
     for stale in remove_stale_temporaries(output_dir):
@@ -234,71 +272,82 @@ def segment_files(
         "output_format": output_format,
     }
     stop_on_error = stop_on_error or os.environ.get("VESSELFM_DEBUG", "").lower() in _TRUE
-
-    bar = tqdm(cases.items(), desc="scans", unit="scan", disable=not progress or len(cases) < 2)
-    for path, case in bar:
-        path = Path(path)
-        bar.set_postfix_str(path.name)
-        try:
-            done = _segment_case(path, case, predictor, output_dir, pairs, result, **options)
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # noqa: BLE001 - one bad scan must not stop the others
-            reason = _reason(err, path)
-            log.error("failed: %s", reason)
-            log.debug("traceback of %s", path, exc_info=True)
-            if stop_on_error:
-                raise
-            result.failed.append((str(path), reason))
-            result.failed_cases[case] = reason
-            continue
-        result.cases.append(done)
-
-    if labels is not None:
-        _write_reports(result)
+    settings = prediction_settings(predictor)
+    fork_run(prediction=settings)  # the outputs' record names the settings resume compares
+    run = CohortRun(
+        cases,
+        predictor,
+        output_dir,
+        result,
+        shard=shard_pair,
+        options=options,
+        settings=settings,
+        pairs=pairs,
+        num_workers=workers,
+        progress=progress,
+        stop_on_error=stop_on_error,
+    )
+    rank, world_size = run_cohort(run, devices, num_nodes)
+    result.cases = [done for _, done in sorted(run.done, key=lambda item: item[0])]
+    for _, path, case, reason in sorted(run.failed):
+        result.failed.append((path, reason))
+        result.failed_cases[case] = reason
+    result.rank, result.world_size, result.shard = rank, world_size, shard_pair
+    if rank == 0:
+        if run.status is not None:
+            result.summary = write_run_summary(output_dir, sorted(cases.values()))
+            _merge_ranks(result, run, set(cases.values()))
+        if labels is not None:
+            _write_reports(result)
     _log_summary(result, labels is not None)
     return result
 
 
-def _segment_case(
-    path: Path,
-    case: str,
-    predictor: SlidingWindowPredictor,
-    output_dir: Path,
-    pairs: Mapping[str, Path | None] | None,
-    result: BatchResult,
-    **options: Any,
-) -> dict[str, Any]:
-    """Predict one scan, score it when there are labels (a row, or its case listed as
-    unlabelled, added to ``result``), log its line; return ``predict_file``'s dict."""
-    done = predictor.predict_file(
-        path, output_dir, case=case, return_arrays=pairs is not None, **options
-    )
-    if pairs is not None:
-        label_path = pairs[case]
-        if label_path is None:
-            result.missing_labels.append(case)
-            log.error(
-                "%s: no label for case %s in %s; segmented, not scored",
-                path.name,
-                case,
-                result.labels_from,
-            )
-        else:
-            result.metrics.append(_score(case, done, label_path, predictor.threshold))
-    done.pop("arrays", None)
-    if not done["skipped"]:
-        t = done["timings"]
-        log.info(
-            "%s: %s in %.1f s (read %.1f, predict %.1f, write %.1f)",
-            done["case"],
-            done["pred"],
-            t["total"],
-            t["read"],
-            t["predict"],
-            t["write"],
-        )
-    return done
+def resolve_num_workers(num_workers: int | str | None) -> int:
+    """``num_workers``: a count, or ``auto``/``None``: 2 (one scan read while another waits),
+    at most the cores this process may use less one for prediction, at least 1."""
+    if num_workers is None or str(num_workers).strip().lower() == "auto":
+        from vesselfm.utils.hardware import available_cpus
+
+        return max(1, min(2, available_cpus() - 1))
+    try:
+        count = int(num_workers)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"num_workers must be auto or a count >= 0, got {num_workers!r}") from err
+    if count < 0:
+        raise ValueError(f"num_workers must be auto or a count >= 0, got {num_workers!r}")
+    return count
+
+
+def _positive(value: int, key: str) -> int:
+    try:
+        count = int(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{key} must be a count >= 1, got {value!r}") from err
+    if count < 1:
+        raise ValueError(f"{key} must be a count >= 1, got {value!r}")
+    return count
+
+
+def _merge_ranks(result: BatchResult, run: Any, cases: set[str]) -> None:
+    """On rank 0 of a run on several processes: the failures, and with labels the rows, of every
+    process (the latest line of each case in the status files), for the run's one error and
+    its reports. A shard's own run holds the rows of every shard finished so far."""
+    if run.world_size == 1 and (run.shard is None or run.pairs is None):
+        return
+    from vesselfm.inference.cohort import read_status
+
+    latest, _ = read_status(result.output_dir)
+    if run.world_size > 1:
+        failed = [
+            (c, r) for c, r in sorted(latest.items()) if c in cases and r["state"] == "failed"
+        ]
+        result.failed = [(str(r.get("input")), str(r.get("reason"))) for _, r in failed]
+        result.failed_cases = {c: str(r.get("reason")) for c, r in failed}
+    if run.pairs is not None:
+        ours = [c for c in sorted(latest) if c in cases]
+        result.metrics = [latest[c]["metrics"] for c in ours if latest[c].get("metrics")]
+        result.missing_labels = [c for c in ours if latest[c].get("missing_label")]
 
 
 def _score(case: str, done: dict[str, Any], label_path: Path, threshold: float) -> dict[str, Any]:

@@ -78,6 +78,22 @@ def set_run_checkpoint(checkpoint: Mapping[str, Any]) -> None:
     _RUN["checkpoint"] = _jsonable(checkpoint)
 
 
+def fork_run(**fields: Any) -> str:
+    """Start a new run with the current run's tool, settings and checkpoint plus ``fields``
+    (e.g. ``prediction={...}``: what the outputs depend on); returns its id. Files recorded
+    before keep the run they were written under, so a later run in the same process with other
+    fields never rewrites what an earlier run recorded."""
+    run = _current_run()
+    start_run(run["tool"], run.get("settings"), run.get("checkpoint"))
+    _RUN.update({key: _jsonable(value) for key, value in fields.items()})
+    return _RUN["id"]
+
+
+def current_run() -> dict[str, Any]:
+    """The run the files written now are recorded under (a copy; ``id`` included)."""
+    return _current_run()
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
