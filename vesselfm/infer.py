@@ -79,11 +79,9 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         from vesselfm.utils.hardware import describe_threads
 
         log.info(describe_threads(cfg.threads))
-    from vesselfm.io.dicom import selection
+    from vesselfm.io.dicom import config_selection
 
-    resample = OmegaConf.select(cfg, "dicom.resample", default=False)
-    # DICOM inputs only
-    with selection(series=cfg.get("series"), phase=cfg.get("phase"), resample=resample):
+    with config_selection(cfg):  # DICOM inputs only: series=, phase=, dicom.resample=
         result = segment_files(
             cases,
             predictor,

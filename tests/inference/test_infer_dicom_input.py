@@ -3,6 +3,7 @@ a bad study fails alone with one line naming the file and leaves nothing behind.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,13 @@ def test_cohort_folder_one_case_per_study_bad_study_fails_alone(
     assert str(cut) in errors[0] and "truncated or corrupt" in errors[0]
     assert "1 segmented" in proc.stderr and "resampled onto a regular grid" in proc.stderr
     # the good study's mask, on its (resampled: all 20 slices) grid; nothing of the bad one
-    written = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    written = sorted(p.name for p in out.glob("*.nii.gz"))
     assert written == ["cohort_A1_20260101_pred.nii.gz"]
+    # the cohort summary names the bad study and why
+    failed = json.loads((out / "run_summary.json").read_text())["failed"]
+    assert (
+        list(failed) == ["cohort_B2_20260101"]
+        and "truncated or corrupt" in failed["cohort_B2_20260101"]
+    )
     mask = read_volume(out / written[0])
     assert mask.shape == (32, 32, 20) and set(np.unique(mask.array)) <= {0, 1}

@@ -277,8 +277,13 @@ class ScanDataset(torch.utils.data.Dataset):
     read gives ``{"index", "error"}`` instead of raising, so the loader goes on."""
 
     def __init__(self, jobs: Sequence[Job], preprocess: Any) -> None:
+        from vesselfm.io.dicom import current_selection
+
         self.jobs = list(jobs)
         self.preprocess = preprocess
+        # series=/phase=/dicom.resample= in effect now: a context variable does not reach a
+        # worker process started by spawn (or forkserver), so the workers are given it
+        self.dicom = current_selection()
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -288,11 +293,13 @@ class ScanDataset(torch.utils.data.Dataset):
 
         from vesselfm.inference.predictor import SlidingWindowPredictor
         from vesselfm.io import read_volume
+        from vesselfm.io.dicom import selection
 
         job = self.jobs[i]
         t0 = time.perf_counter()
         try:
-            scan = read_volume(job.path, dtype=np.float32)
+            with selection(self.dicom.series, self.dicom.phase, self.dicom.resample):
+                scan = read_volume(job.path, dtype=np.float32)
             # the predictor's own preprocessing, without the network (not sent to workers)
             prepared = SlidingWindowPredictor.preprocess_array(
                 SimpleNamespace(preprocess=self.preprocess),  # type: ignore[arg-type]
