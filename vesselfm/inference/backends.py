@@ -203,7 +203,8 @@ class OpenVinoEngine(Engine):
     def inference_precision(self, spatial: tuple[int, ...]) -> str:
         """The ``INFERENCE_PRECISION_HINT`` the compiled model reports (``"f32"``, ``"bf16"``)."""
         compiled, _ = self.compiled(spatial)
-        return str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower().replace("float", "f")
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type, e.g. f32
+        return str(getattr(hint, "to_string", lambda: hint)())
 
     def run(self, window: np.ndarray) -> np.ndarray:
         _, request = self.compiled(tuple(int(s) for s in window.shape[2:]))
