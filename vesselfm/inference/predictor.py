@@ -396,8 +396,9 @@ class SlidingWindowPredictor:
         backend = self.resolved_backend(device)
         if backend == "torch":
             return None
-        from vesselfm.inference.backends import cached_export, open_engine
+        from vesselfm.inference.backends import cached_export, import_engine, open_engine
 
+        import_engine(backend, f"inference.backend={backend}")  # one line naming the extra
         precision = self.resolved_precision(device)
         threads = torch.get_num_threads()
         if self._exported():
