@@ -20,6 +20,15 @@ Variants, all on the same prepared phantom volume (default: a 512×512×200 phan
   windows than the training patch (160³) were faster but lost 0.03 Dice against the label
   (``--quality`` with a trained checkpoint).
 
+``--engines`` (or ``--only engines``): the network alone on each engine, same weights and
+windows: ``torch-fp32`` (NCDHW), ``torch-channels-last`` (our view), ``onnxruntime-fp32``,
+``openvino-f32`` and ``openvino-int8`` (NNCF, calibrated on prepared windows of other
+phantoms), each exported with ``vesselfm.export``'s code: seconds per window (median of
+``--window-reps`` after a warm-up), per whole prepared volume (``--engine-volume``, a corner of
+the phantom's; ``--no-engine-volume-rows`` skips it), the largest logit difference and the mask
+Dice against torch fp32. ``--only engine-quality --quality-checkpoint <phantom_demo .ckpt>``:
+Dice against the label on held-out phantoms for torch, OpenVINO f32 and INT8 of that checkpoint.
+
 For each: seconds, speed-up over the reference, Dice of its mask against the reference mask.
 ``--quality`` fits ``model=tiny`` on one phantom for a few steps and compares the full preset's
 and the fast preset's Dice against the label of another (random weights say nothing about
@@ -31,6 +40,9 @@ Usage:
     python scripts/bench_infer.py --model tiny --shape 256 256 96 --rss --quality
     python scripts/bench_infer.py --only rss
     python scripts/bench_infer.py --device cuda
+    python scripts/bench_infer.py --only engines --window-reps 1 --calibration-windows 2
+    python scripts/bench_infer.py --model tiny --only engine-quality --quality-checkpoint best.ckpt \
+        --quality-roi 64
 
 The first line names the device (CPU model, ATen capability, native bf16 or not, cores, threads).
 """
