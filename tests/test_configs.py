@@ -36,7 +36,7 @@ PRIMARY_VALUES = {
     "prepare": (["source=s", "output=o"], "label_threshold", 0.5),
     "phantom": (["output=o"], "shape", [512, 512, 256]),
     "visualise": (["pred=p"], "html_max_faces", 400000),
-    "export": (["output=o"], "check_tolerance", 0.01),
+    "export": (["output=o"], "check_tolerance", 0.05),
 }
 VESSELFM_PREPROCESS = {
     "in_plane_size": 256,

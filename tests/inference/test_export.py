@@ -71,7 +71,7 @@ def test_exported_logits_match_torch_for_any_batch_and_window(
         assert float((got - expected).abs().max()) < 1e-3
     record = json.loads(exported[fmt].with_suffix(".json").read_text())
     assert record["check"]["max_abs_logit_diff"] < 1e-3
-    assert record["check"]["tolerance"] == 0.01 and record["check"]["engine"] == backend
+    assert record["check"]["tolerance"] == 0.05 and record["check"]["engine"] == backend
 
 
 @pytest.mark.parametrize(("fmt", "backend"), [("onnx", "onnxruntime"), ("openvino", "auto")])

@@ -458,7 +458,7 @@ def export_model(
     window: Sequence[int] = (128, 128, 128),
     calibration: Sequence[np.ndarray] = (),
     check_window: np.ndarray | None = None,
-    tolerance: float | None = 0.01,
+    tolerance: float | None = 0.05,
     record: Mapping[str, Any] | None = None,
     opset: int = OPSET,
     overwrite: bool = False,
