@@ -53,7 +53,7 @@ SUFFIXES = {".onnx": "onnx", ".xml": "openvino"}
 #: Python module → the pyproject extra that installs it
 EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "openvino": "openvino", "nncf": "openvino"}
 #: the engine ``inference.backend=auto`` takes on a CPU, best first, where installed. From
-#: ``scripts/bench_infer.py`` on a 2-core AVX2 AMD EPYC (README, "Exported models"): OpenVINO
+#: ``scripts/bench_infer.py`` on a 2-core AVX2 AMD EPYC (README, "python -m vesselfm.export"): OpenVINO
 #: beat our channels-last torch path; ONNX Runtime did not, so torch stays ahead of it.
 CPU_PREFERENCE = ("openvino",)
 INPUT_NAME = "image"
