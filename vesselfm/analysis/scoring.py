@@ -262,7 +262,7 @@ def centreline_scores(
     return out
 
 
-def _pairs(true: Sequence[Mapping[str, Any]], found: Sequence[Mapping[str, Any]]):
+def lesion_pairs(true: Sequence[Mapping[str, Any]], found: Sequence[Mapping[str, Any]]):
     """``(i, j, distance)`` of lesions on the same tree within 5 mm, nearest first."""
     pairs = []
     for i, t in enumerate(true):
@@ -286,14 +286,14 @@ def stenosis_scores(
     true = list(true)
     sig_t = [t for t in true if float(t["degree_percent"]) >= SIGNIFICANT_PERCENT]
     sig_f = [f for f in found if float(f["degree_percent"]) >= SIGNIFICANT_PERCENT]
-    sig = _pairs(sig_t, sig_f)
+    sig = lesion_pairs(sig_t, sig_f)
     out = {
         "stenosis_sensitivity": _ratio(len({i for _, i, _ in sig}), len(sig_t)),
         "stenosis_ppv": _ratio(len({j for _, _, j in sig}), len(sig_f)),
         "stenosis_degree_mae": float("nan"),
     }
     used_t, used_f, errors = set(), set(), []
-    for _, i, j in _pairs(true, found):
+    for _, i, j in lesion_pairs(true, found):
         if i in used_t or j in used_f:
             continue
         used_t.add(i)
