@@ -5,7 +5,7 @@
 
 Writes ``--n`` ImageCAS-X phantoms (``python -m vesselfm.phantom layout=imagecasx``; seed
 ``--seed``, which no training config uses, so they are held out; ``--stenoses`` planted
-lesions of 20-90 % each, recorded as rendered) into ``--work`` (kept: a rerun reuses the cases
+lesions of 20-90 % each, recorded as rendered) into ``--work``/phantoms (kept: a rerun reuses the cases
 already there), then for each case analyses the ground-truth mask (the union of the segments:
 names by anatomy, not from the segment map) exactly as ``python -m vesselfm.analyse`` does and
 scores it with :func:`vesselfm.analysis.scoring.score_analysis` (``python -m vesselfm.evaluate
@@ -44,6 +44,33 @@ TARGETS = {
 def _mean(values):
     vals = [v for v in values if v is not None and not math.isnan(v)]
     return (sum(vals) / len(vals), len(vals)) if vals else (float("nan"), 0)
+
+
+def table(rows, columns, pooled, shape, seed) -> str:
+    """The target table (Markdown) over ``rows``."""
+    lines = [
+        f"{len(rows)} case(s), shape {tuple(shape)}, seed {seed}",
+        "",
+        "| metric | target | measured (mean over cases) | n | met |",
+        "|---|---|---|---|---|",
+    ]
+    for key in (*columns, "main_names_all_correct"):
+        mean, n = _mean([r[key] for r in rows])
+        op, goal = TARGETS.get(key, ("", None))
+        met = ""
+        if goal is not None:
+            met = "yes" if (mean >= goal if op == ">=" else mean <= goal) else "no"
+        target = "" if goal is None else f"{op} {goal}"
+        lines.append(f"| {key} | {target} | {mean:.3f} | {n} | {met} |")
+    sig_true, sig_found, hit_true, hit_found = pooled
+    sens = hit_true / sig_true if sig_true else float("nan")
+    ppv = hit_found / sig_found if sig_found else float("nan")
+    lines += [
+        "",
+        f"pooled over all cases: >= 50 % lesions true {sig_true}, found {sig_found}; "
+        f"sensitivity {sens:.3f}, PPV {ppv:.3f}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -89,16 +116,17 @@ def main() -> None:
         flush=True,
     )
     work = args.work
+    data = work / "phantoms"  # the phantoms' own folder (the phantom writer keeps it for them)
     rows = []
     sig_true = sig_found = hit_true = hit_found = 0
     for index in range(1, args.n + 1):
         cid = str(index)
-        seg_path = work / "segmentations" / f"{cid}.coronary.nii.gz"
-        record = work / "stenoses" / f"{cid}.json"
+        seg_path = data / "segmentations" / f"{cid}.coronary.nii.gz"
+        record = data / "stenoses" / f"{cid}.json"
         t0 = time.perf_counter()
         if not (seg_path.exists() and record.exists()):
             write_phantom_dataset(
-                work,
+                data,
                 1,
                 shape=tuple(args.shape),
                 seed=args.seed,
@@ -114,7 +142,7 @@ def main() -> None:
         t2 = time.perf_counter()
         lines = {
             side: read_centerlines(p)
-            for side, p in centerline_files(work / "centerlines", cid).items()
+            for side, p in centerline_files(data / "centerlines", cid).items()
         }
         true = read_stenoses(record)
         row = score_analysis(result, mask, seg.affine, lines, true)
@@ -160,26 +188,12 @@ def main() -> None:
             writer = csv.DictWriter(fh, fieldnames=keys)
             writer.writeheader()
             writer.writerows(rows)
+        pooled = (sig_true, sig_found, hit_true, hit_found)
+        text = table(rows, COLUMNS, pooled, args.shape, args.seed)
+        (work / "targets.md").write_text(text)
 
-    print(f"\n{len(rows)} case(s), shape {tuple(args.shape)}, seed {args.seed}")
-    print("| metric | target | measured (mean over cases) | n | met |")
-    print("|---|---|---|---|---|")
-    for key in (*COLUMNS, "main_names_all_correct"):
-        mean, n = _mean([r[key] for r in rows])
-        op, goal = TARGETS.get(key, ("", None))
-        met = (
-            ""
-            if goal is None
-            else ("yes" if (mean >= goal if op == ">=" else mean <= goal) else "no")
-        )
-        target = "" if goal is None else f"{op} {goal}"
-        print(f"| {key} | {target} | {mean:.3f} | {n} | {met} |")
-    sens = hit_true / sig_true if sig_true else float("nan")
-    ppv = hit_found / sig_found if sig_found else float("nan")
-    print(
-        f"pooled over all cases: >= 50 % lesions true {sig_true}, found {sig_found}; "
-        f"sensitivity {sens:.3f}, PPV {ppv:.3f}"
-    )
+    print("\n" + text)
+
     print(json.dumps({"load_average_after": os.getloadavg()}))
 
 
