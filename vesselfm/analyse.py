@@ -4,7 +4,8 @@ Each mask (ours, a ground truth, another tool's; any format :func:`vesselfm.io.r
 reads) becomes a centreline tree with named branches, lumen diameters, stenoses and a CAD-RADS
 category (:mod:`vesselfm.analysis`; automated, not a diagnosis), written as
 ``<case>_analysis.json``, ``<case>_branches.csv``, ``<case>_report.md`` and
-``<case>_profiles.png``, with ``summary.csv``/``summary.md`` over all cases.
+``<case>_profiles.png`` (with ``image=`` also ``<case>_cpr.png``, the straightened
+reformations), with ``summary.csv``/``summary.md`` over all cases.
 
 ``analyse(cfg)`` does the work and returns the results; ``main()`` is the CLI.
 """
