@@ -4,7 +4,8 @@ Each mask (ours, a ground truth, another tool's; any format :func:`vesselfm.io.r
 reads) becomes a centreline tree with named branches, lumen diameters, stenoses and a CAD-RADS
 category (:mod:`vesselfm.analysis`; automated, not a diagnosis), written as
 ``<case>_analysis.json``, ``<case>_branches.csv``, ``<case>_report.md`` and
-``<case>_profiles.png``, with ``summary.csv``/``summary.md`` over all cases.
+``<case>_profiles.png`` (with ``image=`` also ``<case>_cpr.png``, the straightened
+reformations), with ``summary.csv``/``summary.md`` over all cases.
 
 ``analyse(cfg)`` does the work and returns the results; ``main()`` is the CLI.
 """
@@ -76,6 +77,48 @@ def _segments_for(spec: str | None, masks: dict[str, Path]) -> dict[str, Path | 
     return out
 
 
+def _images_for(spec: Any, masks: dict[str, Path]) -> dict[str, Path | None]:
+    """``{case: scan}`` for ``image=`` (one file for one mask, or a folder/glob of scans paired
+    by case id: ``<case>.img.nii.gz``, ``<case>_0000.nii.gz``, ``<case>.nii.gz``)."""
+    if spec in (None, ""):
+        return dict.fromkeys(masks)
+    from vesselfm.io import case_id, find_inputs
+
+    path = Path(str(spec)).expanduser()
+    if path.is_file():
+        if len(masks) != 1:
+            raise UserError(
+                f"image={spec} is one file but mask= names {len(masks)} masks; give a folder "
+                "of scans named by case (<case>.img.nii.gz)"
+            )
+        return {case: path for case in masks}
+    scans = {case_id(p, "image"): p for p in find_inputs(str(spec))}
+    out = {case: scans.get(case) for case in masks}
+    missing = [case for case, p in out.items() if p is None]
+    if missing:
+        raise UserError(
+            f"image={spec}: no scan for case(s) {', '.join(missing[:5])}; name them "
+            "<case>.img.nii.gz (or leave image= out)"
+        )
+    return out
+
+
+def _read_image(path: Path, mask: tuple[Any, Any]) -> Any:
+    """The scan at ``path`` as an array, checked to be on the mask's grid."""
+    import numpy as np
+
+    from vesselfm.io import Volume, check_same_grid, read_volume
+
+    scan = read_volume(path)
+    array, affine = mask
+    check_same_grid(
+        scan,
+        Volume(np.asarray(array), np.asarray(affine), where="mask"),
+        hint="image= must be the scan the mask was segmented from",
+    )
+    return np.asarray(scan.array)
+
+
 def analyse(cfg: DictConfig) -> dict[str, Any]:
     """Analyse every mask of ``cfg.mask`` into ``cfg.output``.
 
@@ -102,15 +145,10 @@ def analyse(cfg: DictConfig) -> dict[str, Any]:
     except TypeError as err:
         known = ", ".join(AnalysisSettings.__dataclass_fields__)
         raise UserError(f"analysis: unknown key ({err}); the keys are {known}") from err
-    if cfg.get("image") not in (None, ""):
-        log.warning(
-            "image=%s is not used yet: the ostium is each tree's thick end, and the reformations "
-            "that need the scan are not written",
-            cfg.image,
-        )
     html = bool(cfg.get("html", True))
     masks = find_masks(str(cfg.mask))
     segments = _segments_for(cfg.get("segments"), masks)
+    images = _images_for(cfg.get("image"), masks)
     names = [p.name for case in masks for p in case_files(cfg.output, case).values()]
     output = check_output_dir(
         cfg.output,
@@ -124,14 +162,21 @@ def analyse(cfg: DictConfig) -> dict[str, Any]:
     for case, path in masks.items():
         try:
             result = analyse_file(
-                path, case, segments=segments[case], settings=settings, keep_mask=html
+                path,
+                case,
+                segments=segments[case],
+                settings=settings,
+                keep_mask=html or images[case] is not None,
             )
+            if images[case] is not None:
+                result["_image"] = _read_image(images[case], result["_mask"])
         except (UserError, ValueError, OSError) as err:
             errors[case] = str(err).splitlines()[0]
             log.error("case %s: %s", case, errors[case])
             continue
         paths[case] = write_case(result, output, plots=bool(cfg.get("plots", True)), html=html)
         result.pop("_mask", None)  # the cohort keeps the results, not the volumes
+        result.pop("_image", None)
         results[case] = result
         log.info(
             "%s: CAD-RADS %s, %d branches, %d stenoses (automated, not a diagnosis)",

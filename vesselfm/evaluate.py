@@ -72,6 +72,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             centerlines=cfg.get("centerlines"),
             image=cfg.get("image"),
             descriptors=cfg.get("descriptors"),
+            stenoses=cfg.get("stenoses"),
+            analysis=cfg.get("analysis"),
         )
     rows, errors = result.rows, result.errors
     if errors:

@@ -40,6 +40,7 @@ def case_files(output: str | os.PathLike[str], case: str) -> dict[str, Path]:
         "md": out / f"{case}_report.md",
         "png": out / f"{case}_profiles.png",
         "html": out / f"{case}_centreline.html",
+        "cpr": out / f"{case}_cpr.png",
     }
 
 
@@ -54,8 +55,9 @@ def write_case(
     plots: bool = True,
     html: bool = False,
 ) -> dict[str, Path]:
-    """Write one case's JSON, CSV, Markdown report, with ``plots`` its profile picture, and with
-    ``html`` its 3D view (needs the mask: ``result["_mask"] = (array, affine)``)."""
+    """Write one case's JSON, CSV, Markdown report, with ``plots`` its profile picture (and its
+    straightened reformations when ``result["_image"]`` holds the scan on the mask's grid), and
+    with ``html`` its 3D view (both need the mask: ``result["_mask"] = (array, affine)``)."""
     paths = case_files(output, result["case"])
     with atomic_path(paths["json"]) as tmp:
         tmp.write_text(json.dumps(public(result), indent=1) + "\n", encoding="utf-8")
@@ -80,6 +82,12 @@ def write_case(
     written = {k: paths[k] for k in ("json", "csv", "md")}
     if plots and result["branches"] and profile_plot(result, paths["png"]):
         written["png"] = paths["png"]
+    if plots and result.get("_image") is not None and result.get("_mask") is not None:
+        from vesselfm.analysis.reformation import cpr_plot
+
+        mask, affine = result["_mask"]
+        if cpr_plot(result, result["_image"], mask, affine, paths["cpr"]):
+            written["cpr"] = paths["cpr"]
     if html and result["branches"]:
         from vesselfm.viz.figure3d import save_html
 

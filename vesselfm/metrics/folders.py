@@ -62,6 +62,10 @@ class CaseFiles:
     centerlines: Path | None = None
     #: the case's scan (lumen HU of the local-Dice points), with image=
     image: Path | None = None
+    #: the case's true lesions (``<case>.json`` of a phantom's ``stenoses/``), with stenoses=
+    stenoses: Path | None = None
+    #: analyse the prediction (:mod:`vesselfm.analysis`) and score it (:mod:`~.scoring`)
+    analysis: bool = False
 
 
 class CaseError(Exception):
@@ -229,6 +233,8 @@ def score_volumes(
     metrics: Sequence[str] | None = None,
     centerlines: Mapping[str, Centerlines] | None = None,
     image: Volume | None = None,
+    analysis: bool = False,
+    stenoses: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Score one case at native resolution, with the label's voxel spacing.
 
@@ -243,6 +249,9 @@ def score_volumes(
         centerlines: the case's ground-truth centrelines ``{side: Centerlines}`` (LPS mm), for
             the centreline distances and local Dice.
         image: the case's scan on the label's grid (HU of the local-Dice points).
+        analysis: analyse the prediction as ``vesselfm.analyse`` does and add the columns of
+            :func:`vesselfm.analysis.scoring.score_analysis` (``cl_ov`` ... ``cad_rads_exact``).
+        stenoses: the case's true lesions (phantom records, RAS mm), for the stenosis columns.
 
     Returns:
         ``{"case": case, **compute_metrics(...), **imagecasx_columns(...)}``; with
@@ -321,6 +330,12 @@ def score_volumes(
         None if image is None else np.asarray(image.array),
     )
     out = {"case": case, **row, **extra}
+    if analysis:
+        from vesselfm.analysis.pipeline import analyse_mask
+        from vesselfm.analysis.scoring import score_analysis
+
+        found = analyse_mask(pred_bin, label.affine, case=case)
+        out.update(score_analysis(found, label_values, label.affine, centerlines, stenoses))
     if centerlines is not None:
         out[POINTS_KEY] = points
     return out
@@ -377,9 +392,40 @@ def score_case(
             centerlines = {side: read_centerlines(path) for side, path in found.items()}
         except CenterlineError as err:
             raise CaseError(str(err)) from err
+    stenoses = read_stenoses(files.stenoses) if files.stenoses is not None else None
     return score_volumes(
-        files.case, pred, label, prob, threshold, metrics, centerlines=centerlines, image=image
+        files.case,
+        pred,
+        label,
+        prob,
+        threshold,
+        metrics,
+        centerlines=centerlines,
+        image=image,
+        analysis=files.analysis,
+        stenoses=stenoses,
     )
+
+
+def read_stenoses(path: Path) -> list[dict[str, Any]]:
+    """The ``stenoses`` list of a phantom's ``stenoses/<case>.json`` (RAS mm)."""
+    import json
+
+    if not path.is_file():
+        raise CaseError(
+            f"{path}: no such stenosis record; give stenoses= the stenoses/ folder of the "
+            "phantoms (python -m vesselfm.phantom layout=imagecasx) or score without it"
+        )
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))["stenoses"]
+        for r in records:
+            r["tree"], r["degree_percent"], r["position_mm"], r["branch"]  # noqa: B018
+        return list(records)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CaseError(
+            f"{path}: not a stenosis record ({type(err).__name__}: {err}); expected "
+            '{"stenoses": [{"branch", "tree", "position_mm", "degree_percent"}, ...]}'
+        ) from err
 
 
 def _score_task(
@@ -428,6 +474,8 @@ def evaluate_folders(
     centerlines: str | Path | None = None,
     image: str | Path | None = None,
     descriptors: str | Path | None = None,
+    stenoses: str | Path | None = None,
+    analysis: bool | None = None,
 ) -> Evaluation:
     """Score every ``<case>_pred`` file in ``pred`` against ``gt`` and write the reports.
 
@@ -453,6 +501,12 @@ def evaluate_folders(
             HU of the local-Dice points.
         descriptors: ImageCAS-X's ``Descriptors.xlsx``/``.csv``: every table also by its groups
             (``summary_by_group.csv``; ``local_dice_summary.csv`` rows per group).
+        stenoses: folder of ``<case>.json`` true-lesion records (a phantom's ``stenoses/``):
+            the predictions are analysed (:mod:`vesselfm.analysis`) and scored
+            (:mod:`vesselfm.analysis.scoring`: ``cl_*`` with ``centerlines``, names, radii,
+            stenoses, CAD-RADS).
+        analysis: analyse and score the predictions without ``stenoses`` too (``cl_*``,
+            names and radii against ``centerlines``); ``None``: when ``stenoses`` is given.
 
     Returns:
         ``(rows, errors, paths, missing_predictions)`` as an :class:`Evaluation`.
@@ -489,6 +543,19 @@ def evaluate_folders(
         else None
     )
     table = read_descriptors(descriptors) if descriptors not in (None, "") else None
+    stenosis_dir = (
+        _folder(stenoses, "stenoses", "<case>.json stenosis records")
+        if stenoses not in (None, "")
+        else None
+    )
+    analyse = stenosis_dir is not None if analysis is None else bool(analysis)
+    if analyse:
+        from vesselfm.analysis.pipeline import require_extra
+
+        try:
+            require_extra()
+        except RuntimeError as err:
+            raise UserError(str(err)) from err
     output = check_output_dir(output, "output", REPORT_FILES + IMAGECASX_FILES, overwrite)
 
     cases, unpredicted = pair_cases(pred_dir, gt, prob_dir)
@@ -504,6 +571,15 @@ def evaluate_folders(
                     ", ".join(absent[:5]),
                 )
         cases = [replace(c, centerlines=centerline_dir, image=scans.get(c.case)) for c in cases]
+    if analyse:
+        cases = [
+            replace(
+                c,
+                analysis=True,
+                stenoses=None if stenosis_dir is None else stenosis_dir / f"{c.case}.json",
+            )
+            for c in cases
+        ]
     if expected is not None:
         wanted = set(expected)
         have = {c.case for c in cases}
