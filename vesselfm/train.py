@@ -61,6 +61,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         inference=OmegaConf.to_container(cfg.inference, resolve=True),
         output_dir=cfg.paths.output_dir,
         metadata={"model_name": cfg.model.name},
+        # segment models (experiment=imagecasx_segments): one output channel per class
+        num_classes=int(cfg.model.net.get("out_channels", 1)),
     )
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,6 +22,54 @@ from vesselfm.models.schedulers import SCHEDULER_INTERVALS
 log = logging.getLogger(__name__)
 
 VAL_METRICS = ("dice", "cldice")
+
+
+def segment_name(code: int) -> str:
+    """The Dice column name of segment ``code``: ImageCAS-X's name (``LAD``, ``R_PDA``), or
+    ``class<code>`` beyond its 14 codes."""
+    from vesselfm.data.imagecasx import SEGMENTS
+
+    name = SEGMENTS.get(int(code))
+    return name.replace("-", "_") if name else f"class{int(code)}"
+
+
+def segment_scores(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Dice per segment (``dice_<name>``) of two class maps, for the segments present in
+    ``truth`` (an absent one has no column), and ``dice``: their mean (``nan`` when none is
+    present). A segment the prediction misses scores 0."""
+    pred = np.asarray(pred).ravel()
+    truth = np.asarray(truth).ravel()
+    n = int(num_classes)
+    # one pass: the confusion counts of every (truth, pred) pair
+    counts = np.bincount(
+        np.clip(truth, 0, n - 1) * n + np.clip(pred, 0, n - 1), minlength=n * n
+    ).reshape(n, n)
+    row: dict[str, float] = {}
+    for code in range(1, n):
+        gt, pr = counts[code].sum(), counts[:, code].sum()
+        if gt == 0:
+            continue
+        row[f"dice_{segment_name(code)}"] = float(2.0 * counts[code, code] / (gt + pr))
+    values = list(row.values())
+    row["dice"] = float(np.mean(values)) if values else float("nan")
+    return row
+
+
+def check_labels(data_dir: str | Path, num_classes: int) -> None:
+    """Raise ``ValueError`` (one line) when the prepared set at ``data_dir`` holds labels of the
+    other kind: ``labels=segments`` for a 1-class model, lumen masks for a segment model."""
+    from vesselfm.data.manifest import load_manifest
+
+    manifest = load_manifest(Path(data_dir)) or {}
+    labels = str(manifest.get("labels", "lumen"))
+    wanted = "segments" if int(num_classes) > 1 else "lumen"
+    if labels != wanted:
+        kind = f"a {num_classes}-class segment model" if wanted == "segments" else "a lumen model"
+        raise ValueError(
+            f"data.data_dir={data_dir} was prepared with labels={labels}, and {kind} needs "
+            f"labels={wanted}: prepare it with python -m vesselfm.prepare ... labels={wanted} "
+            "into another output folder"
+        )
 
 
 def describe_factory(factory: Callable[..., Any] | None) -> dict[str, Any] | None:
@@ -53,6 +102,12 @@ class VesselSegLitModule(L.LightningModule):
         output_dir: where test writes ``metrics.csv``, ``summary.json`` and ``summary.md``.
         metadata: extra facts stored in every checkpoint under ``"vesselfm"`` (e.g. the model
             config's name), beside the preprocessing and threshold ``infer`` reads back.
+        num_classes: 1 (the default): binary vessel logits, sigmoid. More: a segment model
+            (``experiment=imagecasx_segments``, 15 = background + ImageCAS-X's codes 1..14):
+            labels hold the codes, the loss sees class indices (softmax, ``to_onehot_y``), and
+            validation/test score the argmax by Dice per segment (``dice_<name>``) and ``dice``,
+            the mean over the segments present in the ground truth. The prepared set must have
+            been prepared with ``labels=segments`` (``labels=lumen`` for 1 class).
 
     ``inference``, ``output_dir`` and ``metadata`` are stored in checkpoints as plain dicts,
     lists, str and numbers (OmegaConf configs resolved, paths as str), so that our checkpoints
@@ -73,6 +128,7 @@ class VesselSegLitModule(L.LightningModule):
         inference: Mapping[str, Any] | None = None,
         output_dir: str | Path | None = None,
         metadata: Mapping[str, Any] | None = None,
+        num_classes: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
@@ -95,7 +151,12 @@ class VesselSegLitModule(L.LightningModule):
         self.threshold = float(self.inference_cfg.get("threshold", 0.5))
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self._predictor = None
-        self.metadata = to_plain(dict(metadata or {}), "metadata")
+        self.num_classes = int(num_classes)
+        if self.num_classes < 1:
+            raise ValueError(f"model.num_classes must be >= 1, got {num_classes}")
+        self.metadata = to_plain(
+            {**dict(metadata or {}), "num_classes": self.num_classes}, "metadata"
+        )
         self._val_rows: list[dict[str, Any]] = []
         self._test_rows: list[dict[str, Any]] = []
 
@@ -113,6 +174,19 @@ class VesselSegLitModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    @property
+    def segments(self) -> bool:
+        """Whether this is a segment model (more than one output class)."""
+        return self.num_classes > 1
+
+    def setup(self, stage: str) -> None:
+        """Refuse a prepared set whose labels (``labels=`` in its manifest) do not suit the
+        model: segment codes for a lumen model or lumen masks for a segment model."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        data_dir = getattr(datamodule, "data_dir", None)
+        if data_dir is not None:
+            check_labels(data_dir, self.num_classes)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -146,9 +220,37 @@ class VesselSegLitModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_rows = []
 
+    def _predict_classes(self, image: torch.Tensor) -> torch.Tensor:
+        """The argmax class map ``(B, X, Y, Z)`` int64 of a segment model over whole volumes."""
+        from monai.inferers import sliding_window_inference
+
+        cfg = self.inference_cfg
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                logits = sliding_window_inference(
+                    image.float(),
+                    roi_size=tuple(cfg.get("roi_size", (128, 128, 128))),
+                    sw_batch_size=int(cfg.get("sw_batch_size", 1)),
+                    predictor=self.model,
+                    overlap=float(cfg.get("overlap", 0.25)),
+                    mode=str(cfg.get("mode", "gaussian")),
+                )
+            return logits.argmax(dim=1)
+        finally:
+            self.model.train(was_training)
+
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         from vesselfm.metrics import compute_metrics
 
+        if self.segments:
+            classes = self._predict_classes(batch["image"]).cpu().numpy()
+            for i in range(classes.shape[0]):
+                truth = batch["label"][i, 0].cpu().numpy().round().astype(np.int64)
+                row = segment_scores(classes[i], truth, self.num_classes)
+                self._val_rows.append({"case": str(batch["case"][i]), **row})
+            return
         prob = self._predict(batch["image"])
         for i in range(prob.shape[0]):
             values = compute_metrics(
@@ -202,6 +304,18 @@ class VesselSegLitModule(L.LightningModule):
         from vesselfm.io import read_volume
         from vesselfm.metrics import compute_metrics
 
+        if self.segments:
+            classes = self._predict_classes(batch["image"])
+            for i in range(classes.shape[0]):
+                shape = tuple(int(s) for s in batch["original_shape"][i])
+                # nearest back onto the scan's grid: the codes stay codes
+                native = torch.nn.functional.interpolate(
+                    classes[i][None, None].float(), size=shape, mode="nearest-exact"
+                )[0, 0]
+                truth = np.rint(read_volume(batch["original_label"][i]).array).astype(np.int64)
+                row = segment_scores(native.cpu().numpy().astype(np.int64), truth, self.num_classes)
+                self._test_rows.append({"case": str(batch["case"][i]), **row})
+            return
         prob = self._predict(batch["image"])
         for i in range(prob.shape[0]):
             shape = tuple(int(s) for s in batch["original_shape"][i])

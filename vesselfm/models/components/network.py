@@ -76,6 +76,44 @@ def model_config(name: str = "vesselfm_base", **overrides: Any) -> dict[str, Any
     return {**cfg, **overrides}
 
 
+# DynUNet's output head: the 1x1x1 convolution to out_channels
+HEAD_PREFIX = "output_block."
+
+
+def without_head(
+    net: nn.Module, state: Mapping[str, Any], name: str, source: str
+) -> dict[str, Any]:
+    """``state`` with the output head's tensors (:data:`HEAD_PREFIX`) replaced by ``net``'s own
+    (fresh random) ones, so that a strict load takes every other layer from ``state``; logs one
+    line saying so.
+
+    Raises:
+        CheckpointError: ``net`` has no output head of that name.
+    """
+    from vesselfm.models.components.checkpoint import CheckpointError
+
+    own = {k: v for k, v in net.state_dict().items() if k.startswith(HEAD_PREFIX)}
+    if not own:
+        raise CheckpointError(
+            f"model.reinit_head=true: model={name} has no output head ({HEAD_PREFIX}*); "
+            "set model.reinit_head=false"
+        )
+    old = {k: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
+    before = next((tuple(v.shape) for k, v in old.items() if k.endswith("weight")), None)
+    after = next(tuple(v.shape) for k, v in own.items() if k.endswith("weight"))
+    log.info(
+        "model=%s: output head (%s*, %s -> %s channels) re-initialised at random; every other "
+        "layer loaded from %s",
+        name,
+        HEAD_PREFIX,
+        before[0] if before else "none",
+        after[0],
+        source,
+    )
+    kept = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+    return {**kept, **own}
+
+
 def load_model(model_cfg: Mapping[str, Any]) -> nn.Module:
     """Build ``model.net`` and load ``model.checkpoint`` (if any) into it, strictly.
 
@@ -118,12 +156,10 @@ def load_model(model_cfg: Mapping[str, Any]) -> nn.Module:
             "model=%s starts from random weights (model.checkpoint is null)", model_cfg.get("name")
         )
     else:
-        load_weights(
-            net,
-            read_state_dict(path, trust_checkpoint=trust),
-            model_name=str(model_cfg.get("name")),
-            source=str(spec),
-        )
+        state = read_state_dict(path, trust_checkpoint=trust)
+        if model_cfg.get("reinit_head"):
+            state = without_head(net, state, str(model_cfg.get("name")), str(spec))
+        load_weights(net, state, model_name=str(model_cfg.get("name")), source=str(spec))
         log.info("model=%s loaded weights from %s", model_cfg.get("name"), spec)
         checkpoint = {"source": str(spec), "sha256": file_sha256(path)}
         # the output record names the weights every output was made with
