@@ -21,23 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: ImageCAS-X segment codes
-SEGMENT_CODES: dict[int, str] = {
-    1: "LM",
-    2: "LAD",
-    3: "LCx",
-    4: "D1",
-    5: "D2",
-    6: "OM1",
-    7: "OM2",
-    8: "IM",
-    9: "RCA",
-    10: "R-PDA",
-    11: "R-PLA",
-    12: "L-PDA",
-    13: "L-PLA",
-    14: "side branch",
-}
+from vesselfm.io.terminology import SEGMENTS
+
+#: ImageCAS-X segment codes -> the names analysis gives (14 "Other" is a "side branch")
+SEGMENT_CODES: dict[int, str] = {**SEGMENTS, 14: "side branch"}
 RIGHT_CODES = frozenset({9, 10, 11})
 #: every name a branch can have
 NAMES: tuple[str, ...] = tuple(SEGMENT_CODES.values())

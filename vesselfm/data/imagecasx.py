@@ -32,26 +32,10 @@ from vesselfm.data.imagecas import (
     case_sort_key,
     normalise_case_id,
 )
+from vesselfm.io.terminology import SEGMENTS  # the one table; re-exported here
 
 log = logging.getLogger(__name__)
 
-#: ImageCAS-X segment codes -> names (``Other``: D3, D4, OM3, OM4 and smaller side branches)
-SEGMENTS: dict[int, str] = {
-    1: "LM",
-    2: "LAD",
-    3: "LCx",
-    4: "D1",
-    5: "D2",
-    6: "OM1",
-    7: "OM2",
-    8: "IM",
-    9: "RCA",
-    10: "R-PDA",
-    11: "R-PLA",
-    12: "L-PDA",
-    13: "L-PLA",
-    14: "Other",
-}
 SEGMENT_CODES: dict[str, int] = {name: code for code, name in SEGMENTS.items()}
 CENTERLINE_SIDES = ("left", "right")
 DESCRIPTOR_COLUMNS = ("Scan ID", "Image Quality", "Dominance", "Disease")

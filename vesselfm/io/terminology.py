@@ -63,3 +63,23 @@ def slicer_terminology(segment: Segment) -> str:
         "^^",
     ]
     return "TerminologyEntry:" + "~".join(parts) + "|"
+
+
+#: ImageCAS-X coronary segment codes -> names (its README; 0 is background; ``Other``: D3, D4,
+#: OM3, OM4 and smaller side branches): the one table data, metrics and analysis use
+SEGMENTS: dict[int, str] = {
+    1: "LM",
+    2: "LAD",
+    3: "LCx",
+    4: "D1",
+    5: "D2",
+    6: "OM1",
+    7: "OM2",
+    8: "IM",
+    9: "RCA",
+    10: "R-PDA",
+    11: "R-PLA",
+    12: "L-PDA",
+    13: "L-PLA",
+    14: "Other",
+}

@@ -40,27 +40,11 @@ from typing import Any
 import numpy as np
 
 from vesselfm.io.centerlines import Centerlines, lps_to_ras
+from vesselfm.io.terminology import SEGMENTS
 from vesselfm.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
-#: ImageCAS-X segment codes and names (its README; 0 is background)
-SEGMENTS: dict[int, str] = {
-    1: "LM",
-    2: "LAD",
-    3: "LCx",
-    4: "D1",
-    5: "D2",
-    6: "OM1",
-    7: "OM2",
-    8: "IM",
-    9: "RCA",
-    10: "R-PDA",
-    11: "R-PLA",
-    12: "L-PDA",
-    13: "L-PLA",
-    14: "Other",
-}
 #: the segment Dice columns, by code (``R-PDA`` → ``dice_R_PDA``)
 SEGMENT_COLUMNS: dict[int, str] = {k: "dice_" + v.replace("-", "_") for k, v in SEGMENTS.items()}
 VOLUME_COLUMNS = ("volume_pred_ml", "volume_gt_ml", "volume_bias_ml", "volume_abs_diff_ml")
