@@ -121,11 +121,15 @@ def _stitch(
         raise ValueError(f"predict_classes expects an (X, Y, Z) volume, got {tuple(volume.shape)}")
     original = tuple(int(s) for s in volume.shape)
     roi = tuple(int(r) for r in roi_size)
-    # a volume smaller than the window is padded with zeros (MONAI's cval) to one window, so the
-    # network sees the window size it was built for, and the result cropped back
-    pad = [max(r - s, 0) for r, s in zip(roi, original, strict=True)]
-    if any(pad):
-        volume = torch.nn.functional.pad(volume, (0, pad[2], 0, pad[1], 0, pad[0]))
+    # a volume smaller than the window is padded with zeros on both sides to one window, as
+    # MONAI's sliding window pads it (cval 0), so the network sees the window size it was built
+    # for; the result is cropped back
+    before = [max(r - s, 0) // 2 for r, s in zip(roi, original, strict=True)]
+    after = [max(r - s, 0) - b for r, s, b in zip(roi, original, before, strict=True)]
+    if any(before) or any(after):
+        volume = torch.nn.functional.pad(
+            volume, (before[2], after[2], before[1], after[1], before[0], after[0])
+        )
     shape = tuple(int(s) for s in volume.shape)
     weight = gaussian_weight(roi, sigma_scale) if mode == "gaussian" else torch.ones(roi)
     acc = torch.zeros((num_classes, *shape), dtype=torch.float16)
@@ -157,7 +161,7 @@ def _stitch(
             if wsum is not None:
                 wsum[where] += weight
     # the argmax of the weighted sums is the argmax of the weighted means (same weight per voxel)
-    crop = tuple(slice(0, s) for s in original)
+    crop = tuple(slice(b, b + s) for b, s in zip(before, original, strict=True))
     acc, wsum = acc[(slice(None), *crop)], None if wsum is None else wsum[crop]
     labels = np.empty(original, dtype=np.uint8)
     for x in range(0, original[0], slab):
