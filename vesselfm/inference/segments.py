@@ -358,8 +358,11 @@ def write_class_probabilities(probs: np.ndarray, scan: Volume, target: Path) -> 
 
 
 def mesh_name(target: Path, segment: Segment) -> Path:
-    """``<case>_pred_<name>.stl`` beside ``<case>_pred.stl`` (``R-PDA`` -> ``R_PDA``)."""
-    return target.with_name(f"{target.stem}_{segment.name.replace('-', '_')}{target.suffix}")
+    """``<case>_pred_<name>.stl`` beside ``<case>_pred.stl`` (``R-PDA`` -> ``R_PDA``;
+    :func:`vesselfm.viz.mesh.segment_stl_path`, as ``visualise`` names them)."""
+    from vesselfm.viz.mesh import segment_stl_path
+
+    return segment_stl_path(target, segment.name)
 
 
 def write_segment_meshes(labels: np.ndarray, affine: np.ndarray, target: Path) -> list[Path]:
