@@ -111,8 +111,16 @@ def test_segment_checkpoint_writes_codes_seg_nrrd_and_resumes(
             "SCT^59438005^Left Anterior Descending Coronary Artery" in header[f"Segment{lad}_Tags"]
         )
 
-    second = infer(cfg)  # same weights and settings: resumed
+    # resumed (same weights and settings), scored against segment labels from the file left:
+    # the label map itself as the label gives Dice 1 for each code present, none for the others
+    save_nifti(tmp_path / "labels" / "1.coronary.nii.gz", labels.array)
+    cfg.label = str(tmp_path / "labels")
+    second = infer(cfg)
     assert [r["skipped"] for r in second["results"]] == [True]
+    row = second["metrics"][0]
+    for code, name in SEGMENTS.items():
+        column = "dice_" + name.replace("-", "_")
+        assert row[column] == (1.0 if code in codes else None), column
 
 
 def test_dicom_input_gives_a_dicom_seg_with_named_segments(
