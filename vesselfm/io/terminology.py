@@ -1,9 +1,11 @@
-"""What the vessel segment is, in coded terms: the one table that Slicer's ``seg.nrrd`` (and,
-later, DICOM-SEG) take their segment name, colour and codes from.
+"""What the segments are, in coded terms: the one table that Slicer's ``seg.nrrd`` and DICOM-SEG
+take their segment names, colours and codes from.
 
 Codes are SNOMED CT (coding scheme designator ``SCT``), the scheme DICOM and 3D Slicer's
-terminologies use. The mask vesselFM predicts is the lumen of the coronary arteries: category
-*Tissue*, type *Coronary artery*.
+terminologies use. The mask a lumen model predicts is the lumen of the coronary arteries
+(:data:`VESSEL`: category *Tissue*, type *Coronary artery*); a segment model's label map holds
+ImageCAS-X's 14 codes (:data:`SEGMENTS`), each a :data:`CORONARY_SEGMENTS` entry with its own
+colour and its artery's code from DICOM CID 3015 (:data:`SEGMENT_TYPES`).
 """
 
 from __future__ import annotations
