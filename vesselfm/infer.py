@@ -3,8 +3,10 @@
 
 ``infer(cfg)`` builds a predictor from the config and calls the Python API that does the work,
 :func:`vesselfm.inference.segment_files` (Lightning predict: ``devices=``, ``num_nodes=``,
-``shard=K/N``); ``main()`` is the Hydra CLI. A failed scan is skipped while the others go on; the
-run exits 2 if any failed, or (``label=``) if a case had no label.
+``shard=K/N``); ``main()`` is the Hydra CLI. A segment checkpoint (more than one output class,
+``experiment=imagecasx_segments``) is recognised from the checkpoint and writes label maps of
+the ImageCAS-X codes (:mod:`vesselfm.inference.segments`). A failed scan is skipped while the
+others go on; the run exits 2 if any failed, or (``label=``) if a case had no label.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     )
     inference = {**OmegaConf.to_container(cfg.inference, resolve=True), "threshold": threshold}
     progress = bool(cfg.get("progress", True))
+    num_classes = _segment_classes(cfg)
     predictor = SlidingWindowPredictor.from_config(
         load_model(cfg.model), inference, preprocess=preprocess, progress=progress
     )
@@ -97,6 +100,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
             num_nodes=cfg.get("num_nodes", 1),
             shard=None if cfg.get("shard") is None else str(cfg.shard),
             num_workers=cfg.get("num_workers", "auto"),
+            num_classes=num_classes,
         )
     if result.rank != 0:
         return {"output": result.output_dir, "results": result.cases, "failed": result.failed}
@@ -110,6 +114,34 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         "threshold": threshold,
         "preprocess": preprocess,
     }
+
+
+def _segment_classes(cfg: DictConfig) -> int:
+    """The output classes of ``model.checkpoint`` (what training recorded, else its head's
+    shape; :func:`vesselfm.inference.segments.checkpoint_classes`), set as the network's
+    ``model.net.out_channels`` before it is built: a segment checkpoint (15 classes,
+    ``experiment=imagecasx_segments``/``phantom_segments``) loads into a 15-channel head without
+    a model key to change. Without weights, ``model.net.out_channels`` as configured."""
+    from omegaconf import open_dict
+
+    from vesselfm.inference.segments import checkpoint_classes
+
+    configured = int(cfg.model.net.get("out_channels", 1))
+    found = checkpoint_classes(OmegaConf.to_container(cfg.model, resolve=True))
+    if found is None or found == configured:
+        classes = configured
+    else:
+        with open_dict(cfg):
+            cfg.model.net.out_channels = found
+        classes = found
+    if classes > 1:
+        log.info(
+            "model.checkpoint=%s is a segment model (%d classes): writing label maps of the "
+            "ImageCAS-X codes",
+            cfg.model.get("checkpoint"),
+            classes,
+        )
+    return classes
 
 
 @hydra_entrypoint("infer")

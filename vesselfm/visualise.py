@@ -56,6 +56,7 @@ def _visualise(cfg: DictConfig, pred: Path, output: Path) -> dict[str, Path]:
         html=bool(cfg.html),
         png=bool(cfg.png),
         overwrite=bool(cfg.get("overwrite", False)),
+        segments=None if cfg.get("segments") is None else bool(cfg.segments),
     )
 
 

@@ -157,6 +157,7 @@ def segment_files(
     num_nodes: int = 1,
     shard: str | Sequence[int] | None = None,
     num_workers: int | str | None = "auto",
+    num_classes: int | None = None,
 ) -> BatchResult:
     """Segment every scan with ``predictor`` and write its outputs into ``output_dir``.
 
@@ -203,6 +204,14 @@ def segment_files(
         num_workers: DataLoader workers reading and preprocessing the next scans (one scan
             each) while one is predicted; ``"auto"``: 2 where there are 3 or more cores, else 1.
             ``0`` reads in the predicting process.
+        num_classes: the network's output classes; ``None``: read from the network
+            (:func:`vesselfm.inference.segments.network_classes`). More than 1: a segment model
+            (``experiment=imagecasx_segments``): each ``<case>_pred`` is a uint8 label map of
+            the ImageCAS-X codes (argmax of the classes stitched in float16,
+            :func:`vesselfm.inference.segments.predict_segments`); a ``.seg.nrrd``/DICOM-SEG
+            holds one named, coloured, coded segment per code present; ``save_prob`` writes
+            ``<case>_prob.nii.gz`` ``(X, Y, Z, C)`` float32, ``save_mesh`` also
+            ``<case>_pred_<segment>.stl`` per segment present.
 
     Returns:
         A :class:`BatchResult`; failed and unlabelled cases are in it, not raised (see
@@ -236,6 +245,7 @@ def segment_files(
         run_cohort,
         write_run_summary,
     )
+    from vesselfm.inference.segments import check_segment_predictor, network_classes
     from vesselfm.io import (
         check_case_id,
         check_output_dir,
@@ -249,6 +259,9 @@ def segment_files(
 
     output_format = check_output_formats(output_format)
     shard_pair = parse_shard(shard)
+    classes = network_classes(predictor.network) if num_classes is None else int(num_classes)
+    if classes > 1:
+        check_segment_predictor(predictor)
     devices, num_nodes = _positive(devices, "devices"), _positive(num_nodes, "num_nodes")
     workers = resolve_num_workers(num_workers)
     cases = dict(inputs) if isinstance(inputs, Mapping) else case_ids(inputs)
@@ -270,9 +283,12 @@ def segment_files(
         "save_mesh": save_mesh,
         "overwrite": overwrite,
         "output_format": output_format,
+        "num_classes": classes,
     }
     stop_on_error = stop_on_error or os.environ.get("VESSELFM_DEBUG", "").lower() in _TRUE
     settings = prediction_settings(predictor)
+    if classes > 1:  # label maps of codes: not the outputs of a lumen model with these weights
+        settings["num_classes"] = classes
     fork_run(prediction=settings)  # the outputs' record names the settings resume compares
     run = CohortRun(
         cases,
@@ -350,7 +366,9 @@ def _merge_ranks(result: BatchResult, run: Any, cases: set[str]) -> None:
         result.missing_labels = [c for c in ours if latest[c].get("missing_label")]
 
 
-def _score(case: str, done: dict[str, Any], label_path: Path, threshold: float) -> dict[str, Any]:
+def _score(
+    case: str, done: dict[str, Any], label_path: Path, threshold: float, with_prob: bool = True
+) -> dict[str, Any]:
     """``{"case": case, **compute_metrics(...)}`` of a case's prediction against its label file,
     by :func:`vesselfm.metrics.folders.score_volumes`, as ``evaluate`` scores it: from the arrays
     just predicted, or (a case skipped because its outputs exist) from the files it left; with the
@@ -365,12 +383,16 @@ def _score(case: str, done: dict[str, Any], label_path: Path, threshold: float) 
             prob_path = output_paths(
                 done["pred"].parent, case, done["format"], format_of(done["input"])
             )["prob"]
-            prob = read_case_volume(prob_path) if prob_path.exists() else None
+            prob = read_case_volume(prob_path) if with_prob and prob_path.exists() else None
         else:
             arrays = done["arrays"]
             pred = arrays["scan"].with_array(arrays["mask"], done["pred"])
             # only what is on disk, so a resumed run and evaluate score the same row
-            prob = arrays["scan"].with_array(arrays["prob"]) if done.get("prob") else None
+            prob = (
+                arrays["scan"].with_array(arrays["prob"])
+                if with_prob and done.get("prob")
+                else None
+            )
         return score_volumes(case, pred, label, prob, threshold)
     except CaseError as err:
         raise UserError(str(err)) from err

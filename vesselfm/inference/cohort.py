@@ -361,6 +361,8 @@ class CohortRun:
         self.world_size = 1
         self.bar: Any = None
         self._predicted = 0
+        # a segment model (more than one output class): label maps of codes, not 0/1 masks
+        self.num_classes = int(self.options.get("num_classes") or 1)
 
     # ------------------------------------------------------------------ planning (per rank)
     def plan(self, rank: int, world_size: int) -> list[Job]:
@@ -370,6 +372,7 @@ class CohortRun:
             check_case_outputs,
             format_of,
             output_formats_for,
+            output_name,
             output_paths,
         )
 
@@ -404,6 +407,8 @@ class CohortRun:
                     if self.options["save_prob"]
                     else []
                 )
+                if probs and self.num_classes > 1:  # per-class: one 4D NIfTI, any format
+                    probs = [self.output_dir / output_name(case, "probability")]
                 mesh = paths["mesh"] if self.options["save_mesh"] else None
                 files = [*preds, *probs] + ([mesh] if mesh else [])
                 targets = {
@@ -509,6 +514,9 @@ class CohortRun:
             if self.stop_on_error:
                 raise UserError(item["error"])
             return
+        if "labels" in item:
+            self._finish_segments(item, job)
+            return
         try:
             t0 = time.perf_counter()
             targets = job.targets
@@ -549,6 +557,52 @@ class CohortRun:
             if self.stop_on_error:
                 raise
             return
+        self._finished(job, done, scored)
+
+    def _finish_segments(self, item: Mapping[str, Any], job: Job) -> None:
+        """:meth:`finish` for a segment model: the label map nearest back onto the scan's grid,
+        written with named segments (:mod:`vesselfm.inference.segments`)."""
+        from vesselfm.inference import segments
+        from vesselfm.utils.outputs import written_from
+
+        try:
+            t0 = time.perf_counter()
+            targets = job.targets
+            labels = segments.nearest_onto(item["labels"], item["shape"])
+            t1 = time.perf_counter()
+            scan = _with_shape(item["grid"], item["shape"])
+            with written_from(job.path):  # probabilities, meshes, label maps last
+                for target in targets["probs"]:
+                    segments.write_class_probabilities(item["probs"], scan, target)
+                if targets["mesh"] is not None:
+                    segments.write_segment_meshes(labels, scan.affine, targets["mesh"])
+                segments.write_labels(labels, scan, targets["preds"])
+            t2 = time.perf_counter()
+            done = self._record(job.path, job.case, targets, skipped=False)
+            done["shape"] = item["shape"]
+            done["segments"] = sorted(set(np.unique(labels).tolist()) - {0})
+            done["timings"] = {
+                "read": item["read"],
+                "predict": item["predict"] + (t1 - t0),
+                "postprocess": 0.0,
+                "write": t2 - t1,
+                "total": item["read"] + item["predict"] + (t2 - t0),
+            }
+            scored = (
+                self._score(done, {"prob": None, "mask": labels, "scan": scan})
+                if self.pairs is not None
+                else {}
+            )
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
+            self._fail(job.index, job.path, job.case, err, time.perf_counter() - t0)
+            if self.stop_on_error:
+                raise
+            return
+        self._finished(job, done, scored)
+
+    def _finished(self, job: Job, done: dict[str, Any], scored: Mapping[str, Any]) -> None:
         t = done["timings"]
         log.info(
             "%s: %s in %.1f s (read %.1f, predict %.1f, write %.1f)",
@@ -591,7 +645,10 @@ class CohortRun:
             return {"missing_label": True}
         if arrays is not None:
             done = {**done, "arrays": arrays}
-        row = _score(case, done, label_path, self.predictor.threshold)
+        # a segment model's per-class probabilities are no vessel probability to rank by
+        row = _score(
+            case, done, label_path, self.predictor.threshold, with_prob=self.num_classes == 1
+        )
         self.result.metrics.append(row)
         return {"metrics": row}
 
@@ -665,8 +722,18 @@ def _lightning_classes() -> tuple[type, type, type]:
                 return batch
             t0 = time.perf_counter()
             try:
-                prob = self.predictor.predict_volume(batch.pop("prepared")[None, None])[0, 0]
-                batch["prob"] = prob.float().cpu()
+                if self.run.num_classes > 1:
+                    from vesselfm.inference.segments import predict_segments
+
+                    batch["labels"], batch["probs"] = predict_segments(
+                        self.predictor,
+                        batch.pop("prepared"),
+                        self.run.num_classes,
+                        probabilities=bool(self.run.options["save_prob"]),
+                    )
+                else:
+                    prob = self.predictor.predict_volume(batch.pop("prepared")[None, None])[0, 0]
+                    batch["prob"] = prob.float().cpu()
             except KeyboardInterrupt:
                 raise
             except Exception as err:  # noqa: BLE001 - recorded by the writer, the others go on

@@ -22,55 +22,27 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from vesselfm.io.terminology import VESSEL, Segment
+from vesselfm.io.terminology import CORONARY_SEGMENTS, Segment, segments_present
+from vesselfm.utils.errors import UserError
+
+if TYPE_CHECKING:
+    from vesselfm.inference.predictor import SlidingWindowPredictor
+    from vesselfm.io import Volume
 
 log = logging.getLogger(__name__)
 
-# distinct colours (RGB 0..255) for the 14 ImageCAS-X codes, left tree warm, right tree cool
-_COLOURS: dict[int, tuple[int, int, int]] = {
-    1: (230, 25, 75),  # LM
-    2: (245, 130, 48),  # LAD
-    3: (255, 225, 25),  # LCx
-    4: (250, 190, 212),  # D1
-    5: (170, 110, 40),  # D2
-    6: (128, 0, 0),  # OM1
-    7: (210, 245, 60),  # OM2
-    8: (240, 50, 230),  # IM
-    9: (0, 130, 200),  # RCA
-    10: (70, 240, 240),  # R-PDA
-    11: (0, 0, 128),  # R-PLA
-    12: (60, 180, 75),  # L-PDA
-    13: (0, 128, 128),  # L-PLA
-    14: (128, 128, 128),  # Other
-}
-
 
 def coronary_segments() -> tuple[Segment, ...]:
-    """The 14 ImageCAS-X segments as :class:`~vesselfm.io.terminology.Segment` (label value =
-    code, ImageCAS-X's name, a colour; category and type those of the lumen mask)."""
-    from vesselfm.data.imagecasx import SEGMENTS
-
-    return tuple(
-        Segment(
-            label=code,
-            name=name,
-            color=tuple(c / 255 for c in _COLOURS[code]),  # type: ignore[arg-type]
-            category=VESSEL.category,
-            type=VESSEL.type,
-        )
-        for code, name in sorted(SEGMENTS.items())
-    )
-
-
-CORONARY_SEGMENTS: tuple[Segment, ...] = coronary_segments()
+    """The 14 ImageCAS-X segments (:data:`vesselfm.io.terminology.CORONARY_SEGMENTS`)."""
+    return CORONARY_SEGMENTS
 
 
 def _starts(size: int, roi: int, overlap: float) -> list[int]:
@@ -119,13 +91,47 @@ def predict_classes(
     Returns:
         ``(labels, probs)``: ``(X, Y, Z)`` uint8 codes and the probabilities or ``None``.
     """
+    device = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    try:
+        return _stitch(
+            net, device, image, num_classes, roi_size, overlap, sw_batch_size, probabilities, slab
+        )
+    finally:
+        net.train(was_training)
+
+
+def _stitch(
+    forward: Any,
+    device: torch.device,
+    image: torch.Tensor | np.ndarray,
+    num_classes: int,
+    roi_size: Sequence[int],
+    overlap: float,
+    sw_batch_size: int,
+    probabilities: bool,
+    slab: int = 16,
+    sigma_scale: float = 0.125,
+    mode: str = "gaussian",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`predict_classes` with any ``forward`` (windows on ``device`` -> logits)."""
     volume = torch.as_tensor(np.asarray(image), dtype=torch.float32)
     if volume.ndim != 3:
         raise ValueError(f"predict_classes expects an (X, Y, Z) volume, got {tuple(volume.shape)}")
+    original = tuple(int(s) for s in volume.shape)
+    roi = tuple(int(r) for r in roi_size)
+    # a volume smaller than the window is padded with zeros on both sides to one window, as
+    # MONAI's sliding window pads it (cval 0), so the network sees the window size it was built
+    # for; the result is cropped back
+    before = [max(r - s, 0) // 2 for r, s in zip(roi, original, strict=True)]
+    after = [max(r - s, 0) - b for r, s, b in zip(roi, original, before, strict=True)]
+    if any(before) or any(after):
+        volume = torch.nn.functional.pad(
+            volume, (before[2], after[2], before[1], after[1], before[0], after[0])
+        )
     shape = tuple(int(s) for s in volume.shape)
-    roi = tuple(min(int(r), s) for r, s in zip(roi_size, shape, strict=True))
-    device = next(net.parameters()).device
-    weight = gaussian_weight(roi)
+    weight = gaussian_weight(roi, sigma_scale) if mode == "gaussian" else torch.ones(roi)
     acc = torch.zeros((num_classes, *shape), dtype=torch.float16)
     wsum = torch.zeros(shape, dtype=torch.float32) if probabilities else None
     corners = [
@@ -134,36 +140,158 @@ def predict_classes(
         for y in _starts(shape[1], roi[1], overlap)
         for z in _starts(shape[2], roi[2], overlap)
     ]
-    was_training = net.training
-    net.eval()
-    try:
-        for i in range(0, len(corners), max(int(sw_batch_size), 1)):
-            batch = corners[i : i + max(int(sw_batch_size), 1)]
-            windows = torch.stack(
-                [volume[x : x + roi[0], y : y + roi[1], z : z + roi[2]] for x, y, z in batch]
-            )[:, None]
-            logits = net(windows.to(device)).float().cpu()
-            if logits.shape[1] != num_classes:
-                raise ValueError(
-                    f"the network emits {logits.shape[1]} channels, expected {num_classes}"
-                )
-            probs = torch.softmax(logits, dim=1) * weight
-            for (x, y, z), p in zip(batch, probs, strict=True):
-                where = (slice(x, x + roi[0]), slice(y, y + roi[1]), slice(z, z + roi[2]))
-                acc[(slice(None), *where)] += p.half()
-                if wsum is not None:
-                    wsum[where] += weight
-    finally:
-        net.train(was_training)
+    step = max(int(sw_batch_size), 1)
+    for i in range(0, len(corners), step):
+        batch = corners[i : i + step]
+        windows = torch.stack(
+            [volume[x : x + roi[0], y : y + roi[1], z : z + roi[2]] for x, y, z in batch]
+        )[:, None]
+        logits = forward(windows.to(device))
+        if isinstance(logits, list | tuple):  # deep supervision: the full-resolution head
+            logits = logits[0]
+        logits = logits.float().cpu()
+        if logits.shape[1] != num_classes:
+            raise ValueError(
+                f"the network emits {logits.shape[1]} channels, expected {num_classes}"
+            )
+        probs = torch.softmax(logits, dim=1) * weight
+        for (x, y, z), p in zip(batch, probs, strict=True):
+            where = (slice(x, x + roi[0]), slice(y, y + roi[1]), slice(z, z + roi[2]))
+            acc[(slice(None), *where)] += p.half()
+            if wsum is not None:
+                wsum[where] += weight
     # the argmax of the weighted sums is the argmax of the weighted means (same weight per voxel)
-    labels = np.empty(shape, dtype=np.uint8)
-    for x in range(0, shape[0], slab):
+    crop = tuple(slice(b, b + s) for b, s in zip(before, original, strict=True))
+    acc, wsum = acc[(slice(None), *crop)], None if wsum is None else wsum[crop]
+    labels = np.empty(original, dtype=np.uint8)
+    for x in range(0, original[0], slab):
         labels[x : x + slab] = acc[:, x : x + slab].float().argmax(0).numpy().astype(np.uint8)
     if wsum is None:
         return labels, None
+    probs = np.empty((num_classes, *original), dtype=np.float16)
     for c in range(num_classes):
-        acc[c] = (acc[c].float() / wsum.clamp_min(1e-6)).half()
-    return labels, acc.numpy()
+        probs[c] = (acc[c].float() / wsum.clamp_min(1e-6)).half().numpy()
+    return labels, probs
+
+
+def check_segment_predictor(predictor: SlidingWindowPredictor) -> None:
+    """Refuse settings a segment model does not use: TTA and connected-component clean-up act
+    on one vessel probability, not on 15 classes.
+
+    Raises:
+        UserError: ``inference.tta`` or ``inference.postprocess`` switched on.
+    """
+    if predictor.tta.enabled:
+        raise UserError(
+            "inference.tta is for lumen models; a segment model (ImageCAS-X codes) predicts "
+            "without test-time augmentation: leave inference.tta off"
+        )
+    if predictor.postprocess.enabled:
+        raise UserError(
+            "inference.postprocess is for lumen models; a segment model (ImageCAS-X codes) keeps "
+            "every voxel's argmax: set inference.postprocess.min_size=0 and keep_largest=null"
+        )
+
+
+def predict_segments(
+    predictor: SlidingWindowPredictor,
+    prepared: torch.Tensor | np.ndarray,
+    num_classes: int,
+    probabilities: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A segment model's label map of a prepared volume with ``predictor``'s network, device,
+    precision (autocast), channels-last view, windows (``roi_size``, ``overlap``, the window
+    batch of the device, ``mode``, ``sigma_scale``) and CPU threads; the classes are stitched in
+    float16 on the CPU (:func:`predict_classes`).
+
+    Args:
+        predictor: the lumen predictor built from the config (its network emits
+            ``num_classes`` logits).
+        prepared: ``(X, Y, Z)`` on the prepared grid, normalised.
+        num_classes: the network's output channels.
+        probabilities: also return the per-class probabilities ``(C, X, Y, Z)`` float16.
+
+    Returns:
+        ``(labels, probs)`` on the prepared grid: uint8 codes, float16 probabilities or ``None``.
+    """
+    device = predictor.compute_device()
+    predictor._place_network(device)
+    # the predictor's own window function: autocast to the resolved precision, channels-last on
+    # a CPU, deep supervision's first head
+    forward = predictor._window_fn(device)
+    batch = predictor._effective_batch(device)
+    previous = torch.get_num_threads()
+    if device.type == "cpu" and predictor.cpu.threads:
+        torch.set_num_threads(int(predictor.cpu.threads))
+    was_training = predictor.network.training
+    predictor.network.eval()
+    try:
+        with torch.inference_mode():
+            labels, probs = _stitch(
+                forward,
+                device,
+                prepared,
+                num_classes,
+                predictor.roi_size,
+                predictor.overlap,
+                batch,
+                probabilities,
+                sigma_scale=predictor.sigma_scale,
+                mode=predictor.mode,
+            )
+    finally:
+        predictor.network.train(was_training)
+        torch.set_num_threads(previous)
+    return labels, probs
+
+
+def network_classes(network: nn.Module) -> int:
+    """The number of output channels of ``network``: its ``out_channels`` (MONAI's DynUNet),
+    else the last 3D convolution's; 1 when neither is found."""
+    value = getattr(network, "out_channels", None)
+    if isinstance(value, int):
+        return value
+    convs = [m for m in network.modules() if isinstance(m, nn.Conv3d)]
+    return int(convs[-1].out_channels) if convs else 1
+
+
+def checkpoint_classes(model_cfg: Mapping[str, Any]) -> int | None:
+    """The number of output classes the weights of ``model.checkpoint`` were trained for, or
+    ``None`` when there are none to read (``checkpoint: null``).
+
+    Read from what training records (``checkpoint["vesselfm"]["num_classes"]``, else the
+    Lightning hyper-parameter ``num_classes``), else from the output head's weight shape
+    (DynUNet's ``output_block.conv.conv.weight``, ``(classes, filters, 1, 1, 1)``), so a raw
+    state dict of a segment model is recognised too. The file is memory-mapped: no tensor is read
+    but the head's.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read (see
+            :func:`vesselfm.models.load_checkpoint`).
+    """
+    from vesselfm.models import load_checkpoint, resolve_checkpoint, trust_flag
+
+    spec = model_cfg.get("checkpoint")
+    if spec in (None, ""):
+        return None
+    path = resolve_checkpoint(spec, model_cfg.get("revision"), model_cfg.get("cache_dir"))
+    if path is None:
+        return None
+    ckpt = load_checkpoint(path, trust_flag(model_cfg.get("trust_checkpoint")), mmap=True)
+    if not isinstance(ckpt, Mapping):
+        return None
+    meta = ckpt.get("vesselfm")
+    if isinstance(meta, Mapping) and meta.get("num_classes") is not None:
+        return int(meta["num_classes"])
+    hparams = ckpt.get("hyper_parameters")
+    if isinstance(hparams, Mapping) and hparams.get("num_classes") is not None:
+        return int(hparams["num_classes"])
+    state = ckpt.get("state_dict", ckpt)
+    if isinstance(state, Mapping):
+        for key, value in state.items():
+            if str(key).endswith("output_block.conv.conv.weight") and hasattr(value, "shape"):
+                return int(value.shape[0])
+    return None
 
 
 def nearest_onto(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -185,31 +313,68 @@ def write_segments_nrrd(
     segments: Sequence[Segment] = CORONARY_SEGMENTS,
 ) -> Path:
     """A 3D Slicer ``.seg.nrrd`` of the label map ``labels`` with one named, coloured segment per
-    code present (the fields of :mod:`vesselfm.io.slicer`, one ``Segment<i>_*`` block each)."""
-    import nrrd
-
-    from vesselfm.io.slicer import SEGMENTATION_FIELDS, _geometry, segment_fields
+    code present (:func:`vesselfm.io.slicer.write_like` with ``segments=``)."""
+    from vesselfm.io import slicer
     from vesselfm.utils.io import atomic_path
 
     labels = np.asarray(labels).astype(np.uint8, copy=False)
-    present = set(np.unique(labels).tolist()) - {0}
-    known = {s.label for s in segments}
-    if present - known:
-        raise ValueError(f"{target}: label values {sorted(present - known)} have no segment")
-    header: dict[str, Any] = {
-        "type": "unsigned char",
-        "dimension": 3,
-        **_geometry(affine, like),
-        "kinds": ["domain"] * 3,
-        "encoding": "gzip",
-        **SEGMENTATION_FIELDS,
-    }
-    for index, segment in enumerate(s for s in segments if s.label in present):
-        header.update(segment_fields(labels, segment, index))
+    try:
+        present = segments_present(labels, tuple(segments))
+    except ValueError as err:
+        raise ValueError(f"{target}: {err}") from err
     target = Path(target)
     with atomic_path(target) as tmp:
-        nrrd.write(str(tmp), labels, header, index_order="F")
+        slicer.write_like(labels, affine, like, tmp, segments=present)
     return target
+
+
+def write_labels(labels: np.ndarray, scan: Volume, targets: Sequence[Path]) -> list[Path]:
+    """The label map ``labels`` (uint8 codes on ``scan``'s grid) into each of ``targets``
+    (:func:`vesselfm.io.write_like`): codes as values in NIfTI/NRRD/MHA; in a ``.seg.nrrd`` or
+    DICOM-SEG one named, coloured, coded segment per code present
+    (:data:`~vesselfm.io.terminology.CORONARY_SEGMENTS`)."""
+    from vesselfm.io import write_like
+
+    labels = np.asarray(labels).astype(np.uint8, copy=False)
+    present = segments_present(labels)
+    # a DICOM-SEG needs a segment even when nothing was found: the first one, empty
+    segments = present or [CORONARY_SEGMENTS[0]]
+    return [write_like(labels, scan, target, segments=segments) for target in targets]
+
+
+def write_class_probabilities(probs: np.ndarray, scan: Volume, target: Path) -> Path:
+    """Per-class probabilities ``(C, x, y, z)`` (float16, the prepared grid) resampled back onto
+    ``scan``'s grid, class by class, and written as one 4D NIfTI ``(X, Y, Z, C)`` float32 with the
+    scan's affine (4 bytes a voxel a class: 4.3 GB for a 512 x 512 x 275 scan and 15 classes)."""
+    from vesselfm.data.preprocessing import resample_probabilities
+    from vesselfm.io import write_volume
+
+    out = np.empty((*scan.shape, probs.shape[0]), dtype=np.float32)
+    for c in range(probs.shape[0]):
+        out[..., c] = resample_probabilities(
+            torch.from_numpy(np.asarray(probs[c], dtype=np.float32)), scan.shape
+        )
+    return write_volume(out, scan.affine, target, description="vesselFM class probabilities")
+
+
+def mesh_name(target: Path, segment: Segment) -> Path:
+    """``<case>_pred_<name>.stl`` beside ``<case>_pred.stl`` (``R-PDA`` -> ``R_PDA``;
+    :func:`vesselfm.viz.mesh.segment_stl_path`, as ``visualise`` names them)."""
+    from vesselfm.viz.mesh import segment_stl_path
+
+    return segment_stl_path(target, segment.name)
+
+
+def write_segment_meshes(labels: np.ndarray, affine: np.ndarray, target: Path) -> list[Path]:
+    """``target`` (``<case>_pred.stl``: the whole tree, as a lumen model's) and one STL per
+    segment present, :func:`mesh_name` (scanner mm through ``affine``)."""
+    from vesselfm.viz import mask_to_stl
+
+    labels = np.asarray(labels)
+    written = [mask_to_stl(labels > 0, affine, target)]
+    for segment in segments_present(labels):
+        written.append(mask_to_stl(labels == segment.label, affine, mesh_name(target, segment)))
+    return written
 
 
 def segment_file(
@@ -278,9 +443,17 @@ def segment_file(
 
 __all__ = [
     "CORONARY_SEGMENTS",
+    "check_segment_predictor",
+    "checkpoint_classes",
     "coronary_segments",
+    "mesh_name",
     "nearest_onto",
+    "network_classes",
     "predict_classes",
+    "predict_segments",
     "segment_file",
+    "write_class_probabilities",
+    "write_labels",
+    "write_segment_meshes",
     "write_segments_nrrd",
 ]

@@ -15,7 +15,8 @@ Everything that knows about file names and file formats lives here, so that a ne
   each format, by the table :data:`~vesselfm.io.volume.CODECS`.
 - :mod:`~vesselfm.io.dicom` (pydicom: DICOM CT series) and :mod:`~vesselfm.io.dicom_seg`
   (highdicom: DICOM-SEG output over such a series, and its reader).
-- :mod:`~vesselfm.io.terminology`: the vessel segment's name, colour and SNOMED CT codes.
+- :mod:`~vesselfm.io.terminology`: the segments' names, colours and SNOMED CT codes (the
+  lumen's, and ImageCAS-X's 14 coronary segments).
 - :mod:`~vesselfm.io.grid`: :func:`check_same_grid`.
 - :mod:`~vesselfm.io.frames`: voxel orders and world frames (:func:`ras_voxel_order`).
 

@@ -43,7 +43,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7
 #: the SEG's series number (a fixed one, so that PACS viewers sort it after the scan's series)
 SERIES_NUMBER = 1000
 SERIES_DESCRIPTION = "vesselFM coronary artery lumen"
+SEGMENTS_SERIES_DESCRIPTION = "vesselFM coronary artery segments"
 #: largest distance (mm) between a source slice's pixel grid and the volume's for "same grid"
 SAME_GRID_MM = 1e-3
 
@@ -127,6 +128,47 @@ def segment_description(segment: Segment, number: int | None = None) -> Any:
         algorithm_identification=algorithm_identification(),
         display_color=hd.color.CIELabColor.from_rgb(*(round(255 * c) for c in segment.color)),
     )
+
+
+def numbered(labels: np.ndarray, segments: Sequence[Segment]) -> tuple[np.ndarray, list[Segment]]:
+    """``labels`` and ``segments`` renumbered 1..N in label order, as DICOM numbers segments:
+    a segment model's codes present (e.g. 1 LM, 2 LAD, 9 RCA) become segments 1, 2, 3, their
+    names kept (the reader maps them back by name, :func:`coded_labels`). Segments already
+    numbered 1..N are returned as given.
+
+    Raises:
+        ValueError: a non-zero value of ``labels`` that no segment has.
+    """
+    ordered = sorted(segments, key=lambda s: int(s.label))
+    codes = [int(s.label) for s in ordered]
+    if codes == list(range(1, len(codes) + 1)):
+        return labels, ordered
+    values = set(np.unique(labels).tolist()) - {0}
+    if values - set(codes):
+        raise ValueError(f"label values {sorted(values - set(codes))} have no segment")
+    lut = np.zeros(max(codes) + 1, dtype=np.uint8 if len(codes) <= 255 else np.uint16)
+    lut[codes] = np.arange(1, len(codes) + 1)
+    renumbered = [replace(s, label=i) for i, s in enumerate(ordered, start=1)]
+    return lut[np.asarray(labels, dtype=np.int64)], renumbered
+
+
+def coded_labels(ds: Any, array: np.ndarray) -> np.ndarray:
+    """A decoded SEG's segment numbers as the codes its segments name: where every segment's
+    label is an ImageCAS-X segment name (a segment model's SEG, :func:`numbered`), segment
+    ``i`` becomes that segment's code; any other SEG (our lumen mask) is returned as it is."""
+    from vesselfm.io.terminology import SEGMENTS
+
+    by_name = {name: code for code, name in SEGMENTS.items()}
+    items = list(ds.get("SegmentSequence") or [])
+    names = {int(item.SegmentNumber): str(item.get("SegmentLabel", "")) for item in items}
+    if not names or not all(name in by_name for name in names.values()):
+        return array
+    if all(by_name[name] == number for number, name in names.items()):
+        return array
+    lut = np.zeros(max(max(names), int(array.max(initial=0))) + 1, dtype=np.uint8)
+    for number, name in names.items():
+        lut[number] = by_name[name]
+    return lut[array]
 
 
 def segment_descriptions(segments: Sequence[Segment]) -> list[Any]:
@@ -314,12 +356,14 @@ def build_segmentation(
 
     from vesselfm import __version__
 
-    descriptions = segment_descriptions(segments)
     labels = np.asarray(array)
     if labels.dtype.kind == "f" or labels.dtype == bool:
         if labels.dtype.kind == "f" and not np.isin(labels, (0, 1)).all():
             raise ValueError("a DICOM-SEG holds labels (a 0/1 mask), not probabilities")
         labels = labels.astype(np.uint8)
+    labels, segments = numbered(labels, segments)
+    descriptions = segment_descriptions(segments)
+    lumen = [s.name for s in segments] == [VESSEL.name]
     # the segments are numbered 1..N: any value in [0, N] has one
     low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
     if low < 0 or high > len(segments):
@@ -348,8 +392,12 @@ def build_segmentation(
         software_versions=__version__,
         device_serial_number="0",
         content_label="VESSELFM",
-        content_description="vesselFM coronary artery lumen segmentation",
-        series_description=SERIES_DESCRIPTION,
+        content_description=(
+            "vesselFM coronary artery lumen segmentation"
+            if lumen
+            else "vesselFM coronary artery segments (ImageCAS-X codes)"
+        ),
+        series_description=SERIES_DESCRIPTION if lumen else SEGMENTS_SERIES_DESCRIPTION,
         omit_empty_frames=not keep_all,
     )
 
@@ -363,6 +411,10 @@ def write_like(
 ) -> None:
     """Write the mask ``array`` ``(X, Y, Z)`` (on the grid of ``affine``, voxel-to-RAS) as a
     DICOM-SEG over the series whose :class:`~vesselfm.io.dicom.DicomHeader` is ``like``.
+
+    ``segments``: one SEG segment each (a segment model's codes present: numbered 1..N in code
+    order, named and coded as :data:`~vesselfm.io.terminology.CORONARY_SEGMENTS`; read back,
+    the codes return, :func:`coded_labels`).
 
     Raises:
         VolumeError: ``like`` holds no source series (a non-DICOM input), or highdicom is not
@@ -549,7 +601,7 @@ def read_file(
             frames = _decode(seg, grid)
     except Exception as err:  # noqa: BLE001 - highdicom and pydicom's decoders raise many kinds
         raise VolumeError(f"{where}: cannot decode the segmentation ({err})") from err
-    array = reversed_axes(frames)
+    array = coded_labels(ds, reversed_axes(frames))
     if dtype is not None:
         array = array.astype(dtype)
     elif array.max(initial=0) <= 255:

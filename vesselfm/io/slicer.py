@@ -17,6 +17,7 @@ labelmap, so ``evaluate pred=`` and ``visualise pred=`` take it as they take ``_
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -86,10 +87,19 @@ def _geometry(affine: np.ndarray, like: Any) -> dict[str, Any]:
 
 
 def write_like(
-    array: np.ndarray, affine: np.ndarray, like: Any, target: str | os.PathLike[str]
+    array: np.ndarray,
+    affine: np.ndarray,
+    like: Any,
+    target: str | os.PathLike[str],
+    segments: Sequence[Segment] | None = None,
 ) -> None:
     """Write the mask ``array`` ``(i, j, k)`` as a Slicer segmentation on the grid of the input
-    whose affine is ``affine`` and whose native header is ``like`` (``None`` for none)."""
+    whose affine is ``affine`` and whose native header is ``like`` (``None`` for none).
+
+    ``segments``: the label map's segments, one ``Segment<i>_*`` block each, in the order given
+    (a segment model's: those present, :func:`vesselfm.io.terminology.segments_present`);
+    ``None``: our one lumen segment, :data:`~vesselfm.io.terminology.VESSEL`.
+    """
     try:
         import nrrd
     except ImportError as err:
@@ -109,8 +119,9 @@ def write_like(
         "kinds": ["domain"] * 3,
         "encoding": "gzip",
         **SEGMENTATION_FIELDS,
-        **segment_fields(mask),
     }
+    for index, segment in enumerate(segments if segments is not None else (VESSEL,)):
+        header.update(segment_fields(mask, segment, index))
     try:
         nrrd.write(str(target), mask, header, index_order="F")
     except Exception as err:  # noqa: BLE001 - pynrrd raises its own and numpy errors

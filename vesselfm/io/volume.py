@@ -24,12 +24,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vesselfm.io.names import EXTENSIONS, PREDICTION_EXTENSIONS, split_extension
 from vesselfm.utils.errors import UserError
+
+if TYPE_CHECKING:
+    from vesselfm.io.terminology import Segment
 
 #: the formats :func:`read_volume` reads, by extension (lower case); ``mha`` is MetaImage, in one
 #: file (``.mha``) or a header with a data file beside it (``.mhd`` + ``.raw``/``.zraw``)
@@ -373,7 +376,12 @@ def _write_format(target: Path) -> str:
     return FORMATS[ext]
 
 
-def write_like(array: np.ndarray, like: Volume, target: str | os.PathLike[str]) -> Path:
+def write_like(
+    array: np.ndarray,
+    like: Volume,
+    target: str | os.PathLike[str],
+    segments: Sequence[Segment] | None = None,
+) -> Path:
     """Write ``array`` on ``like``'s grid, atomically, in the format ``target``'s name says.
 
     The file holds ``array``'s values in its dtype, unscaled, on ``like``'s voxels. In ``like``'s
@@ -390,6 +398,9 @@ def write_like(array: np.ndarray, like: Volume, target: str | os.PathLike[str]) 
         target: the output file, named ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.seg.nrrd``
             (a 3D Slicer segmentation) or ``.dcm`` (a DICOM-SEG over ``like``'s DICOM series:
             :mod:`vesselfm.io.dicom_seg`; its frames lie on the series' slices).
+        segments: for a ``.seg.nrrd`` or ``.dcm``, the segments of the label map ``array``
+            (:class:`~vesselfm.io.terminology.Segment`, named and coded); ``None``: our one lumen
+            segment. Other formats hold the values only.
 
     Returns:
         ``target``.
@@ -416,7 +427,10 @@ def write_like(array: np.ndarray, like: Volume, target: str | os.PathLike[str]) 
         else:
             native = like.native if CODECS.get(like.format) == "vesselfm.io.itk" else None
         with atomic_path(target) as tmp:
-            _codec(fmt).write_like(array, like.affine, native, tmp)
+            if segments is None:
+                _codec(fmt).write_like(array, like.affine, native, tmp)
+            else:
+                _codec(fmt).write_like(array, like.affine, native, tmp, segments=segments)
         return target
     if like.native is None or CODECS[fmt] != CODECS.get(like.format):
         return write_volume(array, like.affine, target)

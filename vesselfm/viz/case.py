@@ -10,6 +10,10 @@ id of the prediction file: ``1_pred.nii.gz`` and ``1.label.nii.gz`` are case ``1
     <output>/<case>_pred.stl   <case>_gt.stl            binary STL in scanner mm
     <output>/<case>_3d.html                             interactive, self-contained
     <output>/<case>_axial.png  _coronal.png  _sagittal.png  _mip.png
+
+A segment model's label map (ImageCAS-X codes 1..14, :func:`label_map_codes`) is drawn by
+segment: one coloured, named surface per code present in the 3D view, each segment filled in its
+colour on the overlays, and ``<case>_pred_<name>.stl`` per segment beside the whole tree's STL.
 """
 
 from __future__ import annotations
@@ -33,14 +37,16 @@ from vesselfm.io import (
     read_volume,
 )
 from vesselfm.io import case_id as file_case_id
+from vesselfm.io.terminology import CORONARY_SEGMENTS, SEGMENTS
 from vesselfm.utils.errors import UserError
 from vesselfm.viz.figure3d import (
     DEFAULT_MAX_FACES,
     DEFAULT_SMOOTH_ITERATIONS,
     make_figure,
+    make_segments_figure,
     save_html,
 )
-from vesselfm.viz.mesh import mask_to_stl
+from vesselfm.viz.mesh import mask_to_stl, segment_stl_path
 from vesselfm.viz.overlay import save_overlays
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,17 @@ def _load(path: str | os.PathLike[str], role: str) -> Volume:
         raise ValueError(f"{role}={err}") from err
 
 
+def label_map_codes(array: np.ndarray) -> list[int] | None:
+    """The codes of a segment model's label map, or ``None`` for a mask or probabilities:
+    integer values (stored in any dtype) from 0 to 14 (ImageCAS-X's), some above 1."""
+    values = np.unique(np.asarray(array))
+    if values.size == 0 or values.max() <= 1 or values.min() < 0 or values.max() > max(SEGMENTS):
+        return None
+    if not np.array_equal(values, np.rint(values)):
+        return None
+    return [int(v) for v in values if v != 0]
+
+
 def visualise_case(
     pred_path: str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
@@ -78,6 +95,7 @@ def visualise_case(
     html: bool = True,
     png: bool = True,
     overwrite: bool = False,
+    segments: bool | None = None,
 ) -> dict[str, Path]:
     """Write STL meshes, the interactive 3D page and PNG overlays for one case.
 
@@ -105,10 +123,17 @@ def visualise_case(
         stl, html, png: which outputs to write.
         overwrite: replace existing outputs that vesselfm did not write (outputs it wrote
             earlier are always replaced).
+        segments: the prediction is a segment model's label map (ImageCAS-X codes,
+            :data:`vesselfm.io.terminology.CORONARY_SEGMENTS`); ``None``: when it holds integer
+            codes above 1 (:func:`label_map_codes`). Then the 3D view has one surface per code
+            present in the segment's colour, named in the legend and on hover; the overlays fill
+            each segment in its colour, named in the legend; ``stl`` also writes
+            ``<case>_pred_<name>.stl`` per segment (``<case>_pred.stl``: the whole tree);
+            ``threshold`` is not used for the prediction.
 
     Returns:
         The paths written, keyed ``pred_stl``, ``gt_stl``, ``html``, ``axial``, ``coronal``,
-        ``sagittal``, ``mip`` (only those written).
+        ``sagittal``, ``mip`` (only those written), and ``stl_<name>`` per segment.
 
     Raises:
         FileNotFoundError: an input file does not exist.
@@ -137,17 +162,29 @@ def visualise_case(
                 check_same_grid(other, pred_vol)
             except GridError as err:
                 raise ValueError(f"{role}={err}") from err
+    codes = label_map_codes(pred_vol.array) if segments is not False else None
+    if segments and codes is None:
+        raise ValueError(
+            f"pred={pred_path}: segments=true needs a label map of ImageCAS-X codes 0..14 "
+            "(a segment model's <case>_pred file)"
+        )
+    table = [s for s in CORONARY_SEGMENTS if codes is not None and s.label in codes]
     case = case_id or check_case_id(pred_path, file_case_id(pred_path), "pred")
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output={output_dir} is a file; give a folder for the views")
     names = [f"{case}_pred.stl"] * stl + [f"{case}_gt.stl"] * (stl and gt_vol is not None)
+    seg_stls = {
+        s.name: segment_stl_path(output_dir / f"{case}_pred.stl", s.name) for s in table if stl
+    }
+    names += [p.name for p in seg_stls.values()]
     names += [f"{case}_3d.html"] * html
     names += [f"{case}_{view}.png" for view in ("axial", "coronal", "sagittal", "mip")] * png
     check_overwrite([output_dir / n for n in names], overwrite)
     output_dir.mkdir(parents=True, exist_ok=True)
     affine = pred_vol.affine
-    pred = pred_vol.array >= threshold
+    labels = None if codes is None else np.rint(pred_vol.array).astype(np.uint8)
+    pred = pred_vol.array >= threshold if labels is None else labels > 0
     gt = None if gt_vol is None else gt_vol.array >= threshold
     if not pred.any():
         log.warning(
@@ -166,7 +203,25 @@ def visualise_case(
                 written["gt_stl"] = mask_to_stl(
                     gt, affine, output_dir / f"{case}_gt.stl", step_size, smooth_iterations
                 )
-        if html:
+            for segment in table:
+                written[f"stl_{segment.name}"] = mask_to_stl(
+                    labels == segment.label,
+                    affine,
+                    seg_stls[segment.name],
+                    step_size,
+                    smooth_iterations,
+                )
+        if html and labels is not None:
+            fig = make_segments_figure(
+                labels,
+                affine,
+                step_size=html_step_size,
+                max_faces=html_max_faces,
+                smooth_iterations=html_smooth_iterations,
+                title=f"case {case}: segments " + ", ".join(f"{s.name} ({s.label})" for s in table),
+            )
+            written["html"] = save_html(fig, output_dir / f"{case}_3d.html")
+        elif html:
             fig = make_figure(
                 pred,
                 affine,
@@ -188,11 +243,12 @@ def visualise_case(
             image = None if image_vol is None else image_vol.array
             pngs = save_overlays(
                 canonical(image),
-                canonical(pred),
+                canonical(pred if labels is None else labels),
                 output_dir,
                 gt=canonical(gt),
                 prefix=f"{case}_",
                 spacing=spacing,
+                segments=None if labels is None else CORONARY_SEGMENTS,
             )
             written.update(zip(("axial", "coronal", "sagittal", "mip"), pngs, strict=True))
     except BaseException:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,8 @@ from vesselfm.viz.mesh import bounding_box, mask_to_mesh
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
+
+    from vesselfm.io.terminology import Segment
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +197,11 @@ def make_figure(
         step_size,
     )
     fig = go.Figure(traces)
+    _layout(fig, title, step_size, n_faces)
+    return fig
+
+
+def _layout(fig: go.Figure, title: str | None, step_size: int, n_faces: int) -> None:
     axis = {"showbackground": True, "backgroundcolor": "#f4f4f4", "gridcolor": "#dddddd"}
     fig.update_layout(
         title={"text": title} if title else None,
@@ -214,6 +222,81 @@ def make_figure(
         paper_bgcolor="white",
         meta={"step_size": step_size, "faces": n_faces},
     )
+
+
+def hex_colour(rgb: Sequence[float]) -> str:
+    """``#rrggbb`` of an RGB colour in [0, 1] (a :class:`~vesselfm.io.terminology.Segment`'s)."""
+    return "#" + "".join(f"{round(255 * float(c)):02x}" for c in rgb)
+
+
+def segment_masks(labels: np.ndarray, segments: Sequence[Segment]) -> dict[int, np.ndarray]:
+    """``{code: labels == code}`` of each segment of ``segments`` present in ``labels``."""
+    labels = np.asarray(labels)
+    present = set(np.unique(labels).tolist())
+    return {s.label: labels == s.label for s in segments if s.label in present}
+
+
+def make_segments_figure(
+    labels: np.ndarray,
+    affine: np.ndarray,
+    segments: Sequence[Segment] | None = None,
+    *,
+    step_size: int | None = None,
+    max_faces: int = DEFAULT_MAX_FACES,
+    smooth_iterations: int = DEFAULT_SMOOTH_ITERATIONS,
+    title: str | None = None,
+    opacity: float = 1.0,
+) -> go.Figure:
+    """A plotly 3D figure of a segment model's label map: one surface per code present, in the
+    segment's colour, named in the legend and on hover (``LAD (2)``); a legend entry toggles it.
+
+    Args:
+        labels: ``(X, Y, Z)`` codes (0 background; ImageCAS-X's 1..14).
+        affine: ``(4, 4)`` voxel-to-scanner matrix (mm).
+        segments: the table naming and colouring the codes; default
+            :data:`vesselfm.io.terminology.CORONARY_SEGMENTS`.
+        step_size, max_faces, smooth_iterations, title, opacity: as :func:`make_figure`.
+
+    Returns:
+        A ``plotly.graph_objects.Figure`` with one ``mesh3d`` trace per segment present, in code
+        order, equal mm scaling on all axes.
+    """
+    import plotly.graph_objects as go
+
+    from vesselfm.io.terminology import CORONARY_SEGMENTS
+
+    table = list(CORONARY_SEGMENTS if segments is None else segments)
+    masks = segment_masks(labels, table)
+    named = {s.label: s for s in table}
+    auto_step = step_size is None
+    step_size = choose_step_size(list(masks.values()), max_faces) if auto_step else int(step_size)
+    while True:
+        meshes = {
+            code: mask_to_mesh(m, affine, step_size, smooth_iterations) for code, m in masks.items()
+        }
+        n_faces = sum(len(faces) for _, faces in meshes.values())
+        if not auto_step or n_faces <= max_faces:
+            break
+        step_size += 1
+    traces = [
+        _mesh_trace(
+            vertices,
+            faces,
+            f"{named[code].name} ({code})",
+            hex_colour(named[code].color),
+            opacity,
+        )
+        for code, (vertices, faces) in meshes.items()
+        if len(faces)
+    ]
+    log.info(
+        "3D view: %d segments, %d triangles (marching-cubes step %d)",
+        len(traces),
+        n_faces,
+        step_size,
+    )
+    fig = go.Figure(traces)
+    _layout(fig, title, step_size, n_faces)
     return fig
 
 

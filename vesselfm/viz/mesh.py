@@ -246,3 +246,10 @@ def mask_to_stl(
         mask, affine, step_size=step_size, smooth_iterations=smooth_iterations
     )
     return save_stl(vertices, faces, path)
+
+
+def segment_stl_path(path: str | os.PathLike[str], name: str) -> Path:
+    """``<case>_pred_<name>.stl`` beside ``<case>_pred.stl``: a segment's own mesh (``R-PDA`` ->
+    ``R_PDA``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_{name.replace('-', '_')}{path.suffix}")

@@ -18,17 +18,22 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vesselfm.utils.io import atomic_path
 from vesselfm.viz.mesh import bounding_box
 
+if TYPE_CHECKING:
+    from vesselfm.io.terminology import Segment
+
 log = logging.getLogger(__name__)
 
 PRED_COLOR = "#d62728"
 GT_COLOR = "#17becf"
+# opacity of a segment model's segments filled over the slices
+SEGMENT_ALPHA = 0.55
 # A CTA window (level 300 HU, width 800): contrast-filled lumen bright, myocardium grey.
 CTA_WINDOW_HU = (-100.0, 700.0)
 
@@ -73,8 +78,12 @@ def _draw(
     axes: tuple[int, int],
     letters: tuple[str, str, str, str],
     fill: bool,
+    labels: np.ndarray | None = None,
+    lut: np.ndarray | None = None,
 ) -> None:
-    """Draw a 2D background with the prediction (red) and ground-truth (cyan) outlines."""
+    """Draw a 2D background with the prediction (red) and ground-truth (cyan) outlines; with a
+    segment model's ``labels`` (codes) and ``lut`` (code -> RGBA), each segment filled in its
+    colour instead of red."""
     h_axis, v_axis = axes
     width = background.shape[0] * float(spacing[h_axis])
     height = background.shape[1] * float(spacing[v_axis])
@@ -91,7 +100,14 @@ def _draw(
     # Contour coordinates: pixel centres in mm along each drawn axis.
     xs = (np.arange(background.shape[0]) + 0.5) * float(spacing[h_axis])
     ys = (np.arange(background.shape[1]) + 0.5) * float(spacing[v_axis])
-    if fill and np.any(pred):
+    if fill and labels is not None and lut is not None and np.any(labels):
+        ax.imshow(
+            lut[np.asarray(labels, dtype=np.int64).T],
+            origin="lower",
+            extent=extent,
+            interpolation="nearest",
+        )
+    elif fill and np.any(pred):
         ax.imshow(
             np.ma.masked_equal(pred.T.astype(np.uint8), 0),
             cmap="autumn",
@@ -124,15 +140,30 @@ def _draw(
     ax.text(0.5, 0.99, letters[3], transform=ax.transAxes, ha="center", va="top", **style)
 
 
-def _legend(fig: Any, with_gt: bool) -> None:
+def _legend(fig: Any, with_gt: bool, segments: Sequence[Segment] = ()) -> None:
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    handles = [Line2D([], [], color=PRED_COLOR, label="prediction")]
+    handles: list[Any] = [Line2D([], [], color=PRED_COLOR, label="prediction")]
+    handles += [Patch(color=s.color, alpha=SEGMENT_ALPHA, label=s.name) for s in segments]
     if with_gt:
         handles.append(Line2D([], [], color=GT_COLOR, linestyle="dashed", label="ground truth"))
     fig.legend(
-        handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, fontsize=9
+        handles=handles,
+        loc="outside lower center",
+        ncol=min(len(handles), 5),
+        frameon=False,
+        fontsize=9,
     )
+
+
+def segment_lut(segments: Sequence[Segment]) -> np.ndarray:
+    """``(max code + 1, 4)`` RGBA per code: each segment's colour at :data:`SEGMENT_ALPHA`, 0 and
+    codes without a segment transparent."""
+    lut = np.zeros((max((s.label for s in segments), default=0) + 1, 4), dtype=np.float32)
+    for segment in segments:
+        lut[segment.label] = (*segment.color, SEGMENT_ALPHA)
+    return lut
 
 
 def _save(fig: Any, path: Path, dpi: int) -> Path:
@@ -154,6 +185,7 @@ def save_overlays(
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     window: tuple[float, float] | None = None,
     dpi: int = 120,
+    segments: Sequence[Segment] | None = None,
 ) -> list[Path]:
     """Write axial, coronal and sagittal overlays and a slab MIP of ``mask`` over ``image``.
 
@@ -172,6 +204,10 @@ def save_overlays(
         spacing: voxel size in mm along each axis (for true proportions).
         window: display range of ``image``; default :func:`intensity_window`.
         dpi: resolution of the PNGs.
+        segments: ``mask`` is a segment model's label map (codes) and these segments
+            (:data:`vesselfm.io.terminology.CORONARY_SEGMENTS`) name and colour them: each
+            segment is filled in its colour and named in the legend (those present); the outline
+            is the union's.
 
     Returns:
         The paths written: ``<prefix>axial.png``, ``<prefix>coronal.png``,
@@ -185,7 +221,19 @@ def save_overlays(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    codes = np.asarray(mask) if segments is not None else None
     mask = np.asarray(mask) != 0
+    present = []
+    lut = None
+    if codes is not None:
+        values = set(np.unique(codes).tolist())
+        present = [s for s in segments if s.label in values]  # type: ignore[union-attr]
+        lut = segment_lut(list(segments))  # type: ignore[arg-type]
+        if values - {0} - {s.label for s in present}:
+            raise ValueError(
+                f"mask holds codes {sorted(values - {0} - {s.label for s in present})} that no "
+                "segment names"
+            )
     if mask.ndim != 3:
         raise ValueError(f"mask must be a 3D array (X, Y, Z), got shape {mask.shape}")
     for name, other in (("image", image), ("gt", gt)):
@@ -209,9 +257,21 @@ def save_overlays(
         at = (slice(None),) * axis + (index,)
         fig, ax = plt.subplots(figsize=(6, 6), layout="constrained")
         gt_slice = None if gt_mask is None else gt_mask[at]
-        _draw(ax, background[at], window, mask[at], gt_slice, spacing, axes, letters, fill=True)
+        _draw(
+            ax,
+            background[at],
+            window,
+            mask[at],
+            gt_slice,
+            spacing,
+            axes,
+            letters,
+            fill=True,
+            labels=None if codes is None else codes[at],
+            lut=lut,
+        )
         ax.set_title(f"{view}, slice {index} of {mask.shape[axis]}", fontsize=10)
-        _legend(fig, gt_mask is not None)
+        _legend(fig, gt_mask is not None, present)
         written.append(_save(fig, output_dir / f"{prefix}{view}.png", dpi))
 
     box = bounding_box(mask if gt_mask is None else mask | gt_mask)
@@ -232,7 +292,7 @@ def save_overlays(
             fill=False,
         )
         ax.set_title(f"{view} MIP over the mask's slab", fontsize=10)
-    _legend(fig, gt_mask is not None)
+    _legend(fig, gt_mask is not None, present)
     written.append(_save(fig, output_dir / f"{prefix}mip.png", dpi))
     log.info("wrote %d overlays to %s", len(written), output_dir)
     return written
