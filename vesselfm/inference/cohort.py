@@ -258,6 +258,16 @@ class Job:
     targets: dict[str, Any]  # the output paths: preds, probs, mesh
 
 
+@dataclasses.dataclass
+class _Written:
+    """What writing one case leaves for its record: when its resampling ended, what scoring
+    needs, and extra fields for its status line."""
+
+    t1: float
+    scored: dict[str, Any]
+    extra: dict[str, Any]
+
+
 def _identity(item: Any) -> Any:  # the DataLoader's collate_fn (module level: picklable)
     return item
 
@@ -502,54 +512,29 @@ class CohortRun:
 
     # ------------------------------------------------------------------ writing (writer thread)
     def finish(self, item: Mapping[str, Any]) -> None:
-        """Resample back, threshold, write and score one predicted case; record its status."""
-        from vesselfm.data.preprocessing import resample_probabilities
-        from vesselfm.inference.predictor import _mesh_writer
-        from vesselfm.io import write_like
-        from vesselfm.utils.outputs import written_from
-
+        """Write and score one predicted case (lumen or segments); record its status."""
         job = self.jobs[item["index"]]
         if item.get("error"):
             self._fail(job.index, job.path, job.case, item["error"], item.get("read", 0.0))
             if self.stop_on_error:
                 raise UserError(item["error"])
             return
-        if "labels" in item:
-            self._finish_segments(item, job)
-            return
+        write = self._write_segments if "labels" in item else self._write_lumen
         try:
             t0 = time.perf_counter()
-            targets = job.targets
-            mesh_writer = _mesh_writer() if targets["mesh"] is not None else None
-            prob = resample_probabilities(item["prob"], item["shape"])
-            mask = self.predictor.binarize(prob, item["grid"].spacing)
-            t1 = time.perf_counter()
-            scan = _with_shape(item["grid"], item["shape"])
-            with written_from(job.path):  # as predict_file writes: probabilities, mesh, masks
-                if targets["probs"]:
-                    clipped = np.clip(np.asarray(prob, np.float32), 0.0, 1.0)
-                    for target in targets["probs"]:
-                        write_like(clipped, scan, target)
-                if mesh_writer is not None:
-                    mesh_writer(mask, scan.affine, targets["mesh"])
-                binary = (np.asarray(mask) > 0).astype(np.uint8)
-                for target in targets["preds"]:
-                    write_like(binary, scan, target)
+            written = write(item, job)
             t2 = time.perf_counter()
-            done = self._record(job.path, job.case, targets, skipped=False)
+            done = self._record(job.path, job.case, job.targets, skipped=False)
             done["shape"] = item["shape"]
+            done.update(written.extra)
             done["timings"] = {
                 "read": item["read"],
-                "predict": item["predict"] + (t1 - t0),
+                "predict": item["predict"] + (written.t1 - t0),
                 "postprocess": 0.0,
-                "write": t2 - t1,
+                "write": t2 - written.t1,
                 "total": item["read"] + item["predict"] + (t2 - t0),
             }
-            scored = (
-                self._score(done, {"prob": prob, "mask": mask, "scan": scan})
-                if self.pairs is not None
-                else {}
-            )
+            scored = self._score(done, written.scored) if self.pairs is not None else {}
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
@@ -559,48 +544,50 @@ class CohortRun:
             return
         self._finished(job, done, scored)
 
-    def _finish_segments(self, item: Mapping[str, Any], job: Job) -> None:
-        """:meth:`finish` for a segment model: the label map nearest back onto the scan's grid,
-        written with named segments (:mod:`vesselfm.inference.segments`)."""
+    def _write_lumen(self, item: Mapping[str, Any], job: Job) -> _Written:
+        """A lumen model's case: probabilities resampled back, thresholded, written as
+        predict_file writes them (probabilities, mesh, masks)."""
+        from vesselfm.data.preprocessing import resample_probabilities
+        from vesselfm.inference.predictor import _mesh_writer
+        from vesselfm.io import write_like
+        from vesselfm.utils.outputs import written_from
+
+        targets = job.targets
+        mesh_writer = _mesh_writer() if targets["mesh"] is not None else None
+        prob = resample_probabilities(item["prob"], item["shape"])
+        mask = self.predictor.binarize(prob, item["grid"].spacing)
+        t1 = time.perf_counter()
+        scan = _with_shape(item["grid"], item["shape"])
+        with written_from(job.path):
+            if targets["probs"]:
+                clipped = np.clip(np.asarray(prob, np.float32), 0.0, 1.0)
+                for target in targets["probs"]:
+                    write_like(clipped, scan, target)
+            if mesh_writer is not None:
+                mesh_writer(mask, scan.affine, targets["mesh"])
+            binary = (np.asarray(mask) > 0).astype(np.uint8)
+            for target in targets["preds"]:
+                write_like(binary, scan, target)
+        return _Written(t1, {"prob": prob, "mask": mask, "scan": scan}, {})
+
+    def _write_segments(self, item: Mapping[str, Any], job: Job) -> _Written:
+        """A segment model's case: the label map nearest back onto the scan's grid, written with
+        named segments (:mod:`vesselfm.inference.segments`)."""
         from vesselfm.inference import segments
         from vesselfm.utils.outputs import written_from
 
-        try:
-            t0 = time.perf_counter()
-            targets = job.targets
-            labels = segments.nearest_onto(item["labels"], item["shape"])
-            t1 = time.perf_counter()
-            scan = _with_shape(item["grid"], item["shape"])
-            with written_from(job.path):  # probabilities, meshes, label maps last
-                for target in targets["probs"]:
-                    segments.write_class_probabilities(item["probs"], scan, target)
-                if targets["mesh"] is not None:
-                    segments.write_segment_meshes(labels, scan.affine, targets["mesh"])
-                segments.write_labels(labels, scan, targets["preds"])
-            t2 = time.perf_counter()
-            done = self._record(job.path, job.case, targets, skipped=False)
-            done["shape"] = item["shape"]
-            done["segments"] = sorted(set(np.unique(labels).tolist()) - {0})
-            done["timings"] = {
-                "read": item["read"],
-                "predict": item["predict"] + (t1 - t0),
-                "postprocess": 0.0,
-                "write": t2 - t1,
-                "total": item["read"] + item["predict"] + (t2 - t0),
-            }
-            scored = (
-                self._score(done, {"prob": None, "mask": labels, "scan": scan})
-                if self.pairs is not None
-                else {}
-            )
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # noqa: BLE001 - one bad case must not stop the others
-            self._fail(job.index, job.path, job.case, err, time.perf_counter() - t0)
-            if self.stop_on_error:
-                raise
-            return
-        self._finished(job, done, scored)
+        targets = job.targets
+        labels = segments.nearest_onto(item["labels"], item["shape"])
+        t1 = time.perf_counter()
+        scan = _with_shape(item["grid"], item["shape"])
+        with written_from(job.path):  # probabilities, meshes, label maps last
+            for target in targets["probs"]:
+                segments.write_class_probabilities(item["probs"], scan, target)
+            if targets["mesh"] is not None:
+                segments.write_segment_meshes(labels, scan.affine, targets["mesh"])
+            segments.write_labels(labels, scan, targets["preds"])
+        present = sorted(set(np.unique(labels).tolist()) - {0})
+        return _Written(t1, {"prob": None, "mask": labels, "scan": scan}, {"segments": present})
 
     def _finished(self, job: Job, done: dict[str, Any], scored: Mapping[str, Any]) -> None:
         t = done["timings"]
