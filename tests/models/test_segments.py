@@ -22,12 +22,9 @@ SHRUNK_SEGMENTS = (
     "data.n_train=1",
     "data.n_val=1",
     "data.n_test=1",
+    # the experiment's whole-phantom patch and window, at 48x48x40: 2 steps of one phantom
     "data.shape=[48,48,40]",
-    "data.patch_size=[32,32,32]",
-    "data.batch_size=2",
-    "data.samples_per_epoch=4",
-    "data.foreground_ratio=1.0",
-    "inference.roi_size=[32,32,32]",
+    "data.samples_per_epoch=2",
     "logger=csv",
 )
 
@@ -167,6 +164,9 @@ def test_two_step_segment_training(compose_cfg) -> None:
     model = objects["model"]
     assert model.num_classes == 15
     assert model.model.output_block.conv.conv.weight.shape[0] == 15
+    # the patch is the whole phantom, one per step
+    assert objects["datamodule"].patch_size == (48, 48, 40)
+    assert objects["trainer"].global_step == 2
     assert 0.0 <= metrics["test/dice"] <= 1.0
     assert np.isfinite(metrics["train/loss_epoch"])
     out = Path(objects["cfg"].paths.output_dir)
