@@ -5,7 +5,9 @@ and CPU time (the issue's target: >= 0.80 within 10 minutes on a 2-core CPU).
     python scripts/bench_segments.py [key=value ...]     # extra train overrides
 
 Prints one JSON line: the four segments' mean Dice over test cases, their mean, every dice_*
-column's mean, wall and CPU seconds, the machine's CPU capability and the overrides.
+column's mean, the validation Dice after each epoch (from the CSV logger), wall and CPU seconds,
+the load average before and after (the CPU time is the figure to trust on a shared box), the
+machine's CPU capability and the overrides.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main(argv: list[str]) -> dict:
 
     run = Path(tempfile.mkdtemp(prefix="bench_segments_"))
     overrides = ["experiment=phantom_segments", f"hydra.run.dir={run}", *argv]
+    load_before = os.getloadavg()
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "vesselfm.train", *overrides], check=True)
     wall = time.perf_counter() - start
@@ -40,6 +43,12 @@ def main(argv: list[str]) -> dict:
         values = [float(r[c]) for r in rows if r.get(c) not in (None, "", "nan")]
         means[c] = sum(values) / len(values) if values else None
     main4 = [means.get(f"dice_{s}") for s in MAIN_SEGMENTS]
+    val_curve = []
+    for log in sorted(run.glob("csv/*/metrics.csv")):
+        with open(log) as fh:
+            for r in csv.DictReader(fh):
+                if r.get("val/dice") not in (None, ""):
+                    val_curve.append([int(r["step"]), round(float(r["val/dice"]), 3)])
     result = {
         "test_cases": len(rows),
         "dice_main4": {s: v for s, v in zip(MAIN_SEGMENTS, main4, strict=True)},
@@ -47,8 +56,10 @@ def main(argv: list[str]) -> dict:
             sum(v for v in main4 if v is not None) / sum(v is not None for v in main4)
         ),
         "dice_means": means,
+        "val_dice_by_step": val_curve,
         "wall_s": round(wall, 1),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+        "load_before_after": [round(load_before[0], 1), round(os.getloadavg()[0], 1)],
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": len(os.sched_getaffinity(0)),
         "overrides": overrides,

@@ -22,12 +22,9 @@ SHRUNK_SEGMENTS = (
     "data.n_train=1",
     "data.n_val=1",
     "data.n_test=1",
+    # the experiment's whole-phantom patch and window, at 48x48x40: 2 steps of one phantom
     "data.shape=[48,48,40]",
-    "data.patch_size=[32,32,32]",
-    "data.batch_size=2",
-    "data.samples_per_epoch=4",
-    "data.foreground_ratio=1.0",
-    "inference.roi_size=[32,32,32]",
+    "data.samples_per_epoch=2",
     "logger=csv",
 )
 
@@ -78,15 +75,31 @@ def test_softmax_dice_ce_and_segment_dice_on_three_classes(compose_cfg) -> None:
     cfg = compose_cfg("train", ["experiment=imagecasx_segments"])
     loss_fn = instantiate(cfg.loss)
     torch.manual_seed(0)
-    logits = torch.randn(1, 3, 4, 4, 2)
-    target = torch.from_numpy(truth)[None, None].float()
-    p = torch.softmax(logits, 1).numpy()[0]
-    onehot = np.stack([truth == c for c in range(3)]).astype(np.float64)
-    inter = (p * onehot).sum(axis=(1, 2, 3))
-    dice = 1 - (2 * inter + 1e-5) / (p.sum(axis=(1, 2, 3)) + onehot.sum(axis=(1, 2, 3)) + 1e-5)
-    ce = -np.mean(np.log(np.take_along_axis(p, truth[None], 0)))
-    expected = 0.9 * dice.mean() + 0.1 * ce
+    # a batch of two: the second patch holds no class 2 (batch-wise Dice still counts it once)
+    second = np.zeros_like(truth)
+    second[1, 1:3, :] = 1
+    truths = np.stack([truth, second])  # (B, X, Y, Z)
+    logits = torch.randn(2, 3, 4, 4, 2)
+    p = torch.softmax(logits, 1).numpy().astype(np.float64)  # (B, C, X, Y, Z)
+    onehot = np.stack([truths == c for c in range(3)], axis=1).astype(np.float64)
+    sums = (0, 2, 3, 4)  # over the batch and space, per class
+    inter = (p * onehot).sum(axis=sums)
+    dice = 1 - (2 * inter + 1e-5) / (p.sum(axis=sums) + onehot.sum(axis=sums) + 1e-5)
+    ce = -np.mean(np.log(np.take_along_axis(p, truths[:, None], 1)))
+    expected = dice[1:].mean() + ce  # the background's Dice left out; Dice 1 + CE 1
+    target = torch.from_numpy(truths)[:, None].float()
     assert float(loss_fn(logits, target)) == pytest.approx(expected, rel=1e-4)
+    # the per-patch Dice with the background (vesselFM's lumen form) is another number
+    per_patch = 1 - (2 * (p * onehot).sum(axis=(2, 3, 4)) + 1e-5) / (
+        p.sum(axis=(2, 3, 4)) + onehot.sum(axis=(2, 3, 4)) + 1e-5
+    )
+    assert abs(per_patch.mean() + ce - expected) > 1e-3
+    # all background everywhere is no minimum: it scores the segments' Dice loss of 1
+    background = torch.full((2, 3, 4, 4, 2), -20.0)
+    background[:, 0] = 20.0
+    perfect = torch.from_numpy(onehot * 40.0 - 20.0).float()
+    assert float(loss_fn(background, target)) > 1.0
+    assert float(loss_fn(perfect, target)) < 1e-3
 
 
 def test_segment_codes_survive_train_transforms(compose_cfg) -> None:
@@ -112,6 +125,35 @@ def test_segment_codes_survive_train_transforms(compose_cfg) -> None:
         assert len(values) >= 10  # the codes are moved, not merged or lost
 
 
+def test_balanced_patches_centre_on_every_segment_equally(tmp_path: Path) -> None:
+    from vesselfm.data.datasets import PreparedCase, RandomPatchDataset
+    from vesselfm.data.preprocessing import PreprocessConfig
+
+    mask = np.zeros((20, 20, 10), dtype=np.uint8)
+    mask[2:18, 2:18, 2:6] = 1  # 1024 voxels of code 1
+    mask[5:7, 5:7, 8] = 9  # 4 voxels of code 9
+    np.save(tmp_path / "mask.npy", mask)
+    np.save(tmp_path / "img.npy", mask.astype(np.int16))
+    case = PreparedCase(
+        "1", "train", tmp_path / "img.npy", tmp_path / "mask.npy", None, mask.shape,
+        (1.0, 1.0, 1.0), (0.0, 9.0), "", mask.shape, (1.0, 1.0, 1.0),
+    )  # fmt: skip
+
+    def centre_codes(balance: bool) -> np.ndarray:
+        torch.manual_seed(0)
+        ds = RandomPatchDataset(
+            [case], (3, 3, 3), 300, 1.0, PreprocessConfig(in_plane_size=None),
+            label_dtype=torch.uint8, balance_classes=balance,
+        )  # fmt: skip
+        return np.array([int(ds[i]["label"][0, 1, 1, 1]) for i in range(300)])
+
+    # in proportion to the voxels code 9 is 4 of 1028: about one patch in 250
+    assert np.mean(centre_codes(False) == 9) < 0.03
+    balanced = centre_codes(True)
+    assert set(balanced.tolist()) == {1, 9}
+    assert 0.4 <= np.mean(balanced == 9) <= 0.6
+
+
 @pytest.mark.slow
 def test_two_step_segment_training(compose_cfg) -> None:
     import csv
@@ -122,6 +164,9 @@ def test_two_step_segment_training(compose_cfg) -> None:
     model = objects["model"]
     assert model.num_classes == 15
     assert model.model.output_block.conv.conv.weight.shape[0] == 15
+    # the patch is the whole phantom, one per step
+    assert objects["datamodule"].patch_size == (48, 48, 40)
+    assert objects["trainer"].global_step == 2
     assert 0.0 <= metrics["test/dice"] <= 1.0
     assert np.isfinite(metrics["train/loss_epoch"])
     out = Path(objects["cfg"].paths.output_dir)

@@ -153,6 +153,9 @@ class ImageCASDataModule(L.LightningDataModule):
             ``False`` (the default here): uint8 ``label``.
         fast_transforms: build the listed ``monai.transforms.X`` as the faster
             ``vesselfm.data.transforms.X`` where there is one (see that module for what differs).
+        balance_classes: segment labels: the foreground patches are centred on each label
+            value (segment code) present in the case with equal odds, instead of in proportion
+            to its voxels (:class:`~vesselfm.data.datasets.RandomPatchDataset`).
     """
 
     def __init__(
@@ -173,6 +176,7 @@ class ImageCASDataModule(L.LightningDataModule):
         transfer_dtype: str = "float16",
         label_bits: bool = False,
         fast_transforms: bool = True,
+        balance_classes: bool = False,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None
@@ -208,6 +212,7 @@ class ImageCASDataModule(L.LightningDataModule):
             )
         self.transfer_dtype = TRANSFER_DTYPES[transfer_dtype]
         self.label_bits = bool(label_bits)
+        self.balance_classes = bool(balance_classes)
         # Build the transforms now: a bad _target_ fails before any data is touched.
         # labels leave the pipeline as uint8 (float32 after a MONAI resampling) and are
         # checked and cast to uint8 by the dataset
@@ -257,6 +262,7 @@ class ImageCASDataModule(L.LightningDataModule):
                 margin=self.crop_margin,
                 image_dtype=self.transfer_dtype,
                 label_dtype=torch.uint8,
+                balance_classes=self.balance_classes,
             )
         if stage in (None, "fit", "validate"):
             self.val_set = VolumeDataset(self._cases.get("val", []), self.preprocess)

@@ -94,6 +94,7 @@ class _Volumes:
     def __init__(self) -> None:
         self._maps: dict[Path, np.ndarray] = {}
         self._fg: dict[Path, np.ndarray] = {}
+        self._by_class: dict[Path, list[np.ndarray]] = {}
 
     def get(self, path: Path) -> np.ndarray:
         arr = self._maps.get(path)
@@ -111,6 +112,18 @@ class _Volumes:
                 arr = np.argwhere(np.asarray(self.get(case.mask)) > 0)
             self._fg[key] = arr
         return arr
+
+    def foreground_by_class(self, case: PreparedCase) -> list[np.ndarray]:
+        """:meth:`foreground`'s voxels grouped by their label value (segment code), one array
+        per value present, in increasing order of the value."""
+        key = case.fg or case.mask
+        groups = self._by_class.get(key)
+        if groups is None:
+            fg = self.foreground(case)
+            codes = np.asarray(self.get(case.mask)[tuple(fg.T.astype(np.intp))]) if len(fg) else []
+            groups = [fg[codes == c] for c in np.unique(codes)]
+            self._by_class[key] = groups
+        return groups
 
 
 def read_region(
@@ -158,7 +171,10 @@ class RandomPatchDataset(Dataset):
     Item ``i`` is a patch of case ``i % len(cases)`` (shuffle the loader: each case is visited
     equally often). With probability ``foreground_ratio`` the patch contains a vessel voxel
     chosen at random, centred on it where the volume allows (nnU-Net's rule); otherwise its
-    position is uniform. The crop is ``patch_size + 2 * margin`` voxels, normalised, then
+    position is uniform. With ``balance_classes`` (segment labels) that voxel is drawn from one
+    of the case's label values chosen with equal odds, then uniformly among that value's voxels
+    (MONAI's ``RandCropByLabelClassesd`` with equal ratios), so a short segment is centred on
+    as often as the longest. The crop is ``patch_size + 2 * margin`` voxels, normalised, then
     ``transform`` brings it to ``patch_size``.
 
     Randomness comes from torch's RNG (seeded per DataLoader worker and per epoch by
@@ -186,6 +202,7 @@ class RandomPatchDataset(Dataset):
         margin: Sequence[int] = (0, 0, 0),
         image_dtype: torch.dtype = torch.float32,
         label_dtype: torch.dtype = torch.float32,
+        balance_classes: bool = False,
     ) -> None:
         if not cases:
             raise ValueError("no training cases: the prepared set's train split is empty")
@@ -197,6 +214,7 @@ class RandomPatchDataset(Dataset):
         self.transform = transform
         self.margin = tuple(int(m) for m in margin)
         self.image_dtype, self.label_dtype = image_dtype, label_dtype
+        self.balance_classes = bool(balance_classes)
         self._transform_seeded_in: int | None = None  # the process that seeded the transforms
         self._volumes = _Volumes()
 
@@ -210,6 +228,9 @@ class RandomPatchDataset(Dataset):
         fits = shape >= patch
         if rng.random() < self.foreground_ratio:
             fg = self._volumes.foreground(case)
+            if self.balance_classes and len(fg):
+                groups = self._volumes.foreground_by_class(case)
+                fg = groups[rng.integers(len(groups))]
             if len(fg):
                 centre = fg[rng.integers(len(fg))].astype(np.int64)
                 start = centre - patch // 2
