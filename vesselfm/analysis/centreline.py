@@ -333,7 +333,9 @@ def centreline_trees(
 
         prune_spurs(graph, radius_at, spur_factor, min_branch_mm)
         root = _ostium(graph, points, r_vox, lengths, ostium_window_mm)
-        trees.append(build_tree(graph, points, root, int(comp + 1)))
+        tree = build_tree(graph, points, root, int(comp + 1))
+        if tree.segments:  # a component whose skeleton is one closed ring has no branch
+            trees.append(tree)
     return trees
 
 
