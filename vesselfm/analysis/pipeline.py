@@ -43,7 +43,7 @@ class AnalysisSettings:
             ``max(min_branch_mm, spur_factor * radius at the junction)``).
         ostium_window_mm: the root is the end thickest over this length.
         window_mm, detect_percent, edge_percent, min_degree_percent, min_reference_mm,
-        merge_gap_mm:
+        merge_gap_mm, average_mm, shoulder:
             stenosis detection (:func:`vesselfm.analysis.stenosis.find_lesions`).
         junction_factor: samples within this many radii of a branch point or vessel end are
             neither lesion nor reference.
@@ -65,6 +65,8 @@ class AnalysisSettings:
     min_degree_percent: float = 20.0
     min_reference_mm: float = 1.5
     merge_gap_mm: float = 2.0
+    average_mm: float = 1.5
+    shoulder: float = 0.5
     junction_factor: float = 2.0
     occlusion_gap_mm: float = 20.0
     occlusion_angle_deg: float = 45.0
@@ -442,6 +444,8 @@ def analyse_mask(
             min_degree_percent=cfg.min_degree_percent,
             min_reference_mm=cfg.min_reference_mm,
             merge_gap_mm=cfg.merge_gap_mm,
+            average_mm=cfg.average_mm,
+            shoulder=cfg.shoulder,
         ):
             where = flat[int(owner[lesion.index])]
             degree = round(lesion.degree_percent, 1)
@@ -455,7 +459,7 @@ def analyse_mask(
                     "degree_percent": degree,
                     "length_mm": round(float(arc[lesion.end] - arc[lesion.start]), 2),
                     "grade": grade(degree),
-                    "minimal_diameter_mm": round(float(dia[lesion.index]), 3),
+                    "minimal_diameter_mm": round(lesion.minimal_mm, 3),
                     "reference_diameter_mm": round(lesion.reference_mm, 3),
                 }
             )
