@@ -107,3 +107,7 @@ def test_averaging_and_shoulders_against_noise_and_a_tapering_lesion():
     short[np.abs(s - 30.0) <= 1.0] *= 0.25
     (hit,) = find_lesions(s, short, skip, average_mm=1.5, shoulder=0.5)
     assert hit.degree_percent == pytest.approx(75.0, abs=1.0)
+    # where the shoulders would leave no healthy vessel for the reference, they are not left out
+    crowded = np.abs(s - 30.0) > 9.0  # branch points close on both sides
+    (kept,) = find_lesions(s, d, crowded, average_mm=1.5, shoulder=0.5)
+    assert kept.degree_percent == pytest.approx(70.0, abs=5.0)

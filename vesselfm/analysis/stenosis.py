@@ -180,7 +180,7 @@ def find_lesions(
             voxel grid, and the smallest of many noisy diameters is biased low.
         shoulder: the reference leaves out, beyond each end of a lesion, this fraction of the
             lesion's length (the narrowing tapers off past where it is back within
-            ``edge_percent``).
+            ``edge_percent``), unless fewer than 3 healthy samples would be left.
 
     Returns:
         Lesions in arc order.
@@ -210,16 +210,20 @@ def find_lesions(
         else:
             extents.append((a, b))
     lesion_mask = np.zeros(n, dtype=bool)
+    shoulders = np.zeros(n, dtype=bool)
     for a, b in extents:
+        lesion_mask[a : b + 1] = True
         margin = shoulder * float(s[b] - s[a])
-        lesion_mask |= (s >= s[a] - margin) & (s <= s[b] + margin)
+        shoulders |= (s >= s[a] - margin) & (s <= s[b] + margin)
     healthy = ok & ~lesion_mask
     lesions = []
     for a, b in extents:
         # the minimal lumen of the diameters averaged over up to a quarter of the lesion
         mean = running_mean(s, d, min(average_mm, 0.25 * float(s[b] - s[a])))
         i = a + int(np.argmin(mean[a : b + 1]))
-        near = healthy & (s >= s[a] - window_mm) & (s <= s[b] + window_mm)
+        around = healthy & (s >= s[a] - window_mm) & (s <= s[b] + window_mm)
+        # without the shoulders where that leaves healthy vessel (else with them)
+        near = around & ~shoulders if (around & ~shoulders).sum() >= 3 else around
         ref = _reference_line(s[near], d[near], s[i], min_side_mm)
         if ref is None or ref < min_reference_mm:
             continue
