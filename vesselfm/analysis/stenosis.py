@@ -32,6 +32,8 @@ GRADES: tuple[tuple[float, str], ...] = (
     (25.0, "25-49"),
     (1.0, "1-24"),
 )
+#: the minimal lumen is averaged over at most this fraction of its lesion's length
+AVERAGE_FRACTION = 0.15
 #: the values ``cad_rads`` may take
 CAD_RADS: tuple[str, ...] = ("0", "1", "2", "3", "4A", "4B", "5", "N")
 #: which of the three main vessels each branch name's territory belongs to (three-vessel disease)
@@ -175,7 +177,7 @@ def find_lesions(
         merge_gap_mm: lesions closer than this are one (a lesion's uneven shoulder, or tandem
             narrowings read as one).
         average_mm: the minimal lumen is the smallest of the diameters averaged over this
-            length of vessel (a running mean; at most a quarter of the lesion's length, so a
+            length of vessel (a running mean; at most 15 % of the lesion's length, so a
             short lesion is not smeared): one cross-section's area carries the aliasing of the
             voxel grid, and the smallest of many noisy diameters is biased low.
         shoulder: the reference leaves out, beyond each end of a lesion, this fraction of the
@@ -218,8 +220,8 @@ def find_lesions(
     healthy = ok & ~lesion_mask
     lesions = []
     for a, b in extents:
-        # the minimal lumen of the diameters averaged over up to a quarter of the lesion
-        mean = running_mean(s, d, min(average_mm, 0.25 * float(s[b] - s[a])))
+        # the minimal lumen: the diameters averaged over at most AVERAGE_FRACTION of the lesion
+        mean = running_mean(s, d, min(average_mm, AVERAGE_FRACTION * float(s[b] - s[a])))
         i = a + int(np.argmin(mean[a : b + 1]))
         around = healthy & (s >= s[a] - window_mm) & (s <= s[b] + window_mm)
         # without the shoulders where that leaves healthy vessel (else with them)
