@@ -5,9 +5,10 @@ cores.
     python scripts/bench_analyse.py [--mask FILE] [--shape 512 512 275] [--seed 3] [--stenoses 2]
                                     [--repeat 3] [--cores 2] [--no-plots] [--no-html] [--work DIR]
 
-Without ``--mask`` the mask is the label of a synthetic coronary CTA case of ``--shape`` voxels
-(:func:`vesselfm.data.phantom.generate_phantom`: both trees with side branches and ``--stenoses``
-planted narrowings of 30-70 %, ImageCAS-like spacing), written once as NIfTI into ``--work`` (not timed). Each repeat
+Without ``--mask`` the mask is the segment map of case 1 of an ImageCAS-X phantom set of
+``--shape`` voxels and seed ``--seed`` (``python -m vesselfm.phantom layout=imagecasx``: both
+trees with side branches and ``--stenoses`` planted narrowings of 20-90 %, ImageCAS-like
+spacing), written once into ``--work``/phantoms (not timed). Each repeat
 times :func:`vesselfm.analysis.analyse_file` and :func:`vesselfm.analysis.report.write_case`
 in this process (the imports are warmed up by a first, untimed run). The process is pinned to
 ``--cores`` CPUs; the load average is printed before and after, because on a shared machine
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -39,10 +39,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
 
-    allowed = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, allowed[: args.cores])
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(args.cores))
+    from analysis_bench_setup import imagecasx_phantom, machine_line, pin_cores
+
+    pin_cores(args.cores)
 
     import numpy as np
 
@@ -53,27 +52,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     mask = args.mask
     if mask is None:
-        import nibabel as nib
+        t0 = time.perf_counter()
+        phantom = imagecasx_phantom(
+            work / "phantoms", 1, tuple(args.shape), args.seed, args.stenoses
+        )
+        mask = phantom["segmentation"]
+        print(f"phantom {tuple(args.shape)} seed {args.seed}: {time.perf_counter() - t0:.1f} s")
 
-        from vesselfm.data.phantom import generate_phantom
-
-        mask = work / f"phantom{args.seed}-{args.stenoses}.label.nii.gz"
-        if not mask.exists():
-            t0 = time.perf_counter()
-            ph = generate_phantom(tuple(args.shape), seed=args.seed, stenoses=args.stenoses)
-            nib.save(nib.Nifti1Image(ph.label.astype(np.uint8), ph.affine), str(mask))
-            print(f"phantom {tuple(args.shape)} seed {args.seed}: {time.perf_counter() - t0:.1f} s")
-
-    try:
-        import torch
-
-        capability = torch.backends.cpu.get_cpu_capability()
-    except ImportError:
-        capability = "n/a"
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} "
-        f"core(s) pinned of {os.cpu_count()}, cpu capability {capability}"
-    )
+    print(machine_line())
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     out = work / "out"
     plots, html = not args.no_plots, not args.no_html

@@ -1,7 +1,8 @@
-"""The analysis targets of issue 18 on held-out full-size ImageCAS-X phantoms' ground-truth masks.
+"""The analysis targets of issue 18 on held-out ImageCAS-X phantoms: ground-truth or predicted masks.
 
     python scripts/bench_analysis_targets.py [--n 20] [--shape 512 512 256] [--seed 18018]
                                              [--stenoses 3] [--work DIR] [--cores 2]
+                                             [--predicted CKPT [--infer KEY=VALUE ...]]
 
 Writes ``--n`` ImageCAS-X phantoms (``python -m vesselfm.phantom layout=imagecasx``; seed
 ``--seed``, which no training config uses, so they are held out; ``--stenoses`` planted
@@ -16,6 +17,12 @@ Prints one line per case and the target table (mean over the cases; naming and C
 rate of cases), and writes ``targets.csv`` (per case) into ``--work``. Stenosis sensitivity and
 PPV are also pooled over all lesions of all cases (``pooled``), as a per-case mean is undefined
 for cases without a >= 50 % lesion.
+
+With ``--predicted CKPT`` the phantoms' scans are first segmented by ``python -m vesselfm.infer
+model.checkpoint=CKPT`` (plus the ``--infer`` overrides, default ``model=tiny``) into
+``--work``/predicted, and the predicted masks are analysed instead, scored against the same
+truth (the issue's table on the phantom demo model's predicted masks: ``--shape 96 96 64``, the
+demo's phantoms, and a ``phantom_demo`` checkpoint).
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ import csv
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -46,10 +52,11 @@ def _mean(values):
     return (sum(vals) / len(vals), len(vals)) if vals else (float("nan"), 0)
 
 
-def table(rows, columns, pooled, shape, seed) -> str:
+def table(rows, columns, pooled, shape, seed, predicted=None) -> str:
     """The target table (Markdown) over ``rows``."""
+    masks = "ground-truth masks" if predicted is None else f"masks predicted by {predicted}"
     lines = [
-        f"{len(rows)} case(s), shape {tuple(shape)}, seed {seed}",
+        f"{len(rows)} case(s), shape {tuple(shape)}, seed {seed}, {masks}",
         "",
         "| metric | target | measured (mean over cases) | n | met |",
         "|---|---|---|---|---|",
@@ -73,6 +80,27 @@ def table(rows, columns, pooled, shape, seed) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _infer(volumes: Path, output: Path, checkpoint: Path, overrides: list[str]) -> None:
+    """Segment the phantoms' scans with ``python -m vesselfm.infer`` (the checkpoint's
+    preprocessing and threshold) into ``output`` (kept: a rerun reuses the masks there)."""
+    import subprocess
+    import sys
+
+    if output.is_dir() and any(output.glob("*_pred.nii.gz")):
+        return
+    command = [
+        sys.executable,
+        "-m",
+        "vesselfm.infer",
+        f"input={volumes}",
+        f"output={output}",
+        f"model.checkpoint={checkpoint}",
+        "progress=false",
+        *overrides,
+    ]
+    subprocess.run(command, check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20)
@@ -81,10 +109,25 @@ def main() -> None:
     parser.add_argument("--stenoses", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("runs/bench_analysis_targets"))
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument(
+        "--predicted",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="analyse the masks this checkpoint predicts (python -m vesselfm.infer) instead of "
+        "the ground truth",
+    )
+    parser.add_argument(
+        "--infer",
+        nargs="*",
+        default=["model=tiny"],
+        help="overrides for python -m vesselfm.infer with --predicted (default: model=tiny)",
+    )
     args = parser.parse_args()
 
-    allowed = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, allowed[: args.cores])
+    from analysis_bench_setup import imagecasx_phantom, machine_line, pin_cores
+
+    pin_cores(args.cores)
 
     import numpy as np
 
@@ -97,54 +140,41 @@ def main() -> None:
         score_analysis,
     )
     from vesselfm.analysis.stenosis import cad_rads
-    from vesselfm.data.phantom import write_phantom_dataset
     from vesselfm.io import read_volume
     from vesselfm.io.centerlines import read_centerlines
     from vesselfm.metrics.folders import read_stenoses
     from vesselfm.metrics.imagecasx import centerline_files
 
-    try:
-        import torch
-
-        capability = torch.backends.cpu.get_cpu_capability()
-    except ImportError:
-        capability = "n/a"
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} "
-        f"core(s) of {os.cpu_count()}, cpu capability {capability}; load average "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-        flush=True,
-    )
+    print(machine_line(), flush=True)
     work = args.work
     data = work / "phantoms"  # the phantoms' own folder (the phantom writer keeps it for them)
     rows = []
     sig_true = sig_found = hit_true = hit_found = 0
+    if args.predicted is not None:
+        t0 = time.perf_counter()
+        for index in range(1, args.n + 1):
+            imagecasx_phantom(data, index, tuple(args.shape), args.seed, args.stenoses)
+        _infer(data / "volumes", work / "predicted", args.predicted, list(args.infer))
+        print(f"phantoms and inference: {time.perf_counter() - t0:.0f} s", flush=True)
     for index in range(1, args.n + 1):
         cid = str(index)
-        seg_path = data / "segmentations" / f"{cid}.coronary.nii.gz"
-        record = data / "stenoses" / f"{cid}.json"
         t0 = time.perf_counter()
-        if not (seg_path.exists() and record.exists()):
-            write_phantom_dataset(
-                data,
-                1,
-                shape=tuple(args.shape),
-                seed=args.seed,
-                start_index=index,
-                progress=False,
-                layout="imagecasx",
-                stenoses=args.stenoses,
-            )
+        files = imagecasx_phantom(data, index, tuple(args.shape), args.seed, args.stenoses)
         t1 = time.perf_counter()
-        seg = read_volume(seg_path)
+        seg = read_volume(files["segmentation"])
         mask = np.asarray(seg.array) != 0
-        result = analyse_mask(mask, seg.affine, case=cid)
+        if args.predicted is None:
+            analysed = mask
+        else:
+            pred = read_volume(work / "predicted" / f"{cid}_pred.nii.gz")
+            analysed = np.asarray(pred.array) != 0
+        result = analyse_mask(analysed, seg.affine, case=cid)
         t2 = time.perf_counter()
         lines = {
             side: read_centerlines(p)
-            for side, p in centerline_files(data / "centerlines", cid).items()
+            for side, p in centerline_files(files["centerlines"], cid).items()
         }
-        true = read_stenoses(record)
+        true = read_stenoses(files["stenoses"])
         row = score_analysis(result, mask, seg.affine, lines, true)
         # per-case naming target: every one of LM/LAD/LCx/RCA the reference has is named right
         row["main_names_all_correct"] = float(row["main_names_correct"] == 1.0)
@@ -189,7 +219,7 @@ def main() -> None:
             writer.writeheader()
             writer.writerows(rows)
         pooled = (sig_true, sig_found, hit_true, hit_found)
-        text = table(rows, COLUMNS, pooled, args.shape, args.seed)
+        text = table(rows, COLUMNS, pooled, args.shape, args.seed, args.predicted)
         (work / "targets.md").write_text(text)
 
     print("\n" + text)

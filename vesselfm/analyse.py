@@ -13,6 +13,7 @@ reformations), with ``summary.csv``/``summary.md`` over all cases.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,55 +53,71 @@ def find_masks(spec: str) -> dict[str, Path]:
     return {case: path for path, case in ids.items()}
 
 
-def _segments_for(spec: str | None, masks: dict[str, Path]) -> dict[str, Path | None]:
-    from vesselfm.io import find_labels, match_label
+def _per_case(
+    key: str,
+    spec: Any,
+    masks: dict[str, Path],
+    noun: str,
+    example: str,
+    finder: Callable[[str], Callable[[str], Path | None]],
+    without: str = "",
+) -> dict[str, Path | None]:
+    """``{case: file}`` for an optional ``key=`` that pairs a file with each mask: one file for
+    one mask, or a folder/glob whose files ``finder(spec)`` looks up by case id.
 
+    Raises:
+        UserError: one file for several masks, or a case without its file.
+    """
     if spec in (None, ""):
         return dict.fromkeys(masks)
     path = Path(str(spec)).expanduser()
     if path.is_file():
         if len(masks) != 1:
             raise UserError(
-                f"segments={spec} is one file but mask= names {len(masks)} masks; give a folder "
-                "of segment maps named by case (<case>.coronary.nii.gz)"
+                f"{key}={spec} is one file but mask= names {len(masks)} masks; give a folder "
+                f"of {noun}s named by case ({example})"
             )
         return {case: path for case in masks}
-    # the same folder may hold both: a segment map is a mask too (non-zero is lumen)
-    labels = find_labels(str(spec), key="segments")
-    out = {case: match_label(case, labels) for case in masks}
+    lookup = finder(str(spec))
+    out = {case: lookup(case) for case in masks}
     missing = [case for case, p in out.items() if p is None]
     if missing:
         raise UserError(
-            f"segments={spec}: no segment map for case(s) {', '.join(missing[:5])}; name them "
-            "<case>.coronary.nii.gz (or leave segments= out for names by anatomy)"
+            f"{key}={spec}: no {noun} for case(s) {', '.join(missing[:5])}; name them "
+            f"{example} (or leave {key}= out{without})"
         )
     return out
+
+
+def _segments_for(spec: str | None, masks: dict[str, Path]) -> dict[str, Path | None]:
+    from vesselfm.io import find_labels, match_label
+
+    def finder(folder: str) -> Callable[[str], Path | None]:
+        # the same folder may hold both: a segment map is a mask too (non-zero is lumen)
+        labels = find_labels(folder, key="segments")
+        return lambda case: match_label(case, labels)
+
+    return _per_case(
+        "segments",
+        spec,
+        masks,
+        "segment map",
+        "<case>.coronary.nii.gz",
+        finder,
+        " for names by anatomy",
+    )
 
 
 def _images_for(spec: Any, masks: dict[str, Path]) -> dict[str, Path | None]:
     """``{case: scan}`` for ``image=`` (one file for one mask, or a folder/glob of scans paired
     by case id: ``<case>.img.nii.gz``, ``<case>_0000.nii.gz``, ``<case>.nii.gz``)."""
-    if spec in (None, ""):
-        return dict.fromkeys(masks)
     from vesselfm.io import case_id, find_inputs
 
-    path = Path(str(spec)).expanduser()
-    if path.is_file():
-        if len(masks) != 1:
-            raise UserError(
-                f"image={spec} is one file but mask= names {len(masks)} masks; give a folder "
-                "of scans named by case (<case>.img.nii.gz)"
-            )
-        return {case: path for case in masks}
-    scans = {case_id(p, "image"): p for p in find_inputs(str(spec))}
-    out = {case: scans.get(case) for case in masks}
-    missing = [case for case, p in out.items() if p is None]
-    if missing:
-        raise UserError(
-            f"image={spec}: no scan for case(s) {', '.join(missing[:5])}; name them "
-            "<case>.img.nii.gz (or leave image= out)"
-        )
-    return out
+    def finder(folder: str) -> Callable[[str], Path | None]:
+        scans = {case_id(p, "image"): p for p in find_inputs(folder)}
+        return scans.get
+
+    return _per_case("image", spec, masks, "scan", "<case>.img.nii.gz", finder)
 
 
 def _read_image(path: Path, mask: tuple[Any, Any]) -> Any:

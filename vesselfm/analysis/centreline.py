@@ -15,6 +15,7 @@ whose first compilation costs more than the whole analysis of a small mask.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -39,12 +40,14 @@ class Segment:
         parent: the upstream segment's ``id``, ``None`` for the root segment.
         voxels: ``(N, 3)`` voxel indices of the mask's grid, ordered away from the ostium.
         children: ids of the downstream segments.
+        end_node: the graph node at the segment's downstream end.
     """
 
     id: int
     parent: int | None
     voxels: np.ndarray
     children: list[int] = field(default_factory=list)
+    end_node: int = -1
 
 
 @dataclass
@@ -56,12 +59,18 @@ class Tree:
         loops: independent cycles of the skeleton graph (0 for a true tree).
         loop_voxels: one voxel index per cut loop (where an edge was left out of the tree).
         component: the label of the tree's connected component.
+        root: the graph node of the ostium.
+        graph, points: the pruned skeleton graph and its voxels (to root the tree elsewhere,
+            :func:`reroot`).
     """
 
     segments: list[Segment]
     loops: int
     loop_voxels: list[np.ndarray]
     component: int
+    root: int = -1
+    graph: Any = None
+    points: np.ndarray | None = None
 
 
 def _neighbours(skel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -237,14 +246,30 @@ def build_tree(
         for child in sorted(children.get(node, [])):
             a, b, key = into[child]
             path = _edge_path(graph, a, b, key)
-            seg = Segment(id=len(segments), parent=parent_seg, voxels=points[path])
+            seg = Segment(id=len(segments), parent=parent_seg, voxels=points[path], end_node=b)
             segments.append(seg)
             if parent_seg is not None:
                 segments[parent_seg].children.append(seg.id)
             visit(child, seg.id)
 
     visit(root, None)
-    return Tree(segments=segments, loops=int(loops), loop_voxels=loop_voxels, component=component)
+    return Tree(
+        segments=segments,
+        loops=int(loops),
+        loop_voxels=loop_voxels,
+        component=component,
+        root=root,
+        graph=graph,
+        points=points,
+    )
+
+
+def reroot(tree: Tree, node: int) -> Tree:
+    """``tree`` rooted at another of its graph's nodes (an end: the proximal end of a vessel
+    piece beyond an occlusion)."""
+    if node == tree.root:
+        return tree
+    return build_tree(tree.graph, tree.points, node, tree.component)
 
 
 def centreline_trees(
@@ -308,8 +333,30 @@ def centreline_trees(
 
         prune_spurs(graph, radius_at, spur_factor, min_branch_mm)
         root = _ostium(graph, points, r_vox, lengths, ostium_window_mm)
-        trees.append(build_tree(graph, points, root, int(comp + 1)))
+        tree = build_tree(graph, points, root, int(comp + 1))
+        if tree.segments:  # a component whose skeleton is one closed ring has no branch
+            trees.append(tree)
     return trees
+
+
+def _end_thickness(graph, points, r_vox, lengths, node: int, window_mm: float) -> float:
+    """Median radius over the first ``window_mm`` of the terminal edge at end ``node``."""
+    (u, v, key) = next(iter(graph.edges(node, keys=True)))
+    path = _edge_path(graph, node, v if u == node else u, key)
+    steps = np.linalg.norm(np.diff(points[path], axis=0) * lengths, axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(steps)])
+    near = np.asarray(path)[arc <= window_mm]
+    return float(np.median(r_vox[near]))
+
+
+def end_thickness(
+    tree: Tree, node: int, radius: np.ndarray, spacing, window_mm: float = 5.0
+) -> float:
+    """The ostium rule's measure at an end of ``tree``: the median inscribed radius (``radius``,
+    the distance map in mm) over ``window_mm`` of the vessel from that end."""
+    r_vox = radius[tuple(tree.points.T)]
+    lengths = np.asarray(spacing, dtype=float)
+    return _end_thickness(tree.graph, tree.points, r_vox, lengths, node, window_mm)
 
 
 def _ostium(graph, points, r_vox, lengths, window_mm: float) -> int:
@@ -319,12 +366,7 @@ def _ostium(graph, points, r_vox, lengths, window_mm: float) -> int:
         return min(graph.nodes)
     best, best_r = ends[0], -1.0
     for n in sorted(ends):
-        (u, v, key) = next(iter(graph.edges(n, keys=True)))
-        path = _edge_path(graph, n, v if u == n else u, key)
-        steps = np.linalg.norm(np.diff(points[path], axis=0) * lengths, axis=1)
-        arc = np.concatenate([[0.0], np.cumsum(steps)])
-        near = np.asarray(path)[arc <= window_mm]
-        r = float(np.median(r_vox[near]))
+        r = _end_thickness(graph, points, r_vox, lengths, n, window_mm)
         if r > best_r + 1e-9:
             best, best_r = n, r
     return best

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from vesselfm.analysis.occlusion import join_occlusions
 from vesselfm.analysis.stenosis import cad_rads, excluded_samples, find_lesions, grade
 
 NOTICE = "automated, not a diagnosis"
@@ -42,10 +43,14 @@ class AnalysisSettings:
             ``max(min_branch_mm, spur_factor * radius at the junction)``).
         ostium_window_mm: the root is the end thickest over this length.
         window_mm, detect_percent, edge_percent, min_degree_percent, min_reference_mm,
-        merge_gap_mm:
+        merge_gap_mm, average_mm, shoulder:
             stenosis detection (:func:`vesselfm.analysis.stenosis.find_lesions`).
         junction_factor: samples within this many radii of a branch point or vessel end are
             neither lesion nor reference.
+        occlusion_gap_mm, occlusion_angle_deg: a tree whose end lies within this gap of a
+            branch end of another, in line with it within this angle, is the distal piece of a
+            total occlusion (:mod:`vesselfm.analysis.occlusion`); ``occlusion_gap_mm=0`` turns
+            it off.
     """
 
     step_mm: float = 0.5
@@ -60,7 +65,11 @@ class AnalysisSettings:
     min_degree_percent: float = 20.0
     min_reference_mm: float = 1.5
     merge_gap_mm: float = 2.0
+    average_mm: float = 1.5
+    shoulder: float = 0.5
     junction_factor: float = 2.0
+    occlusion_gap_mm: float = 20.0
+    occlusion_angle_deg: float = 45.0
 
     def __post_init__(self) -> None:
         for key, value in self.__dict__.items():
@@ -87,6 +96,7 @@ class _Branch:
     side: str = "left"
     id: int = -1
     extra: dict[str, Any] = field(default_factory=dict)
+    occluded_mm: float = 0.0  # the gap before this branch (a piece beyond a total occlusion)
 
 
 def _crop(mask: np.ndarray, margin: int = 3) -> tuple[tuple[slice, ...], np.ndarray]:
@@ -157,6 +167,120 @@ def _extend_to_surface(
     return np.vstack([voxels, *extra]) if extra else voxels
 
 
+def _branch(seg, t, sub, sub_affine, sub_float, inscribed, seg_sub, spacing, cfg) -> _Branch:
+    """One centreline segment as a :class:`_Branch`: carried on to the vessel's ends, smoothed,
+    resampled, re-centred, with its radii, diameters and segment codes (arc from its start)."""
+    from vesselfm.analysis.lumen import cross_section_diameter
+
+    voxels = seg.voxels.astype(float)
+    if seg.parent is None:  # the ostium
+        voxels = _extend_to_surface(voxels[::-1], sub, sub_affine)[::-1]
+    if not seg.children:  # a vessel's end
+        voxels = _extend_to_surface(voxels, sub, sub_affine)
+    pts, _ = _polyline(voxels, sub_affine, cfg.step_mm, cfg.smooth_mm)
+    # thinning on voxels leaves the centreline up to a voxel off the lumen's centre (more where
+    # it was carried on to an end): move each point to its cross-section's centroid, twice,
+    # except where the section holds a side branch (the centroid then lies far off, towards it)
+    for _ in range(2):
+        radius = inscribed(pts)
+        tangents = np.gradient(pts, axis=0)
+        diameter, shift = cross_section_diameter(
+            sub_float, sub_affine, pts, tangents, radius, spacing
+        )
+        limit = np.maximum(max(spacing), 0.75 * radius)
+        pts = pts + np.where((np.linalg.norm(shift, axis=1) <= limit)[:, None], shift, 0.0)
+    s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+    codes = None
+    if seg_sub is not None:
+        inv = np.linalg.inv(sub_affine)
+        vox = pts @ inv[:3, :3].T + inv[:3, 3]
+        idx = np.clip(np.rint(vox).astype(int), 0, np.array(sub.shape) - 1)
+        codes = seg_sub[tuple(idx.T)]
+    return _Branch(
+        t, seg.id, seg.parent, list(seg.children), pts, s, inscribed(pts), diameter, codes
+    )
+
+
+def _merge_occlusions(all_branches: list[list[_Branch]], joins) -> list[list[_Branch]]:
+    """Each distal piece's branches appended to the tree it continues, its root branch a child
+    of the occluded branch, its arcs carried on across the gap; the pieces' own trees dropped."""
+    distal = {j.distal for j in joins}
+    # a piece may itself be upstream of another: merge the most distal ones first
+    pending = list(joins)
+    while pending:
+        ready = [j for j in pending if not any(k.upstream == j.distal for k in pending)]
+        for j in ready:
+            up, piece = all_branches[j.upstream], all_branches[j.distal]
+            end = up[j.segment]
+            gap = float(np.linalg.norm(piece[0].points[0] - end.points[-1]))
+            base = len(up)
+            shift = float(end.arc[-1]) + gap
+            for b in piece:
+                b.tree = j.upstream
+                b.local += base
+                b.parent = j.segment if b.parent is None else b.parent + base
+                b.children = [c + base for c in b.children]
+                b.arc = b.arc + shift
+            piece[0].occluded_mm = gap
+            end.children.append(piece[0].local)
+            up.extend(piece)
+        pending = [j for j in pending if j not in ready]
+    return [branches for t, branches in enumerate(all_branches) if t not in distal]
+
+
+def _apply_names(branches: list[_Branch], naming, side: str) -> None:
+    """Copy a :class:`~vesselfm.analysis.naming.Naming` (and the tree's side) onto its branches."""
+    for i, b in enumerate(branches):
+        b.name, b.confidence, b.continues, b.side = (
+            naming.name[i],
+            naming.confidence[i],
+            naming.continues[i],
+            side,
+        )
+
+
+def _chain_profile(chain: list[_Branch]) -> tuple[np.ndarray, ...]:
+    """One vessel's samples along its chain of branches (a branch's first sample is its parent's
+    last, so it is dropped, except beyond an occlusion): ``(points, arc, radius, diameter, owner
+    branch id)``."""
+    parts = []
+    for k, c in enumerate(chain):
+        first = 0 if k == 0 or c.occluded_mm > 0 else 1
+        ids = np.full(len(c.arc), c.id)
+        parts.append(tuple(x[first:] for x in (c.points, c.arc, c.radius, c.diameter, ids)))
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+
+
+def _occlusion(before: _Branch, after: _Branch, cfg: AnalysisSettings) -> dict[str, Any] | None:
+    """The stenosis record of the total occlusion between ``before`` (the occluded branch) and
+    ``after`` (the distal piece's root branch): 100 %, as long as the gap, at its middle; the
+    reference is the median diameter of the healthy vessel within ``window_mm`` on both sides
+    (beyond ``junction_factor`` radii of the caps). ``None`` under ``min_reference_mm``."""
+    healthy = []
+    for b, end in ((before, float(before.arc[-1])), (after, float(after.arc[0]))):
+        away = np.abs(b.arc - end)
+        skip = max(1.5, cfg.junction_factor * float(b.radius.max()))
+        near = (away >= skip) & (away <= skip + cfg.window_mm)
+        healthy.append(b.diameter[near] if near.any() else b.diameter)
+    reference = float(np.median(np.concatenate(healthy)))
+    if reference < cfg.min_reference_mm:
+        return None
+    middle = 0.5 * (before.points[-1] + after.points[0])
+    return {
+        "branch": before.name,
+        "branch_id": before.id,
+        "tree": before.side,
+        "position_mm": [round(float(v), 3) for v in middle],
+        "arc_mm": round(float(before.arc[-1]) + 0.5 * after.occluded_mm, 2),
+        "degree_percent": 100.0,
+        "length_mm": round(after.occluded_mm, 2),
+        "grade": grade(100.0),
+        "minimal_diameter_mm": 0.0,
+        "reference_diameter_mm": round(reference, 3),
+        "occlusion": True,
+    }
+
+
 def analyse_mask(
     mask: np.ndarray,
     affine: np.ndarray,
@@ -179,8 +303,8 @@ def analyse_mask(
         the per-sample rows of ``<case>_branches.csv``.
     """
     require_extra()
-    from vesselfm.analysis.centreline import centreline_trees
-    from vesselfm.analysis.lumen import InscribedRadius, cross_section_diameter, distance_mm
+    from vesselfm.analysis.centreline import centreline_trees, end_thickness
+    from vesselfm.analysis.lumen import InscribedRadius, distance_mm
     from vesselfm.analysis.naming import (
         BranchInfo,
         name_by_anatomy,
@@ -212,7 +336,6 @@ def analyse_mask(
     shift = np.eye(4)
     shift[:3, 3] = origin
     sub_affine = affine @ shift
-    inv = np.linalg.inv(sub_affine)
     seg_sub = None if segments is None else np.asarray(segments)[box]
     dist = distance_mm(sub, spacing)
     inscribed = InscribedRadius(sub, sub_affine)
@@ -229,53 +352,28 @@ def analyse_mask(
     if not trees:
         return result
 
+    trees, joins = join_occlusions(
+        trees,
+        sub_affine,
+        cfg.occlusion_gap_mm,
+        cfg.occlusion_angle_deg,
+        lambda tree, node: end_thickness(tree, node, dist, spacing, cfg.ostium_window_mm),
+    )
     all_branches: list[list[_Branch]] = []
     for t, tree in enumerate(trees):
-        branches: list[_Branch] = []
-        for seg in tree.segments:
-            voxels = seg.voxels.astype(float)
-            if seg.parent is None:  # the ostium
-                voxels = _extend_to_surface(voxels[::-1], sub, sub_affine)[::-1]
-            if not seg.children:  # a vessel's end
-                voxels = _extend_to_surface(voxels, sub, sub_affine)
-            pts, s = _polyline(voxels, sub_affine, cfg.step_mm, cfg.smooth_mm)
-            start = 0.0 if seg.parent is None else float(branches[seg.parent].arc[-1])
-            # thinning on voxels leaves the centreline up to a voxel off the lumen's centre (more
-            # where it was carried on to an end): move each point to its cross-section's
-            # centroid, twice, except where the section holds a side branch (the centroid then
-            # lies far off, towards it)
-            for _ in range(2):
-                radius = inscribed(pts)
-                tangents = np.gradient(pts, axis=0)
-                diameter, shift = cross_section_diameter(
-                    sub_float, sub_affine, pts, tangents, radius, spacing
-                )
-                limit = np.maximum(max(spacing), 0.75 * radius)
-                pts = pts + np.where((np.linalg.norm(shift, axis=1) <= limit)[:, None], shift, 0.0)
-            s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
-            vox = pts @ inv[:3, :3].T + inv[:3, 3]
-            radius = inscribed(pts)
-            codes = None
-            if seg_sub is not None:
-                idx = np.clip(np.rint(vox).astype(int), 0, np.array(sub.shape) - 1)
-                codes = seg_sub[tuple(idx.T)]
-            branches.append(
-                _Branch(
-                    t,
-                    seg.id,
-                    seg.parent,
-                    list(seg.children),
-                    pts,
-                    s + start,
-                    radius,
-                    diameter,
-                    codes,
-                )
-            )
+        all_branches.append(
+            [
+                _branch(seg, t, sub, sub_affine, sub_float, inscribed, seg_sub, spacing, cfg)
+                for seg in tree.segments
+            ]
+        )
+        for branch in all_branches[-1]:  # arc from the ostium: parents come first
+            if branch.parent is not None:
+                branch.arc += all_branches[-1][branch.parent].arc[-1]
         for p in tree.loop_voxels:
             world = sub_affine[:3, :3] @ np.asarray(p, dtype=float) + sub_affine[:3, 3]
             result["loops"].append({"tree": t, "position_mm": [round(float(v), 3) for v in world]})
-        all_branches.append(branches)
+    all_branches = _merge_occlusions(all_branches, joins)
 
     infos = []
     for branches in all_branches:
@@ -286,13 +384,7 @@ def analyse_mask(
     if segments is not None:
         for branches, info in zip(all_branches, infos, strict=True):
             naming, side = name_by_segments(info, [b.codes for b in branches])
-            for i, b in enumerate(branches):
-                b.name, b.confidence, b.continues, b.side = (
-                    naming.name[i],
-                    naming.confidence[i],
-                    naming.continues[i],
-                    side,
-                )
+            _apply_names(branches, naming, side)
     else:
         sides = tree_sides(
             [info[0].points_mm[0] for info in infos],
@@ -306,13 +398,7 @@ def analyse_mask(
             else:
                 naming = name_by_anatomy(info, "right", 0.3)
                 naming.name = ["side branch"] * len(info)
-            for i, b in enumerate(branches):
-                b.name, b.confidence, b.continues, b.side = (
-                    naming.name[i],
-                    naming.confidence[i],
-                    naming.continues[i],
-                    side,
-                )
+            _apply_names(branches, naming, side)
 
     # global ids: trees in order, parents first
     flat: list[_Branch] = []
@@ -343,13 +429,7 @@ def analyse_mask(
 
     graded: list[tuple[str, float]] = []
     for chain in chains:
-        pts = np.concatenate([c.points if k == 0 else c.points[1:] for k, c in enumerate(chain)])
-        arc = np.concatenate([c.arc if k == 0 else c.arc[1:] for k, c in enumerate(chain)])
-        rad = np.concatenate([c.radius if k == 0 else c.radius[1:] for k, c in enumerate(chain)])
-        dia = np.concatenate(
-            [c.diameter if k == 0 else c.diameter[1:] for k, c in enumerate(chain)]
-        )
-        owner = np.concatenate([np.full(len(c.arc) - (k > 0), c.id) for k, c in enumerate(chain)])
+        pts, arc, rad, dia, owner = _chain_profile(chain)
         junctions = [float(c.arc[0]) for c in chain] + [float(c.arc[-1]) for c in chain[:-1]]
         # the vessel's far end: a blind tip (its cap), or the branch point where it divides
         ends = [float(arc[-1])]
@@ -364,6 +444,8 @@ def analyse_mask(
             min_degree_percent=cfg.min_degree_percent,
             min_reference_mm=cfg.min_reference_mm,
             merge_gap_mm=cfg.merge_gap_mm,
+            average_mm=cfg.average_mm,
+            shoulder=cfg.shoulder,
         ):
             where = flat[int(owner[lesion.index])]
             degree = round(lesion.degree_percent, 1)
@@ -377,11 +459,17 @@ def analyse_mask(
                     "degree_percent": degree,
                     "length_mm": round(float(arc[lesion.end] - arc[lesion.start]), 2),
                     "grade": grade(degree),
-                    "minimal_diameter_mm": round(float(dia[lesion.index]), 3),
+                    "minimal_diameter_mm": round(lesion.minimal_mm, 3),
                     "reference_diameter_mm": round(lesion.reference_mm, 3),
                 }
             )
             graded.append((where.name, degree))
+    for b in flat:
+        if b.occluded_mm > 0:
+            occlusion = _occlusion(parent_of(b), b, cfg)
+            if occlusion is not None:
+                result["stenoses"].append(occlusion)
+                graded.append((occlusion["branch"], 100.0))
     result["stenoses"].sort(key=lambda s: (s["branch_id"], s["arc_mm"]))
     result["cad_rads"] = cad_rads(graded)
 

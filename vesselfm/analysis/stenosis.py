@@ -32,6 +32,8 @@ GRADES: tuple[tuple[float, str], ...] = (
     (25.0, "25-49"),
     (1.0, "1-24"),
 )
+#: the minimal lumen is averaged over at most this fraction of its lesion's length
+AVERAGE_FRACTION = 0.15
 #: the values ``cad_rads`` may take
 CAD_RADS: tuple[str, ...] = ("0", "1", "2", "3", "4A", "4B", "5", "N")
 #: which of the three main vessels each branch name's territory belongs to (three-vessel disease)
@@ -59,6 +61,7 @@ class Lesion:
         start, end: first and last sample of the lesion.
         degree_percent: diameter reduction against the reference, 0-100.
         reference_mm: the reference diameter at ``index``.
+        minimal_mm: the (averaged) diameter at ``index``.
     """
 
     index: int
@@ -66,6 +69,7 @@ class Lesion:
     end: int
     degree_percent: float
     reference_mm: float
+    minimal_mm: float = float("nan")
 
 
 def grade(degree_percent: float) -> str | None:
@@ -154,6 +158,8 @@ def find_lesions(
     min_reference_mm: float = 1.5,
     min_side_mm: float = 2.0,
     merge_gap_mm: float = 2.0,
+    average_mm: float = 0.0,
+    shoulder: float = 0.0,
 ) -> list[Lesion]:
     """Stenoses on one diameter profile.
 
@@ -170,6 +176,13 @@ def find_lesions(
         min_side_mm: healthy vessel needed on both sides for a tapering (linear) reference.
         merge_gap_mm: lesions closer than this are one (a lesion's uneven shoulder, or tandem
             narrowings read as one).
+        average_mm: the minimal lumen is the smallest of the diameters averaged over this
+            length of vessel (a running mean; at most 15 % of the lesion's length, so a
+            short lesion is not smeared): one cross-section's area carries the aliasing of the
+            voxel grid, and the smallest of many noisy diameters is biased low.
+        shoulder: the reference leaves out, beyond each end of a lesion, this fraction of the
+            lesion's length (the narrowing tapers off past where it is back within
+            ``edge_percent``), unless fewer than 3 healthy samples would be left.
 
     Returns:
         Lesions in arc order.
@@ -199,21 +212,40 @@ def find_lesions(
         else:
             extents.append((a, b))
     lesion_mask = np.zeros(n, dtype=bool)
+    shoulders = np.zeros(n, dtype=bool)
     for a, b in extents:
         lesion_mask[a : b + 1] = True
+        margin = shoulder * float(s[b] - s[a])
+        shoulders |= (s >= s[a] - margin) & (s <= s[b] + margin)
     healthy = ok & ~lesion_mask
     lesions = []
     for a, b in extents:
-        i = a + int(np.argmin(d[a : b + 1]))
-        near = healthy & (s >= s[a] - window_mm) & (s <= s[b] + window_mm)
+        # the minimal lumen: the diameters averaged over at most AVERAGE_FRACTION of the lesion
+        mean = running_mean(s, d, min(average_mm, AVERAGE_FRACTION * float(s[b] - s[a])))
+        i = a + int(np.argmin(mean[a : b + 1]))
+        around = healthy & (s >= s[a] - window_mm) & (s <= s[b] + window_mm)
+        # without the shoulders where that leaves healthy vessel (else with them)
+        near = around & ~shoulders if (around & ~shoulders).sum() >= 3 else around
         ref = _reference_line(s[near], d[near], s[i], min_side_mm)
         if ref is None or ref < min_reference_mm:
             continue
-        degree = float(np.clip(100.0 * (1.0 - d[i] / ref), 0.0, 100.0))
+        degree = float(np.clip(100.0 * (1.0 - mean[i] / ref), 0.0, 100.0))
         if degree < min_degree_percent:
             continue
-        lesions.append(Lesion(i, a, b, degree, float(ref)))
+        lesions.append(Lesion(i, a, b, degree, float(ref), float(mean[i])))
     return lesions
+
+
+def running_mean(arc_mm: np.ndarray, values: np.ndarray, length_mm: float) -> np.ndarray:
+    """``values`` averaged over the samples within ``length_mm / 2`` of each (arc in mm);
+    unchanged for ``length_mm`` 0."""
+    if length_mm <= 0 or len(values) < 2:
+        return values
+    s = np.asarray(arc_mm, dtype=float)
+    lo = np.searchsorted(s, s - length_mm / 2, side="left")
+    hi = np.searchsorted(s, s + length_mm / 2, side="right")
+    total = np.concatenate([[0.0], np.cumsum(values)])
+    return (total[hi] - total[lo]) / (hi - lo)
 
 
 def excluded_samples(

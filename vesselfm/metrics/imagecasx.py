@@ -699,6 +699,8 @@ def summarise_by_group(
         rows ``group_by, group, metric, mean, std, n`` (cases absent from the table, or with a
         blank cell, are left out of that column's groups).
     """
+    from vesselfm.metrics.report import defined_number
+
     out = []
     metrics = [k for row in rows for k in row if k != "case"]
     metrics = list(dict.fromkeys(metrics))
@@ -710,7 +712,7 @@ def summarise_by_group(
         for value in values:
             members = [r for r in rows if table.get(str(r["case"]), {}).get(column) == value]
             for metric in metrics:
-                numbers = [_number(r.get(metric)) for r in members]
+                numbers = [defined_number(r.get(metric)) for r in members]
                 mean, std, n = _stats([v for v in numbers if v is not None])
                 out.append(
                     {
@@ -731,16 +733,6 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, (str, bytes)):
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
 
 
 # --------------------------------------------------------------------------------- reports --

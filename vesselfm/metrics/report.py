@@ -40,7 +40,8 @@ UNBOUNDED: frozenset[str] = frozenset(
 )
 
 
-def _defined(value: Any) -> float | None:
+def defined_number(value: Any) -> float | None:
+    """``value`` as a float, or ``None`` where it is missing, text or NaN (a metric left out)."""
     if value is None or isinstance(value, (str, bytes)):
         return None
     try:
@@ -74,7 +75,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | int | N
     """
     summary: dict[str, dict[str, float | int | None]] = {}
     for name in _metric_columns(rows):
-        values = [v for v in (_defined(row.get(name)) for row in rows) if v is not None]
+        values = [v for v in (defined_number(row.get(name)) for row in rows) if v is not None]
         arr = np.asarray(values, dtype=np.float64)
         summary[name] = {
             "mean": float(arr.mean()) if arr.size else None,
