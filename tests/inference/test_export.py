@@ -5,13 +5,15 @@ error when an engine is not installed."""
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from cli import TINY_INFER, run_cli, run_code
+from cli import TINY_INFER
 from synthetic import save_nifti, tube_phantom
 
 from vesselfm.data.preprocessing import PreprocessConfig
@@ -185,10 +187,14 @@ def test_export_refuses_int8_onnx_and_existing_files(net: torch.nn.Module, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]
 
 
-@pytest.mark.slow
-def test_export_cli_records_the_checkpoint_and_infer_runs_the_export(
-    tmp_path: Path, net: torch.nn.Module
+def test_export_records_the_checkpoint_and_infer_runs_the_export(
+    tmp_path: Path, net: torch.nn.Module, compose_cfg, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """``vesselfm.export`` and ``vesselfm.infer`` as their CLIs run them (composed configs), in
+    this process: the subprocess start-up was most of this test's time."""
+    from vesselfm.export import export
+    from vesselfm.infer import infer
+
     ckpt = tmp_path / "best.ckpt"
     torch.save(
         {
@@ -198,42 +204,39 @@ def test_export_cli_records_the_checkpoint_and_infer_runs_the_export(
         ckpt,
     )
     out = tmp_path / "exported"
-    proc = run_cli(
-        "vesselfm.export",
-        "model=tiny",
-        f"model.checkpoint={ckpt}",
-        "format=openvino",
-        f"output={out}",
-        "window=[32,32,32]",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    overrides = ["model=tiny", f"model.checkpoint={ckpt}", "format=openvino", f"output={out}"]
+    caplog.set_level(logging.INFO)
+    result = export(compose_cfg("export", [*overrides, "window=[32,32,32]"]))
     assert sorted(p.name for p in out.iterdir()) == ["tiny.bin", "tiny.json", "tiny.xml"]
     record = json.loads((out / "tiny.json").read_text())
+    assert record == json.loads(json.dumps(result["record"]))
     assert record["source_checkpoint"] == {"source": str(ckpt), "sha256": file_sha256(ckpt)}
     assert record["threshold"] == 0.45 and record["preprocess"]["in_plane_size"] == 32
     assert record["format"] == "openvino" and record["precision"] == "fp32"
     assert {"torch", "onnx", "openvino"} <= set(record["engines"])
     assert record["model_name"] == "tiny" and record["input"]["shape"][0] == "batch"
-    assert f"largest logit difference from torch {record['check']['max_abs_logit_diff']:.3g}" in (
-        proc.stderr
-    )
+    diff = record["check"]["max_abs_logit_diff"]
+    assert f"largest logit difference from torch {diff:.3g}" in caplog.text
 
     image, _ = tube_phantom((24, 20, 12), 0)
     scan = save_nifti(tmp_path / "scan.nii.gz", image)
-    run = run_cli(
-        "vesselfm.infer",
-        f"input={scan}",
-        f"output={tmp_path / 'preds'}",
-        *TINY_INFER,
-        f"model.checkpoint={out / 'tiny.xml'}",
-        cwd=tmp_path,
+    caplog.clear()
+    infer(
+        compose_cfg(
+            "infer",
+            [
+                f"input={scan}",
+                f"output={tmp_path / 'preds'}",
+                *TINY_INFER,
+                f"model.checkpoint={out / 'tiny.xml'}",
+                "num_workers=0",
+            ],
+        )
     )
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "threshold 0.450 from the checkpoint" in run.stderr  # read from tiny.json
-    assert "backend auto -> openvino" in run.stderr
+    assert "threshold 0.450 from the checkpoint" in caplog.text  # read from tiny.json
+    assert "inference.backend auto -> openvino" in caplog.text
     got = np.asarray(nib.load(tmp_path / "preds" / "scan_pred.nii.gz").dataobj)
-    # torch on the same scan with the same settings (TINY_INFER), in this process
+    # torch on the same scan with the same settings (TINY_INFER)
     volume = read_volume(scan, dtype=np.float32)
     predictor = SlidingWindowPredictor(net, threshold=0.45, **SETTINGS)
     expected = predictor.binarize(predictor.predict_array(volume.array, volume.affine))
@@ -241,19 +244,19 @@ def test_export_cli_records_the_checkpoint_and_infer_runs_the_export(
     assert np.mean(got == expected) >= 0.999
 
 
-@pytest.mark.slow
-def test_a_missing_engine_fails_with_one_line_naming_the_extra(tmp_path: Path) -> None:
-    code = (
-        "import sys; sys.modules['openvino'] = None\n"  # as if the extra were not installed
-        "from vesselfm.export import main; main()"
+def test_a_missing_engine_fails_with_one_line_naming_the_extra(
+    tmp_path: Path, compose_cfg, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vesselfm.export import export
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the extra were not installed
+    cfg = compose_cfg(
+        "export",
+        ["model=tiny", "model.checkpoint=null", "format=openvino", f"output={tmp_path / 'o'}"],
     )
-    proc = run_code(
-        code, "model=tiny", "model.checkpoint=null", "format=openvino", f"output={tmp_path / 'o'}"
+    with pytest.raises(UserError) as err:
+        export(cfg)
+    assert str(err.value) == (
+        "format=openvino needs openvino, which is not installed: pip install 'vesselfm[openvino]'"
     )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert lines == [
-        "error: format=openvino needs openvino, which is not installed: "
-        "pip install 'vesselfm[openvino]'"
-    ]
     assert not (tmp_path / "o").exists()
