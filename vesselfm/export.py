@@ -89,6 +89,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         ExportedNetwork,
         export_model,
         import_engine,
+        require,
     )
     from vesselfm.models import load_model
     from vesselfm.utils.errors import UserError
@@ -108,7 +109,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     import_engine("onnx", f"format={fmt}")
     import_engine("openvino" if fmt == "openvino" else "onnxruntime", f"format={fmt}")
     if precision == "int8":
-        import_engine("nncf", "precision=int8")
+        require("nncf", "precision=int8")
     window = tuple(int(s) for s in cfg.window)
     if len(window) != 3 or min(window) < 1:
         raise UserError(f"window must be three positive sizes [X, Y, Z], got {list(cfg.window)}")

@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -79,6 +82,20 @@ def import_engine(module: str, key: str = "inference.backend") -> Any:
         ) from err
 
 
+def require(module: str, key: str) -> None:
+    """:func:`import_engine`'s check without the import: for NNCF, which only ever runs in a child
+    process (:func:`quantize_int8`)."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: blocked in sys.modules
+        found = False
+    if not found:
+        extra = EXTRAS.get(module, module)
+        raise UserError(
+            f"{key} needs {module}, which is not installed: pip install 'vesselfm[{extra}]'"
+        )
+
+
 def installed(module: str) -> bool:
     """Whether ``module`` imports (a broken or blocked install counts as missing)."""
     try:
@@ -99,6 +116,14 @@ def engine_versions(*modules: str) -> dict[str, str]:
     """``{module: version}`` of torch and of the given engines that are installed."""
     versions = {"torch": torch.__version__}
     for module in modules:
+        if module == "nncf":  # never imported here (see quantize_int8)
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                versions[module] = version("nncf")
+            except PackageNotFoundError:
+                pass
+            continue
         try:
             mod = importlib.import_module(module)
         except ImportError:
@@ -391,6 +416,30 @@ def onnx_to_openvino(onnx_path: str | os.PathLike[str], xml_path: str | os.PathL
     return Path(xml_path)
 
 
+#: NNCF's quantisation, run by :func:`quantize_int8` in a child process: ``argv`` = the fp32 IR, the
+#: INT8 IR to write, an ``.npy`` of the calibration windows ``(N, 1, 1, X, Y, Z)``.
+_QUANTIZE_CHILD = """
+import sys
+# NNCF asks torch first whether the model is one of its own: that imports nncf.torch (and torch);
+# an OpenVINO IR needs neither (NNCF catches the ImportError and moves on to OpenVINO)
+sys.modules["torch"] = None
+import warnings
+import numpy as np
+import openvino as ov
+import nncf
+xml, out, data = sys.argv[1:4]
+windows = np.load(data)
+model = ov.Core().read_model(xml)
+model.reshape({model.inputs[0]: ov.PartialShape(list(windows.shape[1:]))})
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    quantized = nncf.quantize(model, nncf.Dataset(list(windows)), subset_size=len(windows))
+# back to a dynamic window batch and size, as the fp32 export
+quantized.reshape({quantized.inputs[0]: ov.PartialShape([-1, 1, -1, -1, -1])})
+ov.save_model(quantized, out, compress_to_fp16=False)
+"""
+
+
 def quantize_int8(
     xml_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -398,27 +447,41 @@ def quantize_int8(
 ) -> Path:
     """NNCF post-training quantisation of an OpenVINO IR to INT8, calibrated on ``windows``.
 
+    NNCF runs in a child process (the same Python): called on an OpenVINO model it still imports
+    its torch backend (``nncf.torch``) into the process and leaves a thread pool running, and a
+    suite that had done so in its own process died with SIGSEGV later (issue 20). The caller's
+    process only ever loads OpenVINO to check the result.
+
     Args:
         xml_path: the fp32 IR.
         out_path: the INT8 IR to write (``.xml``; its ``.bin`` beside).
         windows: prepared, normalised windows, each ``(1, 1, X, Y, Z)`` float32, all one size.
+
+    Raises:
+        UserError: no windows, NNCF not installed, or the quantisation failed (its last line).
     """
-    ov = import_engine("openvino", "precision=int8")
-    nncf = import_engine("nncf", "precision=int8")
+    import_engine("openvino", "precision=int8")
+    require("nncf", "precision=int8")
     if not windows:
         raise UserError(
             "precision=int8 needs calibration windows; set calibration= or calibration_cases>0"
         )
-    model = ov.Core().read_model(str(xml_path))
-    model.reshape({model.inputs[0]: ov.PartialShape([-1, 1, *windows[0].shape[2:]])})
-    dataset = nncf.Dataset(list(windows))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantized = nncf.quantize(model, dataset, subset_size=len(windows))
-    # back to a dynamic window, as the fp32 export
-    quantized.reshape({quantized.inputs[0]: ov.PartialShape([-1, 1, -1, -1, -1])})
-    ov.save_model(quantized, str(out_path), compress_to_fp16=False)
-    return Path(out_path)
+    out_path = Path(out_path)
+    data = out_path.with_name(f".{out_path.stem}.calibration.npy")
+    np.save(data, np.stack([np.asarray(w, dtype=np.float32) for w in windows]))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _QUANTIZE_CHILD, str(xml_path), str(out_path), str(data)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        data.unlink(missing_ok=True)
+    if proc.returncode != 0 or not out_path.is_file():
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise UserError(f"INT8 quantisation (NNCF) failed: {last}")
+    return out_path
 
 
 def compare_logits(network: nn.Module, engine: Engine, window: np.ndarray) -> dict[str, float]:
@@ -512,7 +575,7 @@ def export_model(
     engine_name = "openvino" if fmt == "openvino" else "onnxruntime"
     import_engine(engine_name, f"format={fmt}")
     if precision == "int8":
-        import_engine("nncf", "precision=int8")
+        require("nncf", "precision=int8")
     output_dir = Path(output_dir)
     suffix = ".xml" if fmt == "openvino" else ".onnx"
     target = output_dir / f"{name}{suffix}"
