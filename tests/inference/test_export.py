@@ -164,6 +164,8 @@ def test_int8_export_runs_and_tracks_the_fp32_logits(net: torch.nn.Module, tmp_p
         net, tmp_path, "tiny", "openvino", "int8", window=WINDOW, calibration=windows
     )
     assert [p.name for p in result["files"]] == ["tiny.xml", "tiny.bin", "tiny.json"]
+    # NNCF ran in a child process: it would have imported nncf.torch here (issue 20's segfault)
+    assert not [m for m in sys.modules if m == "nncf" or m.startswith("nncf.")]
     engine = open_engine(result["path"], "openvino")
     ops = {op.get_type_name() for op in engine.model.get_ops()}
     assert "FakeQuantize" in ops  # quantised, not an fp32 copy
