@@ -24,6 +24,7 @@ asking for one that is missing fails with one line naming the extra (:func:`impo
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib
 import importlib.util
@@ -186,6 +187,47 @@ class OnnxRuntimeEngine(Engine):
         return self.session.run(None, {self.input: window})[0]
 
 
+class _SignalStack:
+    """Keeps the calling thread's alternate signal stack (``sigaltstack``) across OpenVINO calls.
+
+    OpenVINO's CPU plugin (``libopenvino_intel_cpu_plugin.so``, 2026.4) installs its own alternate
+    signal stack on the thread that compiles a model, replacing the one Python's faulthandler set,
+    and that stack does not stay valid. The next signal with a handler that runs on the alternate
+    stack (Python's own handlers do: SIGCHLD once a torch DataLoader with workers has run, SIGINT,
+    SIGTERM) then cannot be delivered and the kernel kills the process with SIGSEGV, silently (the
+    fault handler needs that stack too). Issue 20: the test suite died this way when a child
+    process exited after an OpenVINO compile. Linux only; elsewhere a no-op.
+    """
+
+    class _Stack(ctypes.Structure):
+        _fields_ = [
+            ("ss_sp", ctypes.c_void_p),
+            ("ss_flags", ctypes.c_int),
+            ("ss_size", ctypes.c_size_t),
+        ]
+
+    _libc: Any = None
+
+    def __enter__(self) -> _SignalStack:
+        self.saved = None
+        if sys.platform.startswith("linux"):
+            if _SignalStack._libc is None:
+                _SignalStack._libc = ctypes.CDLL(None, use_errno=True)
+            saved = self._Stack()
+            if _SignalStack._libc.sigaltstack(None, ctypes.byref(saved)) == 0:
+                self.saved = saved
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved is not None:
+            current = self._Stack()
+            self._libc.sigaltstack(None, ctypes.byref(current))
+            if (current.ss_sp, current.ss_size) != (self.saved.ss_sp, self.saved.ss_size):
+                if self.saved.ss_flags & 2:  # SS_DISABLE: there was none
+                    self.saved.ss_sp, self.saved.ss_size = None, 0
+                self._libc.sigaltstack(ctypes.byref(self.saved), None)
+
+
 class OpenVinoEngine(Engine):
     """OpenVINO's CPU plugin on an IR (``.xml``) or ``.onnx`` file.
 
@@ -229,8 +271,9 @@ class OpenVinoEngine(Engine):
         if shape not in self._compiled:
             model = self.model.clone()
             model.reshape({model.inputs[0]: self.ov.PartialShape(list(shape))})
-            compiled = self.core.compile_model(model, "CPU", self.config)
-            self._compiled[shape] = (compiled, compiled.create_infer_request())
+            with _SignalStack():
+                compiled = self.core.compile_model(model, "CPU", self.config)
+                self._compiled[shape] = (compiled, compiled.create_infer_request())
         return self._compiled[shape]
 
     def inference_precision(self, shape: tuple[int, ...]) -> str:
@@ -241,7 +284,8 @@ class OpenVinoEngine(Engine):
 
     def run(self, window: np.ndarray) -> np.ndarray:
         _, request = self.compiled(window.shape)
-        request.infer({0: window})
+        with _SignalStack():
+            request.infer({0: window})
         # the request reuses its output buffer on the next call
         return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
