@@ -262,3 +262,25 @@ def test_a_missing_engine_fails_with_one_line_naming_the_extra(
         "format=openvino needs openvino, which is not installed: pip install 'vesselfm[openvino]'"
     )
     assert not (tmp_path / "o").exists()
+
+
+def _sigaltstack() -> tuple[int, int, int]:
+    import ctypes
+
+    class Stack(ctypes.Structure):
+        _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+    stack = Stack()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
+    return (stack.sp or 0, stack.flags, stack.size)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack probe is Linux's")
+def test_openvino_leaves_the_signal_stack_alone(exported: dict[str, Path]) -> None:
+    """OpenVINO's CPU plugin swaps the thread's alternate signal stack on compile for one that
+    does not stay valid; the next Python signal handler (SIGCHLD after a DataLoader with workers)
+    then killed the process with SIGSEGV (issue 20). The engine puts it back."""
+    before = _sigaltstack()
+    engine = OpenVinoEngine(exported["openvino"])
+    engine(torch.zeros(1, 1, 24, 24, 16))  # a shape no other test compiled
+    assert _sigaltstack() == before
