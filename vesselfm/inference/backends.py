@@ -491,10 +491,10 @@ def quantize_int8(
 ) -> Path:
     """NNCF post-training quantisation of an OpenVINO IR to INT8, calibrated on ``windows``.
 
-    NNCF runs in a child process (the same Python): called on an OpenVINO model it still imports
-    its torch backend (``nncf.torch``) into the process and leaves a thread pool running, and a
-    suite that had done so in its own process died with SIGSEGV later (issue 20). The caller's
-    process only ever loads OpenVINO to check the result.
+    NNCF runs in a child process (the same Python, torch blocked there): called on an OpenVINO
+    model it still imports its torch backend (``nncf.torch``) and leaves a thread pool running
+    in the process that calls it. (It was a suspect for issue 20's SIGSEGV, but the cause was
+    OpenVINO's signal stack, :class:`_SignalStack`; the child process keeps the caller clean.)
 
     Args:
         xml_path: the fp32 IR.
