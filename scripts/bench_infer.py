@@ -20,6 +20,15 @@ Variants, all on the same prepared phantom volume (default: a 512×512×200 phan
   windows than the training patch (160³) were faster but lost 0.03 Dice against the label
   (``--quality`` with a trained checkpoint).
 
+``--engines`` (or ``--only engines``): the network alone on each engine, same weights and
+windows: ``torch-fp32`` (NCDHW), ``torch-channels-last`` (our view), ``onnxruntime-fp32``,
+``openvino-f32`` and ``openvino-int8`` (NNCF, calibrated on prepared windows of other
+phantoms), each exported with ``vesselfm.export``'s code: seconds per window (median of
+``--window-reps`` after a warm-up), per whole prepared volume (``--engine-volume``, a corner of
+the phantom's; ``--no-engine-volume-rows`` skips it), the largest logit difference and the mask
+Dice against torch fp32. ``--only engine-quality --quality-checkpoint <phantom_demo .ckpt>``:
+Dice against the label on held-out phantoms for torch, OpenVINO f32 and INT8 of that checkpoint.
+
 For each: seconds, speed-up over the reference, Dice of its mask against the reference mask.
 ``--quality`` fits ``model=tiny`` on one phantom for a few steps and compares the full preset's
 and the fast preset's Dice against the label of another (random weights say nothing about
@@ -31,6 +40,9 @@ Usage:
     python scripts/bench_infer.py --model tiny --shape 256 256 96 --rss --quality
     python scripts/bench_infer.py --only rss
     python scripts/bench_infer.py --device cuda
+    python scripts/bench_infer.py --only engines --window-reps 1 --calibration-windows 2
+    python scripts/bench_infer.py --model tiny --only engine-quality --quality-checkpoint best.ckpt \
+        --quality-roi 64
 
 The first line names the device (CPU model, ATen capability, native bf16 or not, cores, threads).
 """
@@ -331,6 +343,225 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------------------- engines
+def engine_predictors(
+    net: torch.nn.Module,
+    files: dict[str, Path],
+    preset: dict[str, Any],
+    threads: int | None,
+    rows: tuple[str, ...] = ("torch-fp32", "torch-channels-last"),
+) -> dict[str, SlidingWindowPredictor]:
+    """One predictor per backend row, same windows and blending, fp32 (INT8 where named)."""
+    from vesselfm.inference.backends import ExportedNetwork
+
+    def make(network: torch.nn.Module, backend: str, channels_last: bool = True) -> Any:
+        return SlidingWindowPredictor(
+            network,
+            **preset,
+            device="cpu",
+            backend=backend,
+            cpu={"precision": "fp32", "channels_last": channels_last, "threads": threads},
+        )
+
+    torch_rows = {
+        "torch-fp32": lambda: make(net, "torch", channels_last=False),
+        "torch-channels-last": lambda: make(net, "torch"),
+    }
+    rows = {name: torch_rows[name]() for name in rows}
+    if "onnx" in files:
+        rows["onnxruntime-fp32"] = make(ExportedNetwork(files["onnx"]), "onnxruntime")
+    if "openvino" in files:
+        rows["openvino-f32"] = make(ExportedNetwork(files["openvino"]), "openvino")
+    if "int8" in files:
+        rows["openvino-int8"] = make(ExportedNetwork(files["int8"]), "openvino")
+    return rows
+
+
+def export_all(
+    net: torch.nn.Module,
+    folder: Path,
+    roi: tuple[int, int, int],
+    calibration: list[np.ndarray],
+    formats: tuple[str, ...] = ("onnx", "openvino"),
+) -> dict[str, Path]:
+    """ONNX, OpenVINO f32 and (with calibration windows) OpenVINO INT8 exports of ``net``;
+    only the engines installed."""
+    from vesselfm.inference.backends import export_model, installed
+
+    files: dict[str, Path] = {}
+    jobs = []
+    if installed("onnxruntime") and "onnx" in formats:
+        jobs.append(("onnx", "onnx", "fp32"))
+    if installed("openvino"):
+        jobs.append(("openvino", "openvino", "fp32"))
+        if calibration and installed("nncf"):
+            jobs.append(("int8", "openvino", "int8"))
+    for key, fmt, precision in jobs:
+        t = time.perf_counter()
+        result = export_model(
+            net,
+            folder,
+            f"model-{key}",
+            fmt,
+            precision,
+            window=roi,
+            calibration=calibration,
+            check_window=calibration[-1] if calibration else None,
+            tolerance=None,
+        )
+        check = result["check"]
+        print(
+            f"export {key:8s} {time.perf_counter() - t:6.1f} s  max logit diff {check['max_abs_logit_diff']:.2g}"
+            f"  sign agreement {check['sign_agreement']:.5f}",
+            flush=True,
+        )
+        files[key] = result["path"]
+    return files
+
+
+def calibration_set(
+    predictor: SlidingWindowPredictor, shape: tuple[int, int, int], seeds: list[int], count: int
+) -> list[np.ndarray]:
+    """``count`` prepared windows from phantoms of the given seeds (as ``vesselfm.export`` makes them)."""
+    from vesselfm.export import crop_windows
+
+    per = -(-count // len(seeds))
+    windows: list[np.ndarray] = []
+    for seed in seeds:
+        image, _, affine = phantom(shape, seed)
+        windows += crop_windows(predictor.preprocess_array(image, affine), predictor.roi_size, per)
+    return windows[:count]
+
+
+def engines(args: argparse.Namespace) -> dict[str, Any]:
+    """Per-window and whole-volume seconds for torch fp32, the channels-last view, ONNX Runtime,
+    OpenVINO f32 and INT8 on the same weights, windows and volume; Dice against torch fp32."""
+    net = build(args.model)
+    image, _, affine = phantom(tuple(args.engine_shape), seed=0)
+    roi = (args.engine_roi,) * 3
+    preset = {"roi_size": roi, "overlap": args.engine_overlap, "mode": "gaussian"}
+    base = SlidingWindowPredictor(net, preprocess=PreprocessConfig(), **preset)
+    x = torch.from_numpy(base.preprocess_array(image, affine))[None, None]
+    # a corner of the prepared volume: whole-volume rows cost one call per window and engine
+    x = x[..., : args.engine_volume[0], : args.engine_volume[1], : args.engine_volume[2]]
+    x = x.contiguous()
+    print(
+        f"engines: model={args.model} on {describe_device('cpu')}; raw {image.shape} -> prepared "
+        f"{tuple(x.shape[2:])}; windows {roi}, overlap {args.engine_overlap}; fp32 unless INT8",
+        flush=True,
+    )
+    calibration = calibration_set(
+        base, tuple(args.engine_shape), [101, 102], args.calibration_windows
+    )
+    out: dict[str, Any] = {"prepared_shape": list(x.shape[2:]), "roi": list(roi)}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = export_all(net, Path(tmp), roi, calibration)
+        predictors = engine_predictors(net, files, preset, args.threads)
+        window = torch.rand(1, 1, *roi, generator=torch.Generator().manual_seed(0))
+        if calibration:  # a prepared window of a phantom, as inference sees them
+            window = torch.from_numpy(calibration[0])
+        ref_logits = None
+        ref_mask = None
+        for name, predictor in predictors.items():
+            fn = predictor._window_fn(torch.device("cpu"))
+            with torch.inference_mode():
+                logits = fn(window)  # warm-up: kernels are built on first use
+                times = []
+                for _ in range(args.window_reps):
+                    _, sec = timed(lambda f=fn: f(window))
+                    times.append(sec)
+            logits = logits.float()
+            ref_logits = logits if ref_logits is None else ref_logits
+            row = {
+                "window_seconds": float(np.median(times)),
+                "max_logit_diff_vs_torch": float((logits - ref_logits).abs().max()),
+                # the window's mask at threshold 0.5
+                "dice_vs_torch_fp32": dice(logits >= 0, ref_logits >= 0),
+            }
+            volume_seconds = float("nan")
+            if args.engine_volume_rows:
+                prob, volume_seconds = timed(lambda p=predictor: p.predict_volume(x))
+                mask = (prob[0, 0] >= 0.5).numpy()
+                ref_mask = mask if ref_mask is None else ref_mask
+                row["dice_vs_torch_fp32"] = dice(mask, ref_mask)
+            row["volume_seconds"] = volume_seconds
+            out[name] = row
+            print(
+                f"{name:20s} window {row['window_seconds']:6.2f} s  volume {volume_seconds:7.1f} s  "
+                f"max logit diff {row['max_logit_diff_vs_torch']:.2g}  mask Dice vs torch fp32 "
+                f"{row['dice_vs_torch_fp32']:.5f}",
+                flush=True,
+            )
+    ref = out["torch-fp32"]
+    for name in predictors:
+        out[name]["window_speedup"] = ref["window_seconds"] / out[name]["window_seconds"]
+        out[name]["volume_speedup"] = ref["volume_seconds"] / out[name]["volume_seconds"]
+    unit = "volume_seconds" if args.engine_volume_rows else "window_seconds"
+    best_ours = min(("torch-fp32", "torch-channels-last"), key=lambda n: out[n][unit])
+    if "openvino-f32" in out:
+        ov, q = out["openvino-f32"], out.get("openvino-int8")
+        gain = out[best_ours][unit] / ov[unit]
+        print(
+            f"target: OpenVINO f32 {gain:.2f}x our best fp32 path ({best_ours}), {unit} "
+            f"(>= 1.25x), mask Dice vs torch fp32 {ov['dice_vs_torch_fp32']:.5f} (>= 0.999)",
+            flush=True,
+        )
+        if q:
+            print(
+                f"target: OpenVINO INT8 {ov[unit] / q[unit]:.2f}x OpenVINO f32, {unit} (>= 1.5x)",
+                flush=True,
+            )
+    return out
+
+
+def engine_quality(args: argparse.Namespace) -> dict[str, Any]:
+    """Dice against the label on held-out phantoms: torch fp32, OpenVINO f32 and INT8 of a
+    trained ``model=tiny`` (phantom_demo's checkpoint), INT8 calibrated on other phantoms."""
+    net, preprocess = trained_tiny(args.quality_checkpoint)
+    roi = (args.quality_roi,) * 3
+    preset = {"roi_size": roi, "overlap": 0.5, "mode": "gaussian"}
+    shape = tuple(args.quality_shape)
+    base = SlidingWindowPredictor(net, preprocess=preprocess or PreprocessConfig(), **preset)
+    calibration = calibration_set(base, shape, [20_001, 20_002], args.calibration_windows)
+    cases = [phantom(shape, seed=10_000 + k) for k in range(args.quality_cases)]
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = export_all(net, Path(tmp), roi, calibration, formats=("openvino",))
+        predictors = engine_predictors(net, files, preset, args.threads, ("torch-channels-last",))
+        masks: dict[str, list[np.ndarray]] = {}
+        for name, predictor in predictors.items():
+            predictor.preprocess = base.preprocess
+            scores, seconds = [], 0.0
+            masks[name] = []
+            for image, label, affine in cases:
+                prob, sec = timed(lambda p=predictor, i=image, a=affine: p.predict_array(i, a))
+                masks[name].append(prob >= 0.5)
+                scores.append(dice(prob >= 0.5, label))
+                seconds += sec
+            agree = [
+                dice(m, r) for m, r in zip(masks[name], masks["torch-channels-last"], strict=True)
+            ]
+            out[name] = {
+                "dice_vs_label": float(np.mean(scores)),
+                "dice_vs_torch_fp32_mask": float(np.mean(agree)),
+                "seconds": seconds,
+            }
+            print(
+                f"quality {name:20s} Dice vs label {out[name]['dice_vs_label']:.4f}  mask Dice vs "
+                f"torch fp32 {out[name]['dice_vs_torch_fp32_mask']:.5f}  ({seconds:.1f} s)",
+                flush=True,
+            )
+    if "openvino-int8" in out:
+        loss = out["openvino-f32"]["dice_vs_label"] - out["openvino-int8"]["dice_vs_label"]
+        out["int8_dice_loss"] = loss
+        print(
+            f"target: INT8 Dice loss vs OpenVINO f32 {loss:+.4f} (<= 0.01) on {len(cases)} "
+            f"held-out phantoms {shape}, checkpoint {args.quality_checkpoint}",
+            flush=True,
+        )
+    return out
+
+
 def rss_child(path: str, model: str, threads: int | None) -> None:
     """Run in a subprocess: read, predict, write one scan with the default CPU settings."""
     net = build(model)
@@ -390,7 +621,41 @@ def main() -> None:
         help="subset of ours-same-fp32 ours-same-fp32-nchw ours-same-bf16 ours-default ours-fast "
         "(default: all but ours-same-fp32-nchw)",
     )
-    parser.add_argument("--only", choices=["speed", "quality", "rss"], default=None)
+    parser.add_argument(
+        "--only", choices=["speed", "quality", "rss", "engines", "engine-quality"], default=None
+    )
+    parser.add_argument(
+        "--engines",
+        action="store_true",
+        help="also compare torch, channels-last, ONNX Runtime, OpenVINO f32 and INT8",
+    )
+    parser.add_argument(
+        "--engine-shape",
+        type=int,
+        nargs=3,
+        default=[512, 512, 128],
+        help="raw phantom shape for --engines",
+    )
+    parser.add_argument(
+        "--engine-volume",
+        type=int,
+        nargs=3,
+        default=[224, 224, 128],
+        help="prepared volume for --engines' whole-volume rows (a corner of the phantom's; "
+        "224x224x128: 4 windows of 128^3 at overlap 0.25)",
+    )
+    parser.add_argument("--engine-roi", type=int, default=128, help="window side for --engines")
+    parser.add_argument(
+        "--engine-volume-rows",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time a whole (prepared) volume per engine",
+    )
+    parser.add_argument("--engine-overlap", type=float, default=0.25)
+    parser.add_argument("--window-reps", type=int, default=3, help="timed windows per engine")
+    parser.add_argument(
+        "--calibration-windows", type=int, default=8, help="INT8 calibration windows"
+    )
     parser.add_argument(
         "--quality", action="store_true", help="also compare full vs fast preset Dice vs label"
     )
@@ -438,6 +703,14 @@ def main() -> None:
         results["speed"] = speed(args)
     if args.only == "quality" or (args.only is None and args.quality):
         results["quality"] = quality(args)
+    if args.only == "engines" or (args.only is None and args.engines):
+        results["engines"] = engines(args)
+    if args.only == "engine-quality" or (
+        args.only is None and args.engines and args.quality_checkpoint
+    ):
+        if not args.quality_checkpoint:
+            parser.error("--only engine-quality needs --quality-checkpoint (phantom_demo's .ckpt)")
+        results["engine_quality"] = engine_quality(args)
     if args.only == "rss" or (args.only is None and args.rss):
         results["rss"] = rss(args)
     if args.json:

@@ -24,6 +24,21 @@ from omegaconf import DictConfig, open_dict
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``inference.backend=auto`` (infer's default) exports a checkpoint once per weights into
+    ``$VESSELFM_EXPORT_CACHE``: one folder for the session (tests and their subprocesses), not
+    the developer's ``~/.cache``."""
+    cache = tmp_path_factory.mktemp("export-cache")
+    before = os.environ.get("VESSELFM_EXPORT_CACHE")
+    os.environ["VESSELFM_EXPORT_CACHE"] = str(cache)
+    yield cache
+    if before is None:
+        os.environ.pop("VESSELFM_EXPORT_CACHE", None)
+    else:
+        os.environ["VESSELFM_EXPORT_CACHE"] = before
+
+
 @pytest.fixture()
 def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     """Compose ``configs/<name>.yaml`` with overrides, resolving ``hydra:`` interpolations.

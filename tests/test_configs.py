@@ -37,6 +37,7 @@ PRIMARY_VALUES = {
     "phantom": (["output=o"], "shape", [512, 512, 256]),
     "visualise": (["pred=p"], "html_max_faces", 400000),
     "analyse": (["mask=m", "output=o"], "plots", True),
+    "export": (["output=o"], "check_tolerance", 0.05),
 }
 VESSELFM_PREPROCESS = {
     "in_plane_size": 256,

@@ -24,6 +24,13 @@ equal the network's up to float rounding (the sums run in another order; largest
 difference about 2e-3 on the base model in fp32, ``tests/inference/test_channels_last.py``).
 Used by :class:`~vesselfm.inference.predictor.SlidingWindowPredictor` on CPUs
 (``inference.cpu.channels_last``, on by default).
+
+Still here after the inference engines came (issue 20, ``inference.backend``): on the 2-core
+AVX2 box OpenVINO f32 beat this view per window (README, "python -m vesselfm.export"), so
+``inference.backend=auto`` runs OpenVINO where it is installed; this view remains the torch CPU
+path: where no engine is installed (the base install), for training's validation (weights that
+change every epoch, never exported), and on AVX-512 CPUs, where no engine was measured against
+it (an AVX2 machine cannot emulate AVX-512).
 """
 
 from __future__ import annotations

@@ -46,6 +46,8 @@ def read_checkpoint_metadata(
         CheckpointError: the file cannot be read, needs full unpickling and is not trusted, or
             its metadata is malformed.
     """
+    if path is not None and Path(str(path)).suffix.lower() in {".onnx", ".xml"}:
+        return _exported_metadata(path)  # python -m vesselfm.export wrote <name>.json beside it
     if path is None or not str(path).endswith(".ckpt"):
         return {}  # raw state_dict files carry no metadata
     # Imported here: vesselfm.models builds networks with Hydra, which inference does not need.
@@ -72,6 +74,25 @@ def read_checkpoint_metadata(
             meta["threshold"] = float(meta["threshold"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{local}: malformed checkpoint['{METADATA_KEY}'] ({err})") from err
+    return meta
+
+
+def _exported_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The preprocessing, threshold and model name an exported model's ``<name>.json`` records."""
+    from vesselfm.inference.backends import read_record
+    from vesselfm.models import CheckpointError
+
+    record = read_record(path)
+    meta = {k: record[k] for k in ("preprocess", "threshold", "model_name") if k in record}
+    try:
+        if meta.get("preprocess") is not None:
+            meta["preprocess"] = PreprocessConfig.from_mapping(meta["preprocess"])
+        if meta.get("threshold") is not None:
+            meta["threshold"] = float(meta["threshold"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{Path(path).with_suffix('.json')}: malformed record ({err})"
+        ) from err
     return meta
 
 

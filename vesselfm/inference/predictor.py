@@ -12,6 +12,12 @@ Read, preprocess, predict and export are separate steps (as in nnU-Net's predict
 - :meth:`SlidingWindowPredictor.predict_file`: a NIfTI file → ``<case>_pred.nii.gz`` (and the
   probability map / STL), thresholded and post-processed, written atomically.
 
+Engines. ``backend`` (``inference.backend``) picks what runs each window batch: torch (on the
+CPU through the channels-last view, :mod:`~vesselfm.inference.channels_last`), ONNX Runtime or
+OpenVINO (:mod:`~vesselfm.inference.backends`); ``auto`` takes the fastest installed engine on a
+CPU, exporting the weights once into a cache, and torch on CUDA. The network may also be an
+exported file (:class:`~vesselfm.inference.backends.ExportedNetwork`), which always runs on the CPU.
+
 Devices. ``device`` is where the network runs; ``sw_device`` is where the full-volume output
 is stitched (``"cpu"`` for volumes too large for the GPU). MONAI's
 ``sliding_window_inference`` names these the other way round (its ``sw_device`` runs the
@@ -175,6 +181,13 @@ class SlidingWindowPredictor:
         progress: show a progress bar per sliding window pass.
         oom_retry: on CUDA out-of-memory, retry with half the window batch, then with the
             output stitched on the CPU, before giving up with a message naming the keys.
+        backend: what runs the network per window batch: ``"torch"``, ``"onnxruntime"``,
+            ``"openvino"`` (CPU engines; the network is exported once into ``export_cache``
+            unless it is an exported file already) or ``"auto"``: on a CPU the fastest
+            installed engine (:data:`~vesselfm.inference.backends.CPU_PREFERENCE`, else torch)
+            for weights loaded from a file or an exported model, torch on CUDA.
+        export_cache: where ``backend`` keeps its exports (``None``: ``$VESSELFM_EXPORT_CACHE``,
+            else ``~/.cache/vesselfm/exports``), one folder per hash of the weights.
 
     Example:
         >>> predictor = SlidingWindowPredictor(load_model(cfg.model), device="auto")  # doctest: +SKIP
@@ -201,7 +214,11 @@ class SlidingWindowPredictor:
         cpu: CPUConfig | Mapping[str, Any] | None = None,
         progress: bool = False,
         oom_retry: bool = True,
+        backend: str = "torch",
+        export_cache: str | os.PathLike[str] | None = None,
     ) -> None:
+        from vesselfm.inference.backends import BACKENDS
+
         self.network = network
         self.roi_size = _triple(roi_size, "roi_size")
         if int(sw_batch_size) < 1:
@@ -239,6 +256,13 @@ class SlidingWindowPredictor:
         self._device_request = self._check_device(device, "device")
         self._sw_device_request = self._check_device(sw_device, "sw_device")
         self._cpu_stitch_fallback = False
+        backend = str(backend).strip().lower()
+        if backend not in BACKENDS:
+            raise ValueError(f"inference.backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self.export_cache = export_cache
+        self._resolved_backend: dict[str, str] = {}
+        self._engine: tuple[tuple[Any, ...], Any] | None = None
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -284,6 +308,13 @@ class SlidingWindowPredictor:
         """Where the network runs for the next prediction (see ``device``)."""
         current = network_device(self.network)
         request = self._device_request
+        if self._exported():
+            if request not in (None, "auto") and torch.device(request).type != "cpu":
+                raise UserError(
+                    f"model.checkpoint={self.network.path.name} is an exported model, which "
+                    f"runs on the CPU; set inference.device=cpu (or auto)"
+                )
+            return torch.device("cpu")
         if request is None:
             return current
         if request == "auto":
@@ -295,8 +326,9 @@ class SlidingWindowPredictor:
     def describe(self) -> str:
         """One line for a run's log: device, threshold, TTA and post-processing."""
         tta = f"{len(self.tta)} passes" if self.tta.enabled else "off"
+        device = self.compute_device()
         return (
-            f"device {self.compute_device()} | threshold {self.threshold:.3f} | TTA {tta} | "
+            f"device {device} | backend {self.resolved_backend(device)} | threshold {self.threshold:.3f} | TTA {tta} | "
             f"post-processing {'on' if self.postprocess.enabled else 'off'}"
         )
 
@@ -337,8 +369,60 @@ class SlidingWindowPredictor:
             return torch.autocast(device.type, enabled=False)
         return torch.autocast(device.type, dtype=dtype)
 
+    # ------------------------------------------------------------------ engines
+    def _exported(self) -> bool:
+        from vesselfm.inference.backends import ExportedNetwork
+
+        return isinstance(self.network, ExportedNetwork)
+
+    def resolved_backend(self, device: torch.device) -> str:
+        """``"torch"``, ``"onnxruntime"`` or ``"openvino"``: ``backend`` with ``auto`` resolved
+        for ``device`` (logged once per predictor and device type)."""
+        if device.type not in self._resolved_backend:
+            from vesselfm.inference.backends import choose_backend
+
+            # auto exports only weights that came from a file (load_model records it): random
+            # or still-training weights would fill the cache with one export per run
+            cacheable = getattr(self.network, "source_checkpoint", None) is not None
+            chosen = choose_backend(self.backend, device.type, self.network, cacheable)
+            if self.backend == "auto":
+                log.info("inference.backend auto -> %s on %s", chosen, device.type)
+            self._resolved_backend[device.type] = chosen
+        return self._resolved_backend[device.type]
+
+    def engine(self, device: torch.device) -> Any:
+        """The engine that runs the windows (``None`` for torch), built on first use: the
+        exported file, or the network exported once into the cache."""
+        backend = self.resolved_backend(device)
+        if backend == "torch":
+            return None
+        from vesselfm.inference.backends import cached_export, import_engine, open_engine
+
+        import_engine(backend, f"inference.backend={backend}")  # one line naming the extra
+        precision = self.resolved_precision(device)
+        threads = torch.get_num_threads()
+        if self._exported():
+            path = self.network.path
+        else:
+            fmt = "openvino" if backend == "openvino" else "onnx"
+            record = {
+                "model_name": type(self.network).__name__,
+                "source_checkpoint": getattr(self.network, "source_checkpoint", None),
+                "preprocess": self.preprocess.to_dict(),
+                "threshold": self.threshold,
+            }
+            path = cached_export(self.network, fmt, self.export_cache, record, self.roi_size)
+        key = (str(path), backend, precision, threads)
+        if self._engine is None or self._engine[0] != key:
+            self._engine = (key, open_engine(path, backend, precision, threads))
+            log.info("windows run on %s", self._engine[1].describe())
+        return self._engine[1]
+
     # ------------------------------------------------------------------ prediction
     def _window_fn(self, device: torch.device) -> Any:
+        engine = self.engine(device)
+        if engine is not None:
+            return engine  # (B, 1, X, Y, Z) float32 -> logits, on the CPU
         network = self.network
         if device.type == "cpu" and self.cpu.channels_last:
             from vesselfm.inference.channels_last import channels_last_view

@@ -121,19 +121,36 @@ def load_model(model_cfg: Mapping[str, Any]) -> nn.Module:
         model_cfg: a ``model/*.yaml`` config: ``name``, ``net`` (``_target_``), ``checkpoint``
             (``hf://owner/repo/file``, a ``.pt``/``.ckpt`` path or ``null``), ``revision``,
             optional ``cache_dir`` and ``trust_checkpoint`` (allow a checkpoint that needs full
-            unpickling, i.e. may run code; default ``false``).
+            unpickling, i.e. may run code; default ``false``). A ``.onnx`` or ``.xml`` checkpoint
+            is an exported model (``python -m vesselfm.export``): ``net`` is not built.
 
     Returns:
-        The network in eval mode on the CPU.
+        The network in eval mode on the CPU (an
+        :class:`~vesselfm.inference.backends.ExportedNetwork` for an exported file).
 
     Raises:
         CheckpointError: weights missing, unreadable, needing full unpickling without
             ``trust_checkpoint``, or not matching the network.
     """
     trust = trust_flag(model_cfg.get("trust_checkpoint"))
-    net = build_network(model_cfg["net"])
     spec = model_cfg.get("checkpoint")
     path = resolve_checkpoint(spec, model_cfg.get("revision"), model_cfg.get("cache_dir"))
+    from vesselfm.utils.outputs import file_sha256, set_run_checkpoint
+
+    if path is not None and path.suffix.lower() in {".onnx", ".xml"}:
+        # an exported model (python -m vesselfm.export): no torch network to build
+        from vesselfm.inference.backends import ExportedNetwork
+
+        exported = ExportedNetwork(path)
+        log.info(
+            "model.checkpoint is an exported %s model (%s, exported from %s)",
+            exported.format,
+            exported.record.get("precision", "fp32"),
+            exported.record.get("model_name", "an unrecorded model"),
+        )
+        set_run_checkpoint({"source": str(spec), "sha256": file_sha256(path)})
+        return exported.eval()
+    net = build_network(model_cfg["net"])
     if path is None:
         log.info(
             "model=%s starts from random weights (model.checkpoint is null)", model_cfg.get("name")
@@ -144,10 +161,12 @@ def load_model(model_cfg: Mapping[str, Any]) -> nn.Module:
             state = without_head(net, state, str(model_cfg.get("name")), str(spec))
         load_weights(net, state, model_name=str(model_cfg.get("name")), source=str(spec))
         log.info("model=%s loaded weights from %s", model_cfg.get("name"), spec)
-        from vesselfm.utils.outputs import file_sha256, set_run_checkpoint
-
+        checkpoint = {"source": str(spec), "sha256": file_sha256(path)}
         # the output record names the weights every output was made with
-        set_run_checkpoint({"source": str(spec), "sha256": file_sha256(path)})
+        set_run_checkpoint(checkpoint)
+        # inference.backend=auto exports only weights loaded from a file (a plain attribute: it
+        # is no parameter and no buffer)
+        net.source_checkpoint = checkpoint
     return net.eval()
 
 
