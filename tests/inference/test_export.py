@@ -217,6 +217,7 @@ def test_export_records_the_checkpoint_and_infer_runs_the_export(
     assert record["format"] == "openvino" and record["precision"] == "fp32"
     assert {"torch", "onnx", "openvino"} <= set(record["engines"])
     assert record["model_name"] == "tiny" and record["input"]["shape"][0] == "batch"
+    assert record["num_classes"] == 1  # a lumen model: infer reads this, not torch.load
     diff = record["check"]["max_abs_logit_diff"]
     assert f"largest logit difference from torch {diff:.3g}" in caplog.text
 

@@ -663,9 +663,12 @@ def export_model(
                 f"{check['max_abs_logit_diff']:.3g} (> check_tolerance={tolerance}); nothing written"
             )
         del engine
+        from vesselfm.inference.segments import network_classes
+
         full = {
             **dict(record or {}),
             "name": name,
+            "num_classes": network_classes(network),  # 1: lumen; 15: ImageCAS-X segments
             "format": fmt,
             "precision": precision,
             "file": target.name,

@@ -274,6 +274,11 @@ def checkpoint_classes(model_cfg: Mapping[str, Any]) -> int | None:
     spec = model_cfg.get("checkpoint")
     if spec in (None, ""):
         return None
+    if Path(str(spec)).suffix.lower() in {".onnx", ".xml"}:  # python -m vesselfm.export's
+        from vesselfm.inference.backends import read_record
+
+        classes = read_record(spec).get("num_classes")
+        return None if classes is None else int(classes)
     path = resolve_checkpoint(spec, model_cfg.get("revision"), model_cfg.get("cache_dir"))
     if path is None:
         return None
