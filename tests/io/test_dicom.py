@@ -4,6 +4,7 @@ choice, what is skipped and what stops with one line."""
 from __future__ import annotations
 
 import logging
+import sys
 import zipfile
 from pathlib import Path
 
@@ -404,3 +405,26 @@ def test_glob_matches_dicom_folders_and_zips_and_output_folders_inside_are_not_r
     with caplog.at_level(logging.WARNING):
         np.testing.assert_array_equal(read_volume(want[1]).array, phantom)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("getter", "module", "purpose"),
+    [
+        ("pydicom_module", "pydicom", "reading DICOM"),
+        ("highdicom_module", "highdicom", "DICOM-SEG"),
+    ],
+)
+def test_a_missing_dicom_library_is_one_line_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch, getter: str, module: str, purpose: str
+) -> None:
+    import vesselfm.io.dicom as dicom
+    import vesselfm.io.dicom_seg as dicom_seg
+
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError, as when absent
+    get = getattr(dicom if getter == "pydicom_module" else dicom_seg, getter)
+    with pytest.raises(VolumeError) as err:
+        get("/data/ct")
+    assert str(err.value) == (
+        f"/data/ct: {purpose} needs {module}, which is not installed; "
+        'pip install "vesselfm[formats]"'
+    )

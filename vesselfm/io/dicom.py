@@ -197,15 +197,22 @@ class _Image:
     frame: int | None = None
 
 
-def pydicom_module(where: str) -> Any:
-    """pydicom, or a one-line :class:`VolumeError` naming the extra that installs it."""
+def optional_module(name: str, where: str, purpose: str) -> Any:
+    """The module ``name`` of the ``formats`` extra, or a one-line :class:`VolumeError`
+    (``<where>: <purpose> needs <name>, which is not installed; pip install ...``)."""
+    import importlib
+
     try:
-        import pydicom
+        return importlib.import_module(name)
     except ImportError as err:
         raise VolumeError(
-            f"{where}: reading DICOM needs pydicom, which is not installed; {INSTALL_HINT}"
+            f"{where}: {purpose} needs {name}, which is not installed; {INSTALL_HINT}"
         ) from err
-    return pydicom
+
+
+def pydicom_module(where: str) -> Any:
+    """pydicom, or a one-line :class:`VolumeError` naming the extra that installs it."""
+    return optional_module("pydicom", where, "reading DICOM")
 
 
 def _looks_dicom(head: bytes) -> bool:

@@ -49,12 +49,12 @@ from typing import Any
 
 import numpy as np
 
+from vesselfm.io.dicom import optional_module
 from vesselfm.io.terminology import VESSEL, Code, Segment
 from vesselfm.io.volume import VolumeError
 
 #: voxel-to-LPS ↔ voxel-to-RAS (its own inverse)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-INSTALL_HINT = 'pip install "vesselfm[formats]"'
 #: Segmentation Storage (binary/fractional) and Label Map Segmentation Storage
 SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
 #: the SEG's series number (a fixed one, so that PACS viewers sort it after the scan's series)
@@ -79,13 +79,7 @@ def _quiet_highdicom() -> Iterator[None]:
 
 def highdicom_module(where: str) -> Any:
     """highdicom, or a one-line :class:`VolumeError` naming the extra that installs it."""
-    try:
-        import highdicom
-    except ImportError as err:
-        raise VolumeError(
-            f"{where}: DICOM-SEG needs highdicom, which is not installed; {INSTALL_HINT}"
-        ) from err
-    return highdicom
+    return optional_module("highdicom", where, "DICOM-SEG")
 
 
 def _concept(code: Code) -> Any:
