@@ -66,33 +66,30 @@ def read_checkpoint_metadata(
         raise CheckpointError(
             f"{local}: checkpoint['{METADATA_KEY}'] must be a dict, got {type(raw).__name__}"
         )
-    meta: dict[str, Any] = dict(raw)
-    try:
-        if meta.get("preprocess") is not None:
-            meta["preprocess"] = PreprocessConfig.from_mapping(meta["preprocess"])
-        if meta.get("threshold") is not None:
-            meta["threshold"] = float(meta["threshold"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{local}: malformed checkpoint['{METADATA_KEY}'] ({err})") from err
-    return meta
+    return _parsed(dict(raw), f"{local}: malformed checkpoint['{METADATA_KEY}']")
 
 
 def _exported_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The preprocessing, threshold and model name an exported model's ``<name>.json`` records."""
     from vesselfm.inference.backends import read_record
-    from vesselfm.models import CheckpointError
 
     record = read_record(path)
     meta = {k: record[k] for k in ("preprocess", "threshold", "model_name") if k in record}
+    return _parsed(meta, f"{Path(path).with_suffix('.json')}: malformed record")
+
+
+def _parsed(meta: dict[str, Any], malformed: str) -> dict[str, Any]:
+    """``meta`` with its preprocessing as a :class:`PreprocessConfig` and its threshold a float;
+    :class:`~vesselfm.models.CheckpointError` ``"<malformed> (<why>)"`` when they are not."""
+    from vesselfm.models import CheckpointError
+
     try:
         if meta.get("preprocess") is not None:
             meta["preprocess"] = PreprocessConfig.from_mapping(meta["preprocess"])
         if meta.get("threshold") is not None:
             meta["threshold"] = float(meta["threshold"])
     except (TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"{Path(path).with_suffix('.json')}: malformed record ({err})"
-        ) from err
+        raise CheckpointError(f"{malformed} ({err})") from err
     return meta
 
 
