@@ -4,14 +4,13 @@ the mask the same phantom gives as NIfTI; ``[dicom_seg,seg.nrrd]`` writes both."
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import nrrd
 import numpy as np
 import pydicom
 import pytest
-from cli import TINY_INFER, run_cli
+from cli import TINY_INFER
 from omegaconf import DictConfig
 from synthetic import LPS_TO_RAS, OBLIQUE, lps_affine, save_nifti, tube_phantom, write_series
 
@@ -19,7 +18,6 @@ from vesselfm.infer import infer
 from vesselfm.io import read_volume
 from vesselfm.utils.errors import UserError
 
-_run_cli = partial(run_cli, "vesselfm.infer")
 FAST = TINY_INFER
 
 
@@ -33,9 +31,8 @@ def _frames_by_position(seg: Path) -> dict[tuple[float, ...], np.ndarray]:
     }
 
 
-@pytest.mark.slow
 def test_dicom_folder_gives_a_seg_of_the_mask_of_the_same_phantom_as_nifti(
-    tmp_path: Path, weights: Path
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, weights: Path
 ) -> None:
     image, _ = tube_phantom(shape=(40, 36, 32))
     write_series(tmp_path / "study1", image, number=1)
@@ -48,16 +45,9 @@ def test_dicom_folder_gives_a_seg_of_the_mask_of_the_same_phantom_as_nifti(
         ("nifti", tmp_path / "nii", []),
     ):
         outs[name] = tmp_path / f"out_{name}"
-        proc = _run_cli(
-            f"input={spec}",
-            f"output={outs[name]}",
-            f"model.checkpoint={weights}",
-            *extra,
-            *FAST,
-            cwd=tmp_path,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert "1 segmented" in proc.stderr
+        args = [f"input={spec}", f"output={outs[name]}", f"model.checkpoint={weights}"]
+        (case,) = infer(compose_cfg("infer", [*args, *extra, *FAST]))["results"]
+        assert case["case"] == "study1" and case["skipped"] is False
     # DICOM in: a DICOM-SEG out, by default
     written = {p.name for p in outs["dicom"].iterdir() if not p.name.startswith(".")}
     assert written == {"study1_pred.dcm"}
