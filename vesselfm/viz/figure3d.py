@@ -21,7 +21,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -169,10 +169,33 @@ def make_figure(
     Raises:
         ValueError: shapes differ, or a mask is not 3D.
     """
-    import plotly.graph_objects as go
 
     pred = np.asarray(pred)
     masks = {"prediction": pred != 0} if gt is None else error_masks(pred, gt)
+    surfaces = {
+        key: (*SURFACES[key], error_opacity if key in ("fp", "fn") else opacity) for key in masks
+    }
+    return _surfaces_figure(
+        masks, surfaces, affine, step_size, max_faces, smooth_iterations, title, "surfaces"
+    )
+
+
+def _surfaces_figure(
+    masks: dict[Any, np.ndarray],
+    surfaces: dict[Any, tuple[str, str, float]],
+    affine: np.ndarray,
+    step_size: int | None,
+    max_faces: int,
+    smooth_iterations: int,
+    title: str | None,
+    what: str,
+) -> go.Figure:
+    """The figure of ``masks``: each meshed (one marching-cubes step for all, the smallest that
+    keeps them near ``max_faces`` when ``step_size`` is ``None``) and drawn as one ``mesh3d``
+    trace named and coloured by ``surfaces[key]`` (``(name, colour, opacity)``), empty ones
+    left out; the count is logged as ``what``."""
+    import plotly.graph_objects as go
+
     auto_step = step_size is None
     step_size = choose_step_size(list(masks.values()), max_faces) if auto_step else int(step_size)
     while True:
@@ -184,15 +207,14 @@ def make_figure(
             break
         step_size += 1  # the estimate was low: coarsen until the page fits its budget
     traces = [
-        _mesh_trace(
-            vertices, faces, *SURFACES[key], error_opacity if key in ("fp", "fn") else opacity
-        )
+        _mesh_trace(vertices, faces, *surfaces[key])
         for key, (vertices, faces) in meshes.items()
         if len(faces)
     ]
     log.info(
-        "3D view: %d surfaces, %d triangles (marching-cubes step %d)",
+        "3D view: %d %s, %d triangles (marching-cubes step %d)",
         len(traces),
+        what,
         n_faces,
         step_size,
     )
@@ -261,43 +283,18 @@ def make_segments_figure(
         A ``plotly.graph_objects.Figure`` with one ``mesh3d`` trace per segment present, in code
         order, equal mm scaling on all axes.
     """
-    import plotly.graph_objects as go
-
     from vesselfm.io.terminology import CORONARY_SEGMENTS
 
     table = list(CORONARY_SEGMENTS if segments is None else segments)
     masks = segment_masks(labels, table)
     named = {s.label: s for s in table}
-    auto_step = step_size is None
-    step_size = choose_step_size(list(masks.values()), max_faces) if auto_step else int(step_size)
-    while True:
-        meshes = {
-            code: mask_to_mesh(m, affine, step_size, smooth_iterations) for code, m in masks.items()
-        }
-        n_faces = sum(len(faces) for _, faces in meshes.values())
-        if not auto_step or n_faces <= max_faces:
-            break
-        step_size += 1
-    traces = [
-        _mesh_trace(
-            vertices,
-            faces,
-            f"{named[code].name} ({code})",
-            hex_colour(named[code].color),
-            opacity,
-        )
-        for code, (vertices, faces) in meshes.items()
-        if len(faces)
-    ]
-    log.info(
-        "3D view: %d segments, %d triangles (marching-cubes step %d)",
-        len(traces),
-        n_faces,
-        step_size,
+    surfaces = {
+        code: (f"{named[code].name} ({code})", hex_colour(named[code].color), opacity)
+        for code in masks
+    }
+    return _surfaces_figure(
+        masks, surfaces, affine, step_size, max_faces, smooth_iterations, title, "segments"
     )
-    fig = go.Figure(traces)
-    _layout(fig, title, step_size, n_faces)
-    return fig
 
 
 def save_html(fig: go.Figure, path: str | os.PathLike[str]) -> Path:
