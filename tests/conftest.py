@@ -67,8 +67,9 @@ def compose_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
 
 
 # The real train config shrunk for a 2-core CPU, as lightning-hydra-template's cfg_train: the
-# phantom demo (tiny model, cpu trainer) on 3 phantoms of 48x48x40, 32^3 patches and windows,
-# 1 epoch of 2 steps (samples_per_epoch 4 / batch 2: the batch limit), num_workers=0, no demo
+# phantom demo (tiny model, cpu trainer) on 3 phantoms of 48x48x40, 32^3 patches, the whole
+# phantom as one inference window (validation and test: one forward pass a case instead of 8
+# windows of 32^3, most of a shrunk run's time), 1 epoch of 2 steps (samples_per_epoch 4 / batch 2: the batch limit), num_workers=0, no demo
 # segmentation, no out-of-distribution scoring; outputs in tmp_path (compose_cfg). The logger is
 # the local CSV one unless the test names another: the default callbacks' LearningRateMonitor
 # refuses a run without logger.
@@ -87,7 +88,7 @@ SHRUNK_TRAIN = (
     "data.persistent_workers=false",
     "data.samples_per_epoch=4",
     "data.foreground_ratio=1.0",
-    "inference.roi_size=[32,32,32]",
+    "inference.roi_size=[48,48,40]",
     "demo.cases=0",
     "ood.cases=0",
 )
