@@ -44,9 +44,15 @@ def test_help(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_end_to_end_subprocess_keeps_shape_and_affine(scan_file: Path, tmp_path: Path) -> None:
+def test_end_to_end_subprocess_keeps_shape_and_affine_and_records_the_run(
+    scan_file: Path, tmp_path: Path, weights: Path
+) -> None:
+    from vesselfm.utils.outputs import RECORD_NAME, file_sha256
+
     out = tmp_path / "preds"
-    proc = _run_cli(f"input={scan_file}", f"output={out}", "save_prob=true", *FAST, cwd=tmp_path)
+    proc = _run_cli(
+        f"input={scan_file}", f"output={out}", "save_prob=true", *resumable(weights), cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     src = nib.load(scan_file)
     pred = nib.load(out / "1_pred.nii.gz")
@@ -63,6 +69,12 @@ def test_end_to_end_subprocess_keeps_shape_and_affine(scan_file: Path, tmp_path:
     # the hardware-dependent choices are logged with their reasons
     assert re.search(r"inference\.cpu\.precision auto -> (fp32|bf16): this CPU ", proc.stderr)
     assert re.search(r"threads=auto -> \d+ torch threads", proc.stderr)
+    # the output record names the tool, the weights and the settings
+    record = json.loads((out / RECORD_NAME).read_text())
+    (run,) = record["runs"].values()
+    assert run["tool"] == "vesselfm.infer"
+    assert run["checkpoint"] == {"source": str(weights), "sha256": file_sha256(weights)}
+    assert run["settings"]["input"] == str(scan_file)
 
 
 @pytest.mark.slow
@@ -525,26 +537,3 @@ def test_a_resumed_run_never_passes_off_another_patients_output(
     with caplog.at_level("INFO", logger="vesselfm"):
         run("a")
     assert "0 segmented, 1 skipped" in caplog.text
-
-
-@pytest.mark.slow
-def test_the_record_names_the_tool_and_the_weights(
-    scan_file: Path, tmp_path: Path, tiny_net
-) -> None:
-    import json
-
-    from vesselfm.utils.outputs import RECORD_NAME, file_sha256
-
-    weights = tmp_path / "tiny.pt"
-    torch.save(tiny_net.state_dict(), weights)
-    out = tmp_path / "preds"
-    fast = [o for o in FAST if not o.startswith("model.checkpoint")]
-    proc = _run_cli(
-        f"input={scan_file}", f"output={out}", f"model.checkpoint={weights}", *fast, cwd=tmp_path
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    record = json.loads((out / RECORD_NAME).read_text())
-    (run,) = record["runs"].values()
-    assert run["tool"] == "vesselfm.infer"
-    assert run["checkpoint"] == {"source": str(weights), "sha256": file_sha256(weights)}
-    assert run["settings"]["input"] == str(scan_file)

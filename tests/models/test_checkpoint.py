@@ -6,7 +6,6 @@ import os
 
 import pytest
 import torch
-from cli import run_cli
 
 from vesselfm.models import (
     CheckpointError,
@@ -131,20 +130,23 @@ def test_bad_hf_uri(spec):
         resolve_checkpoint(spec)
 
 
-@pytest.mark.slow
-def test_cli_offline_not_cached_exits_with_one_line(tmp_path):
-    proc = run_cli(
-        "vesselfm.train",
-        "model=vesselfm_base",
-        "logger=csv",
-        env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": None},
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
+def test_offline_not_cached_exits_with_one_line(compose_cfg, hf_cache, capsys, monkeypatch):
+    """``run_guarded``, what ``python -m vesselfm.train`` runs (in this process: the CLI's start-up
+    adds nothing to this path), with an empty Hugging Face cache, offline."""
+    from vesselfm.train import train
+    from vesselfm.utils.cli import run_guarded
+
+    for debug in ("VESSELFM_DEBUG", "HYDRA_FULL_ERROR"):  # they would show the traceback
+        monkeypatch.delenv(debug, raising=False)
+    cfg = compose_cfg("train", ["model=vesselfm_base", "logger=csv"])
+    with pytest.raises(SystemExit) as exited:
+        run_guarded(train, cfg, "vesselfm.train")
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
     assert "vesselFM_base.pt" in errors[0] and "model.checkpoint=" in errors[0]
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in stderr
 
 
 # --------------------------------------------------------------- weights_only=True, opt-in trust
