@@ -463,7 +463,7 @@ def engines(args: argparse.Namespace) -> dict[str, Any]:
         ref_logits = None
         ref_mask = None
         for name, predictor in predictors.items():
-            fn = predictor._window_fn(torch.device("cpu"))
+            fn = predictor.window_fn(torch.device("cpu"))
             with torch.inference_mode():
                 logits = fn(window)  # warm-up: kernels are built on first use
                 times = []

@@ -548,12 +548,12 @@ class CohortRun:
         """A lumen model's case: probabilities resampled back, thresholded, written as
         predict_file writes them (probabilities, mesh, masks)."""
         from vesselfm.data.preprocessing import resample_probabilities
-        from vesselfm.inference.predictor import _mesh_writer
+        from vesselfm.inference.predictor import mesh_writer
         from vesselfm.io import write_like
         from vesselfm.utils.outputs import written_from
 
         targets = job.targets
-        mesh_writer = _mesh_writer() if targets["mesh"] is not None else None
+        writer = mesh_writer() if targets["mesh"] is not None else None
         prob = resample_probabilities(item["prob"], item["shape"])
         mask = self.predictor.binarize(prob, item["grid"].spacing)
         t1 = time.perf_counter()
@@ -563,8 +563,8 @@ class CohortRun:
                 clipped = np.clip(np.asarray(prob, np.float32), 0.0, 1.0)
                 for target in targets["probs"]:
                     write_like(clipped, scan, target)
-            if mesh_writer is not None:
-                mesh_writer(mask, scan.affine, targets["mesh"])
+            if writer is not None:
+                writer(mask, scan.affine, targets["mesh"])
             binary = (np.asarray(mask) > 0).astype(np.uint8)
             for target in targets["preds"]:
                 write_like(binary, scan, target)
@@ -803,7 +803,6 @@ def _lightning_classes() -> tuple[type, type, type]:
 
 def run_cohort(run: CohortRun, devices: int, num_nodes: int) -> tuple[int, int]:
     """Predict this process's share through ``Trainer.predict``; returns ``(rank, world_size)``."""
-    import copy
     import signal
 
     import lightning.pytorch as pl
@@ -815,8 +814,7 @@ def run_cohort(run: CohortRun, devices: int, num_nodes: int) -> tuple[int, int]:
     if distributed:
         strategy: Any = "ddp"
         # each rank's network is where Lightning put it (cuda:<local rank>), not inference.device
-        predictor = copy.copy(run.predictor)
-        predictor._device_request = None
+        predictor = run.predictor.in_place()
     else:
         from lightning.pytorch.strategies import SingleDeviceStrategy
 

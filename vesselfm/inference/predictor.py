@@ -26,10 +26,12 @@ windows, its ``device`` holds the output); the mapping is done here.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,24 @@ class CPUConfig:
         if isinstance(cfg, CPUConfig):
             return cfg
         return cls(**checked_fields(cls, cfg, "inference.cpu"))
+
+
+@dataclass(frozen=True)
+class WindowRunner:
+    """What runs a volume's sliding windows (:meth:`SlidingWindowPredictor.window_runner`).
+
+    Attributes:
+        device: where the windows run.
+        forward: ``(B, 1, *roi_size)`` float32 windows on ``device`` -> ``(B, C, *roi_size)``
+            float32 logits: the predictor's engine, or its network with autocast to the
+            resolved precision, channels-last on a CPU, deep supervision's first head.
+        batch: windows per call (``inference.cpu.sw_batch_size`` on a CPU, else
+            ``inference.sw_batch_size``).
+    """
+
+    device: torch.device
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    batch: int
 
 
 def _parse_device(device: str | torch.device, key: str) -> torch.device:
@@ -338,15 +358,53 @@ class SlidingWindowPredictor:
             return torch.device("cpu")
         return compute if self._sw_device_request is None else torch.device(self._sw_device_request)
 
-    def _place_network(self, device: torch.device) -> None:
+    def place_network(self, device: torch.device) -> None:
+        """Move the network to ``device``, unless this predictor leaves it where it is
+        (``device=None``, :meth:`in_place`)."""
         if network_device(self.network) != device:
             if self._device_request is None:  # never move a network we were told to leave alone
                 return
             log.info("moving the network to %s", device)
             self.network.to(device)
 
-    def _effective_batch(self, device: torch.device) -> int:
+    def window_batch(self, device: torch.device) -> int:
+        """Windows per forward pass on ``device``: ``cpu.sw_batch_size`` on a CPU, else
+        ``sw_batch_size`` (lowered by an out-of-memory retry)."""
         return int(self.cpu.sw_batch_size) if device.type == "cpu" else self.sw_batch_size
+
+    def in_place(self) -> SlidingWindowPredictor:
+        """A shallow copy of this predictor that runs the network where it is and never moves
+        it (``device=None``): a DDP rank's network is where Lightning put it
+        (``cuda:<local rank>``), not at ``inference.device``."""
+        pinned = copy.copy(self)
+        pinned._device_request = None
+        return pinned
+
+    @contextmanager
+    def window_runner(self) -> Iterator[WindowRunner]:
+        """The network ready to run windows for a caller that stitches them itself (segment
+        models: :func:`vesselfm.inference.segments.predict_segments`): on
+        :meth:`compute_device` (:meth:`place_network`), in eval mode, with
+        ``inference.cpu.threads`` torch threads on a CPU; the threads and the training mode are
+        restored on exit. Run the windows under ``torch.inference_mode()``.
+
+        Yields:
+            A :class:`WindowRunner`: the device, the window function (:meth:`window_fn`) and
+            the window batch (:meth:`window_batch`).
+        """
+        device = self.compute_device()
+        self.place_network(device)
+        forward = self.window_fn(device)
+        previous = torch.get_num_threads()
+        if device.type == "cpu" and self.cpu.threads:
+            torch.set_num_threads(int(self.cpu.threads))
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            yield WindowRunner(device, forward, self.window_batch(device))
+        finally:
+            self.network.train(was_training)
+            torch.set_num_threads(previous)
 
     def resolved_precision(self, device: torch.device) -> str:
         """``"bf16"``, ``"fp16"`` or ``"fp32"``: the precision key for ``device`` with ``auto``
@@ -419,7 +477,10 @@ class SlidingWindowPredictor:
         return self._engine[1]
 
     # ------------------------------------------------------------------ prediction
-    def _window_fn(self, device: torch.device) -> Any:
+    def window_fn(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The function that runs one window batch on ``device``: the engine (:meth:`engine`),
+        or the network with autocast to :meth:`resolved_precision`, channels-last on a CPU
+        (``cpu.channels_last``) and deep supervision's first head; float32 logits out."""
         engine = self.engine(device)
         if engine is not None:
             return engine  # (B, 1, X, Y, Z) float32 -> logits, on the CPU
@@ -449,7 +510,7 @@ class SlidingWindowPredictor:
             inputs=image,
             roi_size=self.roi_size,
             sw_batch_size=batch,
-            predictor=self._window_fn(device),
+            predictor=self.window_fn(device),
             overlap=self.overlap,
             mode=self.mode,
             sigma_scale=self.sigma_scale,
@@ -494,14 +555,14 @@ class SlidingWindowPredictor:
                 f"predict_volume expects a (B, 1, X, Y, Z) tensor, got shape {tuple(image.shape)}"
             )
         device = self.compute_device()
-        self._place_network(device)
+        self.place_network(device)
         previous_threads = torch.get_num_threads()
         if device.type == "cpu" and self.cpu.threads:
             torch.set_num_threads(int(self.cpu.threads))
         try:
             while True:
                 stitch = self.stitch_device(device)
-                batch = self._effective_batch(device)
+                batch = self.window_batch(device)
                 try:
                     with torch.inference_mode():
                         logits = self._predict_logits(image, device, stitch, batch)
@@ -662,7 +723,7 @@ class SlidingWindowPredictor:
             )
             result["skipped"] = True
             return result
-        mesh_writer = _mesh_writer() if save_mesh else None
+        writer = mesh_writer() if save_mesh else None
 
         t0 = time.perf_counter()
         scan = read_volume(path, dtype=np.float32)
@@ -677,8 +738,8 @@ class SlidingWindowPredictor:
                 clipped = np.clip(np.asarray(prob, np.float32), 0.0, 1.0)
                 for target in probs:
                     write_like(clipped, scan, target)
-            if mesh_writer is not None:
-                mesh_writer(mask, scan.affine, paths["mesh"])
+            if writer is not None:
+                writer(mask, scan.affine, paths["mesh"])
             binary = (np.asarray(mask) > 0).astype(np.uint8)  # uint8 0/1
             for target in preds:
                 write_like(binary, scan, target)
@@ -696,7 +757,7 @@ class SlidingWindowPredictor:
         return result
 
 
-def _mesh_writer() -> Any:
+def mesh_writer() -> Any:
     """``vesselfm.viz.mask_to_stl``, or a ``UserError`` when the visualisation package lacks it."""
     try:
         from vesselfm.viz import mask_to_stl

@@ -214,34 +214,19 @@ def predict_segments(
     Returns:
         ``(labels, probs)`` on the prepared grid: uint8 codes, float16 probabilities or ``None``.
     """
-    device = predictor.compute_device()
-    predictor._place_network(device)
-    # the predictor's own window function: autocast to the resolved precision, channels-last on
-    # a CPU, deep supervision's first head
-    forward = predictor._window_fn(device)
-    batch = predictor._effective_batch(device)
-    previous = torch.get_num_threads()
-    if device.type == "cpu" and predictor.cpu.threads:
-        torch.set_num_threads(int(predictor.cpu.threads))
-    was_training = predictor.network.training
-    predictor.network.eval()
-    try:
-        with torch.inference_mode():
-            labels, probs = _stitch(
-                forward,
-                device,
-                prepared,
-                num_classes,
-                predictor.roi_size,
-                predictor.overlap,
-                batch,
-                probabilities,
-                sigma_scale=predictor.sigma_scale,
-                mode=predictor.mode,
-            )
-    finally:
-        predictor.network.train(was_training)
-        torch.set_num_threads(previous)
+    with predictor.window_runner() as run, torch.inference_mode():
+        labels, probs = _stitch(
+            run.forward,
+            run.device,
+            prepared,
+            num_classes,
+            predictor.roi_size,
+            predictor.overlap,
+            run.batch,
+            probabilities,
+            sigma_scale=predictor.sigma_scale,
+            mode=predictor.mode,
+        )
     return labels, probs
 
 
