@@ -43,6 +43,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         resolve_preprocess_and_threshold,
         segment_files,
     )
+    from vesselfm.inference.metadata import model_metadata
     from vesselfm.io import check_output_dir, check_output_formats, find_inputs, find_labels
     from vesselfm.metrics.report import REPORT_FILES
     from vesselfm.models import load_model
@@ -65,16 +66,20 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     # every check about the run before the weights load (segment_files checks this again)
     check_output_dir(output_dir, "output", REPORT_FILES if labels is not None else (), overwrite)
 
+    # one read of the checkpoint for its preprocessing, threshold and classes (load_model reads
+    # the weights)
+    metadata = model_metadata(OmegaConf.to_container(cfg.model, resolve=True))
     preprocess = cfg.get("preprocess")
     preprocess, threshold = resolve_preprocess_and_threshold(
         cfg.model,
         None if preprocess is None else OmegaConf.to_container(preprocess, resolve=True),
         cfg.get("threshold"),
         default_threshold=cfg.inference.threshold,
+        metadata=metadata,
     )
     inference = {**OmegaConf.to_container(cfg.inference, resolve=True), "threshold": threshold}
     progress = bool(cfg.get("progress", True))
-    num_classes = _segment_classes(cfg)
+    _segment_classes(cfg, metadata.get("num_classes"))
     predictor = SlidingWindowPredictor.from_config(
         load_model(cfg.model), inference, preprocess=preprocess, progress=progress
     )
@@ -100,7 +105,6 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
             num_nodes=cfg.get("num_nodes", 1),
             shard=None if cfg.get("shard") is None else str(cfg.shard),
             num_workers=cfg.get("num_workers", "auto"),
-            num_classes=num_classes,
         )
     if result.rank != 0:
         return {"output": result.output_dir, "results": result.cases, "failed": result.failed}
@@ -116,21 +120,17 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def _segment_classes(cfg: DictConfig) -> int:
-    """The output classes of ``model.checkpoint`` (what training recorded, else its head's
-    shape; :func:`vesselfm.inference.segments.checkpoint_classes`), set as the network's
-    ``model.net.out_channels`` before it is built: a segment checkpoint (15 classes,
+def _segment_classes(cfg: DictConfig, found: int | None) -> None:
+    """Set ``model.net.out_channels`` to ``found``, the output classes of ``model.checkpoint``
+    (what training recorded, else its head's shape; :func:`vesselfm.inference.metadata.
+    read_checkpoint_metadata`), before the network is built: a segment checkpoint (15 classes,
     ``experiment=imagecasx_segments``/``phantom_segments``) loads into a 15-channel head without
-    a model key to change. Without weights, ``model.net.out_channels`` as configured."""
+    a model key to change. Without weights, ``model.net.out_channels`` as configured.
+    ``segment_files`` reads the classes back from the built network."""
     from omegaconf import open_dict
 
-    from vesselfm.inference.segments import checkpoint_classes
-
-    configured = int(cfg.model.net.get("out_channels", 1))
-    found = checkpoint_classes(OmegaConf.to_container(cfg.model, resolve=True))
-    if found is None or found == configured:
-        classes = configured
-    else:
+    classes = int(cfg.model.net.get("out_channels", 1))
+    if found is not None and found != classes:
         with open_dict(cfg):
             cfg.model.net.out_channels = found
         classes = found
@@ -141,7 +141,6 @@ def _segment_classes(cfg: DictConfig) -> int:
             cfg.model.get("checkpoint"),
             classes,
         )
-    return classes
 
 
 @hydra_entrypoint("infer")

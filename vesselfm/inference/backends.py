@@ -341,6 +341,9 @@ class ExportedNetwork(nn.Module):
         path: the model file.
         format: ``"onnx"`` or ``"openvino"``.
         record: its ``<name>.json`` (``{}`` when absent).
+        out_channels: the classes it emits, as its record says (1 when it does not: a lumen
+            model), as a DynUNet's ``out_channels``
+            (:func:`vesselfm.inference.segments.network_classes`).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -356,6 +359,7 @@ class ExportedNetwork(nn.Module):
             )
         self.format = fmt
         self.record = read_record(self.path)
+        self.out_channels = int(self.record.get("num_classes") or 1)
         self._engine: Engine | None = None
 
     def engines(self) -> tuple[str, ...]:

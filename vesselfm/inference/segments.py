@@ -242,46 +242,21 @@ def network_classes(network: nn.Module) -> int:
 
 def checkpoint_classes(model_cfg: Mapping[str, Any]) -> int | None:
     """The number of output classes the weights of ``model.checkpoint`` were trained for, or
-    ``None`` when there are none to read (``checkpoint: null``).
+    ``None`` when there are none to read (``checkpoint: null``, or weights that tell none).
 
     Read from what training records (``checkpoint["vesselfm"]["num_classes"]``, else the
-    Lightning hyper-parameter ``num_classes``), else from the output head's weight shape
-    (DynUNet's ``output_block.conv.conv.weight``, ``(classes, filters, 1, 1, 1)``), so a raw
-    state dict of a segment model is recognised too. The file is memory-mapped: no tensor is read
-    but the head's.
+    Lightning hyper-parameter ``num_classes``), else from the output head's weight shape, so a
+    raw state dict of a segment model is recognised too: the ``num_classes`` of
+    :func:`vesselfm.inference.metadata.read_checkpoint_metadata` (one memory-mapped read, which
+    also gives the preprocessing and threshold; infer reads it once for all three).
 
     Raises:
         CheckpointError: the checkpoint cannot be read (see
             :func:`vesselfm.models.load_checkpoint`).
     """
-    from vesselfm.models import load_checkpoint, resolve_checkpoint, trust_flag
+    from vesselfm.inference.metadata import model_metadata
 
-    spec = model_cfg.get("checkpoint")
-    if spec in (None, ""):
-        return None
-    if Path(str(spec)).suffix.lower() in {".onnx", ".xml"}:  # python -m vesselfm.export's
-        from vesselfm.inference.backends import read_record
-
-        classes = read_record(spec).get("num_classes")
-        return None if classes is None else int(classes)
-    path = resolve_checkpoint(spec, model_cfg.get("revision"), model_cfg.get("cache_dir"))
-    if path is None:
-        return None
-    ckpt = load_checkpoint(path, trust_flag(model_cfg.get("trust_checkpoint")), mmap=True)
-    if not isinstance(ckpt, Mapping):
-        return None
-    meta = ckpt.get("vesselfm")
-    if isinstance(meta, Mapping) and meta.get("num_classes") is not None:
-        return int(meta["num_classes"])
-    hparams = ckpt.get("hyper_parameters")
-    if isinstance(hparams, Mapping) and hparams.get("num_classes") is not None:
-        return int(hparams["num_classes"])
-    state = ckpt.get("state_dict", ckpt)
-    if isinstance(state, Mapping):
-        for key, value in state.items():
-            if str(key).endswith("output_block.conv.conv.weight") and hasattr(value, "shape"):
-                return int(value.shape[0])
-    return None
+    return model_metadata(model_cfg).get("num_classes")
 
 
 def nearest_onto(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
