@@ -370,7 +370,9 @@ def test_cli_help(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_prepares_and_fails_cleanly_when_no_case_survives(phantom_source, tmp_path):
+def test_cli_prepares_and_fails_cleanly_when_no_case_survives(
+    phantom_source, tmp_path, compose_cfg, capsys, monkeypatch
+):
     r = _cli(
         f"source={phantom_source}",
         f"output={tmp_path / 'ok'}",
@@ -388,19 +390,26 @@ def test_cli_prepares_and_fails_cleanly_when_no_case_survives(phantom_source, tm
     for i in (1, 2, 3):
         (raw / f"{i}.img.nii.gz").write_bytes(b"not a nifti")
         (raw / f"{i}.label.nii.gz").write_bytes(b"not a nifti")
-    r = _cli(
-        f"source={raw.parent}",
-        f"output={tmp_path / 'bad'}",
-        "workers=1",
-        "progress=false",
-        cwd=tmp_path,
+    # the failing run in this process, through run_guarded as the CLI runs it (a second CLI
+    # start-up would add nothing but its imports)
+    from vesselfm.prepare import prepare
+    from vesselfm.utils.cli import run_guarded
+
+    for debug in ("VESSELFM_DEBUG", "HYDRA_FULL_ERROR"):  # they would show the traceback
+        monkeypatch.delenv(debug, raising=False)
+    cfg = compose_cfg(
+        "prepare",
+        [f"source={raw.parent}", f"output={tmp_path / 'bad'}", "workers=1", "progress=false"],
     )
-    assert r.returncode == 2
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    with pytest.raises(SystemExit) as exited:
+        run_guarded(prepare, cfg, "vesselfm.prepare")
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert (
         len(errors) == 1 and "no case could be prepared" in errors[0] and "unreadable" in errors[0]
     )
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in stderr
 
 
 def _full_round_trip(label: np.ndarray, mask: np.ndarray) -> float:
