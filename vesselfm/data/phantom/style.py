@@ -58,6 +58,8 @@ TRAIN_RANGES: dict[str, tuple[float, float] | float] = {
     "keep_mapping": 0.25,  # probability of keeping the background's own intensity order
     "mapping_points": (2, 5),  # inner control points of the random intensity map
     "vessel_contrast": (-0.6, 0.9),  # range; < 0 darker than the surroundings
+    "min_contrast": 0.15,  # range, smallest |vessel contrast| (barely brighter/darker)
+    "dark_probability": 0.3,  # probability of a vessel darker than its surroundings
     "smooth_texture": (0.0, 0.25),  # range, amplitude of a smooth field
     "smooth_scale": (4.0, 12.0),  # vox, its correlation length
     "noise_texture": (0.0, 0.15),  # range, amplitude of a fine texture
@@ -75,6 +77,7 @@ TRAIN_RANGES: dict[str, tuple[float, float] | float] = {
     "blur": (0.0, 1.2),  # vox, PSF sigma per axis
     "bias": (0.0, 0.35),  # log-amplitude of the multiplicative bias field
     "noise": (0.0, 0.12),  # range, noise standard deviation
+    "noise_to_contrast": 0.35,  # the noise sigma stays below this share of |vessel contrast|
     "noise_correlation": (0.0, 1.0),  # vox, blur sigma applied to the noise
     "streak_probability": 0.3,
     "streaks": (0.0, 0.08),  # range, amplitude of streaks in the axial planes
@@ -129,6 +132,15 @@ def _n(rng: np.random.Generator, ranges: Mapping[str, object], key: str) -> int:
     return int(rng.integers(int(lo), int(hi) + 1))
 
 
+def _contrast(rng: np.random.Generator, r: Mapping[str, object]) -> float:
+    """Vessel contrast: darker with ``dark_probability``, else brighter, and at least
+    ``min_contrast`` either way (an invisible vessel with a label teaches only noise)."""
+    lo, hi = r["vessel_contrast"]  # type: ignore[misc]
+    floor = float(r["min_contrast"])  # type: ignore[arg-type]
+    dark = lo < -floor and (hi <= floor or rng.random() < float(r["dark_probability"]))  # type: ignore[arg-type]
+    return float(rng.uniform(lo, -floor) if dark else rng.uniform(floor, hi))
+
+
 def draw_style(rng: np.random.Generator, ranges: Mapping[str, object] | None = None) -> StyleParams:
     """Draw every factor of one style from ``ranges`` (default :data:`TRAIN_RANGES`).
 
@@ -151,9 +163,13 @@ def draw_style(rng: np.random.Generator, ranges: Mapping[str, object] | None = N
     streak = _u(rng, r, "streaks") if rng.random() < float(r["streak_probability"]) else 0.0  # type: ignore[arg-type]
     ring = _u(rng, r, "rings") if rng.random() < float(r["ring_probability"]) else 0.0  # type: ignore[arg-type]
     dxy = _u(rng, r, "downsample_xy")
+    contrast = _contrast(rng, r)
+    noise = float(rng.uniform(0.0, 1.0)) * min(
+        float(r["noise"][1]), float(r["noise_to_contrast"]) * abs(contrast)  # type: ignore[index, arg-type]
+    )
     return StyleParams(
         mapping=mapping,
-        vessel_contrast=_u(rng, r, "vessel_contrast"),
+        vessel_contrast=contrast,
         smooth_texture=_u(rng, r, "smooth_texture"),
         smooth_scale=_u(rng, r, "smooth_scale"),
         noise_texture=_u(rng, r, "noise_texture"),
@@ -169,7 +185,7 @@ def draw_style(rng: np.random.Generator, ranges: Mapping[str, object] | None = N
         downsample=(dxy, dxy, _u(rng, r, "downsample_z")),
         blur=tuple(_u(rng, r, "blur") for _ in range(3)),  # type: ignore[arg-type]
         bias=_u(rng, r, "bias"),
-        noise=_u(rng, r, "noise"),
+        noise=max(float(r["noise"][0]), noise),  # type: ignore[index]
         noise_correlation=_u(rng, r, "noise_correlation"),
         streaks=streak,
         rings=ring,
