@@ -398,7 +398,7 @@ class PhantomDataModule(ImageCASDataModule):
         unknown = sorted(set(self.style_ranges) - set(TRAIN_RANGES))
         if unknown:
             raise ValueError(
-                f"data.style_ranges: unknown factors {unknown}; known: {sorted(TRAIN_RANGES)}"
+                f"data.style_ranges must be known style factors {sorted(TRAIN_RANGES)}, got {unknown}"
             )
         # per-case randomised training phantoms live apart from CT-style ones
         self._tag = "-randomised" if (style, style_per) == ("randomised", "case") else ""

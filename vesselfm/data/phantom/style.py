@@ -165,7 +165,8 @@ def draw_style(rng: np.random.Generator, ranges: Mapping[str, object] | None = N
     dxy = _u(rng, r, "downsample_xy")
     contrast = _contrast(rng, r)
     noise = float(rng.uniform(0.0, 1.0)) * min(
-        float(r["noise"][1]), float(r["noise_to_contrast"]) * abs(contrast)  # type: ignore[index, arg-type]
+        float(r["noise"][1]),
+        float(r["noise_to_contrast"]) * abs(contrast),  # type: ignore[index, arg-type]
     )
     return StyleParams(
         mapping=mapping,
