@@ -108,6 +108,8 @@ def test_every_factor_draw_lies_in_its_documented_range():
                 "ring_period", "distractors", "extra_vessels"):  # fmt: skip
         within(flat[key], key)
     within([v for d in draws for v in d.distractor_radius], "distractor_radius")
+    signs = np.array([v for d in draws for v in d.distractor_sign])
+    assert set(signs.tolist()) == {-1.0, 1.0} and 0.2 < np.mean(signs > 0) < 0.4  # same sign 0.3
     within([len(d.context) for d in draws], "context")
     within([v for d in draws for v in d.context_radius], "context_radius")
     within([v for d in draws for v in d.extra_radius], "extra_radius")

@@ -9,8 +9,9 @@ and renders a new image from a background image and the label:
   background's intensities (kept as is with probability ``keep_mapping``), then the vessel
   intensity set to the median of a shell around the vessels plus ``vessel_contrast`` (in units of
   the background's 1-99 % range): darker than the surroundings, barely brighter, or much brighter;
-- **background textures**: a smooth random field, a fine noise texture, and unlabelled tubular
-  distractors (kept two voxels clear of the vessels);
+- **background textures**: a smooth random field, a fine noise texture, and unlabelled
+  distractors: unbranched, nearly straight tubes, mostly of the opposite contrast sign (kept two
+  voxels clear of the vessels), so that a branching tree of the vessels' contrast is a vessel;
 - **context**: ellipsoids of fat, soft tissue, fluid or air near the field of view's centre;
 - **partial volume**: the vessel occupies a Gaussian-softened fraction of its edge voxels;
 - **resolution and anisotropy**: the image is box-averaged by a factor per axis and upsampled
@@ -66,9 +67,10 @@ TRAIN_RANGES: dict[str, tuple[float, float] | float] = {
     "texture_scale": (0.7, 2.0),  # vox
     "distractors": (0, 6),  # unlabelled tubes
     "distractor_radius": (0.3, 2.0),  # mm
+    "distractor_same_sign": 0.3,  # probability of the vessels' contrast sign (else opposite)
     "context": (0, 4),  # ellipsoids of fat / soft tissue / fluid / air
     "context_radius": (3.0, 15.0),  # mm, semi-axes
-    "extra_vessels": (0, 2),  # labelled tube trees beyond the coronary range
+    "extra_vessels": (1, 3),  # labelled tube trees beyond the coronary range
     "extra_radius": (0.4, 2.4),  # mm, trunk radius of an extra tree
     "extra_tortuosity": (0.0, 0.7),  # radians of direction change per step (random walk)
     "partial_volume": (0.3, 0.8),  # vox, Gaussian softening of the vessel fraction
@@ -103,6 +105,7 @@ class StyleParams:
     texture_scale: float
     distractors: int
     distractor_radius: tuple[float, ...]
+    distractor_sign: tuple[float, ...]  # +1: the vessels' contrast sign, -1: the opposite
     context: tuple[str, ...]
     context_radius: tuple[float, ...]
     extra_vessels: int
@@ -177,6 +180,10 @@ def draw_style(rng: np.random.Generator, ranges: Mapping[str, object] | None = N
         texture_scale=_u(rng, r, "texture_scale"),
         distractors=n_dis,
         distractor_radius=tuple(_u(rng, r, "distractor_radius") for _ in range(n_dis)),
+        distractor_sign=tuple(
+            1.0 if rng.random() < float(r["distractor_same_sign"]) else -1.0  # type: ignore[arg-type]
+            for _ in range(n_dis)
+        ),
         context=tuple(str(rng.choice(CONTEXT_KINDS)) for _ in range(n_ctx)),
         context_radius=tuple(_u(rng, r, "context_radius") for _ in range(n_ctx)),
         extra_vessels=n_extra,
@@ -400,11 +407,10 @@ def randomise(
     shell = near & ~vessel
     around = float(np.median(img[shell])) if shell.any() else float(np.median(img))
     vessel_value = around + params.vessel_contrast
-    for radius in params.distractor_radius:
-        tube = tube_tree(shape, spacing, rng, radius, float(rng.uniform(0.0, 0.5)), generations=1)
+    for radius, sign in zip(params.distractor_radius, params.distractor_sign, strict=True):
+        # unbranched and nearly straight: a branching tree of the vessels' contrast is a vessel
+        tube = tube_tree(shape, spacing, rng, radius, float(rng.uniform(0.0, 0.3)), generations=0)
         tube &= ~near
-        # most distractors look like vessels (same contrast sign), some do not
-        sign = 1.0 if rng.random() < 0.7 else -1.0
         img[tube] = around + sign * params.vessel_contrast * rng.uniform(0.6, 1.2)
 
     # --- vessels with partial volume ---
