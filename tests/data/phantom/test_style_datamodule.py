@@ -131,3 +131,16 @@ def test_randomised_style_and_the_imagecasx_layout_are_refused_together(compose_
     assert (
         _options(compose_cfg("phantom", ["output=x", "style=randomised"]))["style"] == "randomised"
     )
+
+
+def test_the_demo_trains_on_randomised_patches_and_tests_on_ct_phantoms(compose_cfg):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg("train", ["experiment=phantom_demo"])
+    assert (cfg.data.style, cfg.data.style_per) == ("randomised", "patch")
+    assert cfg.ood.cases >= 2 and cfg.inference.postprocess.min_size > 0
+    dm = instantiate(cfg.data, work_dir="unused", _recursive_=False)
+    assert isinstance(dm, PhantomDataModule) and dm.style_probability == cfg.data.style_probability
+    # data=phantom: CT-style patches only
+    ct = compose_cfg("train", ["experiment=phantom_demo", "data=phantom"])
+    assert ct.data.style == "ct"
