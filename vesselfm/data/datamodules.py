@@ -65,14 +65,15 @@ class StyledPatchDataset(Dataset):
 
     Each item first draws its style seed from torch's RNG (seeded per worker and epoch like the
     crops), then takes ``base``'s patch, re-renders it (extra labelled tubes join the label),
-    normalises it to [0, 1] by its 1-99 % percentiles (as ``prepare`` does a volume) and clips
-    to [-0.2, 1.2] (noise and artefacts may reach beyond).
+    normalises it to [0, 1] by its 1-99 % percentiles and clips it to ``value_range``, as the
+    training preprocessing does a whole volume (vesselFM's: [0, 1], clipped).
 
     Args:
         base: a :class:`RandomPatchDataset` (its ``cases`` give each patch's voxel size).
         ranges: factor ranges (default :data:`vesselfm.data.phantom.style.TRAIN_RANGES`).
         probability: share of patches re-rendered; the others keep the phantom's CT look
             (the choice is drawn from the item's style seed).
+        value_range: clip the normalised patch to this (``None``: no clipping).
     """
 
     def __init__(
@@ -80,10 +81,12 @@ class StyledPatchDataset(Dataset):
         base: RandomPatchDataset,
         ranges: Mapping[str, Any] | None = None,
         probability: float = 1.0,
+        value_range: tuple[float, float] | None = (0.0, 1.0),
     ) -> None:
         self.base = base
         self.ranges = dict(ranges) if ranges else None
         self.probability = float(probability)
+        self.value_range = value_range
 
     def __len__(self) -> int:
         return len(self.base)
@@ -102,7 +105,9 @@ class StyledPatchDataset(Dataset):
             image, label, case.spacing, np.random.default_rng(style_seed), self.ranges
         )
         lo, hi = np.percentile(styled, [1.0, 99.0])
-        styled = np.clip((styled - lo) / max(float(hi - lo), 1e-6), -0.2, 1.2)
+        styled = (styled - lo) / max(float(hi - lo), 1e-6)
+        if self.value_range is not None:
+            styled = np.clip(styled, *self.value_range)
         return {
             "image": torch.from_numpy(styled.astype(np.float32))[None].to(item["image"].dtype),
             "label": torch.from_numpy(label)[None].to(item["label"].dtype),
@@ -357,6 +362,8 @@ class PhantomDataModule(ImageCASDataModule):
             loaded (:class:`StyledPatchDataset`).
         style_probability: with ``style_per=patch``: the share of training patches re-rendered
             (the others keep the CT look).
+        style_ranges: with ``style_per=patch``: factor ranges that replace those of
+            :data:`vesselfm.data.phantom.style.TRAIN_RANGES` (e.g. ``{"noise": (0.0, 0.05)}``).
         **kwargs: as :class:`ImageCASDataModule`.
     """
 
@@ -374,9 +381,10 @@ class PhantomDataModule(ImageCASDataModule):
         style: str = "ct",
         style_per: str = "case",
         style_probability: float = 1.0,
+        style_ranges: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        from vesselfm.data.phantom.style import STYLE_PER, STYLES
+        from vesselfm.data.phantom.style import STYLE_PER, STYLES, TRAIN_RANGES
 
         if style not in STYLES:
             raise ValueError(f"data.style must be one of {list(STYLES)}, got {style!r}")
@@ -386,6 +394,12 @@ class PhantomDataModule(ImageCASDataModule):
             raise ValueError(f"data.style_probability must be in [0, 1], got {style_probability!r}")
         self.style, self.style_per = style, style_per
         self.style_probability = float(style_probability)
+        self.style_ranges = {k: _plain(v) for k, v in dict(style_ranges or {}).items()}
+        unknown = sorted(set(self.style_ranges) - set(TRAIN_RANGES))
+        if unknown:
+            raise ValueError(
+                f"data.style_ranges must be known style factors {sorted(TRAIN_RANGES)}, got {unknown}"
+            )
         # per-case randomised training phantoms live apart from CT-style ones
         self._tag = "-randomised" if (style, style_per) == ("randomised", "case") else ""
         self.n = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
@@ -452,8 +466,12 @@ class PhantomDataModule(ImageCASDataModule):
         if (self.style, self.style_per) == ("randomised", "patch") and isinstance(
             self.train_set, RandomPatchDataset
         ):
+            pre = self._preprocess_config
             self.train_set = StyledPatchDataset(  # type: ignore[assignment]
-                self.train_set, probability=self.style_probability
+                self.train_set,
+                self.style_ranges or None,
+                probability=self.style_probability,
+                value_range=(pre.b_min, pre.b_max) if pre.clip else None,
             )
 
     def _load(self) -> None:

@@ -108,6 +108,8 @@ def test_every_factor_draw_lies_in_its_documented_range():
                 "ring_period", "distractors", "extra_vessels"):  # fmt: skip
         within(flat[key], key)
     within([v for d in draws for v in d.distractor_radius], "distractor_radius")
+    signs = np.array([v for d in draws for v in d.distractor_sign])
+    assert set(signs.tolist()) == {-1.0, 1.0} and 0.2 < np.mean(signs > 0) < 0.4  # same sign 0.3
     within([len(d.context) for d in draws], "context")
     within([v for d in draws for v in d.context_radius], "context_radius")
     within([v for d in draws for v in d.extra_radius], "extra_radius")
@@ -118,10 +120,14 @@ def test_every_factor_draw_lies_in_its_documented_range():
     within([d.streaks for d in draws if d.streaks], "streaks")
     within([d.rings for d in draws if d.rings], "rings")
     assert {k for d in draws for k in d.context} == set(CONTEXT_KINDS)
-    # darker, barely brighter and much brighter vessels all occur
+    # darker, barely brighter and much brighter vessels all occur, none invisible
     contrast = np.array(flat["vessel_contrast"])
-    assert (contrast < -0.1).any() and ((contrast > 0) & (contrast < 0.15)).any()
+    assert np.abs(contrast).min() >= r["min_contrast"] == 0.15
+    assert (contrast < -0.3).any() and ((contrast > 0) & (contrast < 0.2)).any()
     assert (contrast > 0.5).any()
+    assert 0.2 < np.mean(contrast < 0) < 0.4  # dark_probability 0.3
+    # the noise stays below 0.35 |contrast| (and within its range)
+    assert (np.array(flat["noise"]) <= 0.35 * np.abs(contrast) + 1e-9).all()
     # probabilities: kept intensity map ~0.25, streaks ~0.3, rings ~0.2 (300 draws, wide bounds)
     assert 0.15 < np.mean([d.mapping is None for d in draws]) < 0.35
     assert 0.2 < np.mean([d.streaks > 0 for d in draws]) < 0.4

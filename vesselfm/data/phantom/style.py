@@ -9,8 +9,9 @@ and renders a new image from a background image and the label:
   background's intensities (kept as is with probability ``keep_mapping``), then the vessel
   intensity set to the median of a shell around the vessels plus ``vessel_contrast`` (in units of
   the background's 1-99 % range): darker than the surroundings, barely brighter, or much brighter;
-- **background textures**: a smooth random field, a fine noise texture, and unlabelled tubular
-  distractors (kept two voxels clear of the vessels);
+- **background textures**: a smooth random field, a fine noise texture, and unlabelled
+  distractors: unbranched, nearly straight tubes, mostly of the opposite contrast sign (kept two
+  voxels clear of the vessels), so that a branching tree of the vessels' contrast is a vessel;
 - **context**: ellipsoids of fat, soft tissue, fluid or air near the field of view's centre;
 - **partial volume**: the vessel occupies a Gaussian-softened fraction of its edge voxels;
 - **resolution and anisotropy**: the image is box-averaged by a factor per axis and upsampled
@@ -58,15 +59,18 @@ TRAIN_RANGES: dict[str, tuple[float, float] | float] = {
     "keep_mapping": 0.25,  # probability of keeping the background's own intensity order
     "mapping_points": (2, 5),  # inner control points of the random intensity map
     "vessel_contrast": (-0.6, 0.9),  # range; < 0 darker than the surroundings
+    "min_contrast": 0.15,  # range, smallest |vessel contrast| (barely brighter/darker)
+    "dark_probability": 0.3,  # probability of a vessel darker than its surroundings
     "smooth_texture": (0.0, 0.25),  # range, amplitude of a smooth field
     "smooth_scale": (4.0, 12.0),  # vox, its correlation length
     "noise_texture": (0.0, 0.15),  # range, amplitude of a fine texture
     "texture_scale": (0.7, 2.0),  # vox
     "distractors": (0, 6),  # unlabelled tubes
     "distractor_radius": (0.3, 2.0),  # mm
+    "distractor_same_sign": 0.3,  # probability of the vessels' contrast sign (else opposite)
     "context": (0, 4),  # ellipsoids of fat / soft tissue / fluid / air
     "context_radius": (3.0, 15.0),  # mm, semi-axes
-    "extra_vessels": (0, 2),  # labelled tube trees beyond the coronary range
+    "extra_vessels": (1, 3),  # labelled tube trees beyond the coronary range
     "extra_radius": (0.4, 2.4),  # mm, trunk radius of an extra tree
     "extra_tortuosity": (0.0, 0.7),  # radians of direction change per step (random walk)
     "partial_volume": (0.3, 0.8),  # vox, Gaussian softening of the vessel fraction
@@ -75,6 +79,7 @@ TRAIN_RANGES: dict[str, tuple[float, float] | float] = {
     "blur": (0.0, 1.2),  # vox, PSF sigma per axis
     "bias": (0.0, 0.35),  # log-amplitude of the multiplicative bias field
     "noise": (0.0, 0.12),  # range, noise standard deviation
+    "noise_to_contrast": 0.35,  # the noise sigma stays below this share of |vessel contrast|
     "noise_correlation": (0.0, 1.0),  # vox, blur sigma applied to the noise
     "streak_probability": 0.3,
     "streaks": (0.0, 0.08),  # range, amplitude of streaks in the axial planes
@@ -100,6 +105,7 @@ class StyleParams:
     texture_scale: float
     distractors: int
     distractor_radius: tuple[float, ...]
+    distractor_sign: tuple[float, ...]  # +1: the vessels' contrast sign, -1: the opposite
     context: tuple[str, ...]
     context_radius: tuple[float, ...]
     extra_vessels: int
@@ -129,6 +135,15 @@ def _n(rng: np.random.Generator, ranges: Mapping[str, object], key: str) -> int:
     return int(rng.integers(int(lo), int(hi) + 1))
 
 
+def _contrast(rng: np.random.Generator, r: Mapping[str, object]) -> float:
+    """Vessel contrast: darker with ``dark_probability``, else brighter, and at least
+    ``min_contrast`` either way (an invisible vessel with a label teaches only noise)."""
+    lo, hi = r["vessel_contrast"]  # type: ignore[misc]
+    floor = float(r["min_contrast"])  # type: ignore[arg-type]
+    dark = lo < -floor and (hi <= floor or rng.random() < float(r["dark_probability"]))  # type: ignore[arg-type]
+    return float(rng.uniform(lo, -floor) if dark else rng.uniform(floor, hi))
+
+
 def draw_style(rng: np.random.Generator, ranges: Mapping[str, object] | None = None) -> StyleParams:
     """Draw every factor of one style from ``ranges`` (default :data:`TRAIN_RANGES`).
 
@@ -151,15 +166,24 @@ def draw_style(rng: np.random.Generator, ranges: Mapping[str, object] | None = N
     streak = _u(rng, r, "streaks") if rng.random() < float(r["streak_probability"]) else 0.0  # type: ignore[arg-type]
     ring = _u(rng, r, "rings") if rng.random() < float(r["ring_probability"]) else 0.0  # type: ignore[arg-type]
     dxy = _u(rng, r, "downsample_xy")
+    contrast = _contrast(rng, r)
+    noise = float(rng.uniform(0.0, 1.0)) * min(
+        float(r["noise"][1]),
+        float(r["noise_to_contrast"]) * abs(contrast),  # type: ignore[index, arg-type]
+    )
     return StyleParams(
         mapping=mapping,
-        vessel_contrast=_u(rng, r, "vessel_contrast"),
+        vessel_contrast=contrast,
         smooth_texture=_u(rng, r, "smooth_texture"),
         smooth_scale=_u(rng, r, "smooth_scale"),
         noise_texture=_u(rng, r, "noise_texture"),
         texture_scale=_u(rng, r, "texture_scale"),
         distractors=n_dis,
         distractor_radius=tuple(_u(rng, r, "distractor_radius") for _ in range(n_dis)),
+        distractor_sign=tuple(
+            1.0 if rng.random() < float(r["distractor_same_sign"]) else -1.0  # type: ignore[arg-type]
+            for _ in range(n_dis)
+        ),
         context=tuple(str(rng.choice(CONTEXT_KINDS)) for _ in range(n_ctx)),
         context_radius=tuple(_u(rng, r, "context_radius") for _ in range(n_ctx)),
         extra_vessels=n_extra,
@@ -169,7 +193,7 @@ def draw_style(rng: np.random.Generator, ranges: Mapping[str, object] | None = N
         downsample=(dxy, dxy, _u(rng, r, "downsample_z")),
         blur=tuple(_u(rng, r, "blur") for _ in range(3)),  # type: ignore[arg-type]
         bias=_u(rng, r, "bias"),
-        noise=_u(rng, r, "noise"),
+        noise=max(float(r["noise"][0]), noise),  # type: ignore[index]
         noise_correlation=_u(rng, r, "noise_correlation"),
         streaks=streak,
         rings=ring,
@@ -383,11 +407,10 @@ def randomise(
     shell = near & ~vessel
     around = float(np.median(img[shell])) if shell.any() else float(np.median(img))
     vessel_value = around + params.vessel_contrast
-    for radius in params.distractor_radius:
-        tube = tube_tree(shape, spacing, rng, radius, float(rng.uniform(0.0, 0.5)), generations=1)
+    for radius, sign in zip(params.distractor_radius, params.distractor_sign, strict=True):
+        # unbranched and nearly straight: a branching tree of the vessels' contrast is a vessel
+        tube = tube_tree(shape, spacing, rng, radius, float(rng.uniform(0.0, 0.3)), generations=0)
         tube &= ~near
-        # most distractors look like vessels (same contrast sign), some do not
-        sign = 1.0 if rng.random() < 0.7 else -1.0
         img[tube] = around + sign * params.vessel_contrast * rng.uniform(0.6, 1.2)
 
     # --- vessels with partial volume ---
