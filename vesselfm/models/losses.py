@@ -69,7 +69,7 @@ class HierarchicalSegmentLoss(nn.Module):
     def __init__(
         self,
         lambda_vessel_dice: float = 1.0,
-        lambda_vessel_bce: float = 1.0,
+        lambda_vessel_bce: float = 0.1,
         lambda_segment_ce: float = 1.0,
         lambda_ce: float = 0.1,
         weight: torch.Tensor | list[float] | None = None,
