@@ -157,8 +157,12 @@ def test_losses_instantiate(compose_cfg, option):
 
     cfg = compose_cfg("train", [f"loss={option}"])
     loss = instantiate(cfg.loss)
-    logits = torch.randn(2, 1, 16, 16, 16)
+    # segment losses take 15 class logits and codes 0..14; the others one vessel channel
+    classes = 15 if option in {"dice_ce_softmax", "segments_hierarchical"} else 1
+    logits = torch.randn(2, classes, 16, 16, 16)
     target = (torch.rand(2, 1, 16, 16, 16) > 0.8).float()
+    if classes > 1:
+        target = target * torch.randint(1, classes, (2, 1, 16, 16, 16))
     value = loss(logits, target)
     assert value.ndim == 0 and torch.isfinite(value)
 

@@ -22,8 +22,9 @@ SHRUNK_SEGMENTS = (
     "data.n_train=1",
     "data.n_val=1",
     "data.n_test=1",
-    # the experiment's whole-phantom patch and window, at 48x48x40: 2 steps of one phantom
+    # the experiment's vessel-centred crop and window, shrunk: 2 steps on one 48x48x40 phantom
     "data.shape=[48,48,40]",
+    "data.patch_size=[32,32,24]",
     "data.samples_per_epoch=2",
     "logger=csv",
 )
@@ -54,6 +55,36 @@ def test_head_reinit_keeps_every_other_layer(tmp_path: Path, caplog) -> None:
         load_model(cfg)
 
 
+def test_head_vessel_prior_sets_the_starting_vessel_probability(tmp_path: Path) -> None:
+    cfg = model_config("tiny", head_vessel_prior=0.5)
+    cfg["net"]["out_channels"] = 15
+    torch.manual_seed(0)
+    net = load_model(cfg)
+    bias = net.output_block.conv.conv.bias.detach()
+    # background bias log(14 * 0.5 / 0.5): with the segment logits near 0, p(background) = 1/2
+    assert float(bias[0]) == pytest.approx(np.log(14.0))
+    assert torch.count_nonzero(bias[1:]) == 0
+    # the random weights spread the logits around their biases: near 0.5, far from 14/15
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        p = torch.softmax(net(x), dim=1)
+        torch.manual_seed(0)
+        plain = torch.softmax(load_model({**cfg, "head_vessel_prior": None})(x), dim=1)
+    assert 0.25 < float(1 - p[:, 0].mean()) < 0.75
+    assert float(1 - plain[:, 0].mean()) > 0.8
+    # a trained head loaded from a checkpoint keeps its own bias
+    weights = tmp_path / "segments.pt"
+    trained = {k: v.clone() for k, v in net.state_dict().items()}
+    trained["output_block.conv.conv.bias"] = torch.arange(15.0)
+    torch.save(trained, weights)
+    loaded = load_model({**cfg, "checkpoint": str(weights)})
+    assert torch.equal(loaded.output_block.conv.conv.bias.detach(), torch.arange(15.0))
+    with pytest.raises(ValueError, match="head_vessel_prior must be in"):
+        load_model(model_config("tiny", head_vessel_prior=1.5) | {"net": cfg["net"]})
+    with pytest.raises(ValueError, match="multi-class output head"):
+        load_model(model_config("tiny", head_vessel_prior=0.5))
+
+
 def test_softmax_dice_ce_and_segment_dice_on_three_classes(compose_cfg) -> None:
     from hydra.utils import instantiate
 
@@ -72,7 +103,7 @@ def test_softmax_dice_ce_and_segment_dice_on_three_classes(compose_cfg) -> None:
     # a segment present in the truth and missed entirely scores 0
     assert segment_scores(np.zeros_like(truth), truth, 3)["dice"] == 0.0
 
-    cfg = compose_cfg("train", ["experiment=imagecasx_segments"])
+    cfg = compose_cfg("train", ["experiment=imagecasx_segments", "loss=dice_ce_softmax"])
     loss_fn = instantiate(cfg.loss)
     torch.manual_seed(0)
     # a batch of two: the second patch holds no class 2 (batch-wise Dice still counts it once)
@@ -164,8 +195,11 @@ def test_two_step_segment_training(compose_cfg) -> None:
     model = objects["model"]
     assert model.num_classes == 15
     assert model.model.output_block.conv.conv.weight.shape[0] == 15
-    # the patch is the whole phantom, one per step
-    assert objects["datamodule"].patch_size == (48, 48, 40)
+    # one vessel-centred crop per step; validation/test slide the same window
+    assert objects["datamodule"].patch_size == (32, 32, 24)
+    assert tuple(objects["cfg"].inference.roi_size) == (32, 32, 24)
+    # the hierarchical loss, and the head started at vessel probability 0.5 (before training)
+    assert type(model.loss_fn).__name__ == "HierarchicalSegmentLoss"
     assert objects["trainer"].global_step == 2
     assert 0.0 <= metrics["test/dice"] <= 1.0
     assert np.isfinite(metrics["train/loss_epoch"])
