@@ -24,6 +24,20 @@ from omegaconf import DictConfig, open_dict
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True)
+def signal_handlers() -> Iterator[None]:
+    """Every test leaves Ctrl-C and SIGTERM handled as it found them: code run in this process
+    (Lightning, run_guarded) may install its own, and a handler left behind (e.g. SIG_IGN,
+    which subprocesses inherit) broke the signal tests that ran after it."""
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in before.items():
+        if signal.getsignal(sig) is not handler and handler is not None:
+            signal.signal(sig, handler)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """``inference.backend=auto`` (infer's default) exports a checkpoint once per weights into
