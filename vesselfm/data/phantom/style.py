@@ -167,10 +167,10 @@ def draw_style(rng: np.random.Generator, ranges: Mapping[str, object] | None = N
     ring = _u(rng, r, "rings") if rng.random() < float(r["ring_probability"]) else 0.0  # type: ignore[arg-type]
     dxy = _u(rng, r, "downsample_xy")
     contrast = _contrast(rng, r)
-    noise = float(rng.uniform(0.0, 1.0)) * min(
-        float(r["noise"][1]),
-        float(r["noise_to_contrast"]) * abs(contrast),  # type: ignore[index, arg-type]
-    )
+    # the noise range, its top capped at noise_to_contrast x |contrast|
+    noise_lo, noise_hi = r["noise"]  # type: ignore[misc]
+    noise_hi = min(float(noise_hi), float(r["noise_to_contrast"]) * abs(contrast))  # type: ignore[arg-type]
+    noise = float(rng.uniform(min(float(noise_lo), noise_hi), noise_hi))
     return StyleParams(
         mapping=mapping,
         vessel_contrast=contrast,
@@ -193,7 +193,7 @@ def draw_style(rng: np.random.Generator, ranges: Mapping[str, object] | None = N
         downsample=(dxy, dxy, _u(rng, r, "downsample_z")),
         blur=tuple(_u(rng, r, "blur") for _ in range(3)),  # type: ignore[arg-type]
         bias=_u(rng, r, "bias"),
-        noise=max(float(r["noise"][0]), noise),  # type: ignore[index]
+        noise=noise,
         noise_correlation=_u(rng, r, "noise_correlation"),
         streaks=streak,
         rings=ring,
