@@ -24,11 +24,23 @@ from omegaconf import DictConfig, open_dict
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_delivered() -> None:
+    """Ctrl-C raises KeyboardInterrupt here and in the CLIs the tests start, even when pytest was
+    started in the background (``cmd &`` or ``nohup``): such a shell starts it with SIGINT
+    ignored, Python then installs no handler, and subprocesses inherit the SIG_IGN, so the
+    signal tests would test the shell, not vesselfm (a fresh-clone ``.ci/run &`` failed two)."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(autouse=True)
 def signal_handlers() -> Iterator[None]:
     """Every test leaves Ctrl-C and SIGTERM handled as it found them: code run in this process
-    (Lightning, run_guarded) may install its own, and a handler left behind (e.g. SIG_IGN,
-    which subprocesses inherit) broke the signal tests that ran after it."""
+    (Lightning ignores Ctrl-C while it shuts down after one, run_guarded) may install its own,
+    and subprocesses inherit a SIG_IGN left behind."""
     import signal
 
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
