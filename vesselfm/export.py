@@ -91,6 +91,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         import_engine,
         require,
     )
+    from vesselfm.inference.metadata import model_metadata, use_checkpoint_classes
     from vesselfm.models import load_model
     from vesselfm.utils.errors import UserError
 
@@ -114,12 +115,16 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if len(window) != 3 or min(window) < 1:
         raise UserError(f"window must be three positive sizes [X, Y, Z], got {list(cfg.window)}")
 
+    # one read of the checkpoint for its preprocessing, threshold and classes (as infer does)
+    metadata = model_metadata(OmegaConf.to_container(cfg.model, resolve=True))
     preprocess = cfg.get("preprocess")
     preprocess, threshold = resolve_preprocess_and_threshold(
         cfg.model,
         None if preprocess is None else OmegaConf.to_container(preprocess, resolve=True),
         cfg.get("threshold"),
+        metadata=metadata,
     )
+    use_checkpoint_classes(cfg.model, metadata.get("num_classes"))  # a segment model's head
     network = load_model(cfg.model)
     if isinstance(network, ExportedNetwork):
         raise UserError(

@@ -43,7 +43,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         resolve_preprocess_and_threshold,
         segment_files,
     )
-    from vesselfm.inference.metadata import model_metadata
+    from vesselfm.inference.metadata import model_metadata, use_checkpoint_classes
     from vesselfm.io import check_output_dir, check_output_formats, find_inputs, find_labels
     from vesselfm.metrics.report import REPORT_FILES
     from vesselfm.models import load_model
@@ -79,7 +79,7 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     )
     inference = {**OmegaConf.to_container(cfg.inference, resolve=True), "threshold": threshold}
     progress = bool(cfg.get("progress", True))
-    _segment_classes(cfg, metadata.get("num_classes"))
+    use_checkpoint_classes(cfg.model, metadata.get("num_classes"))
     predictor = SlidingWindowPredictor.from_config(
         load_model(cfg.model), inference, preprocess=preprocess, progress=progress
     )
@@ -118,29 +118,6 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
         "threshold": threshold,
         "preprocess": preprocess,
     }
-
-
-def _segment_classes(cfg: DictConfig, found: int | None) -> None:
-    """Set ``model.net.out_channels`` to ``found``, the output classes of ``model.checkpoint``
-    (what training recorded, else its head's shape; :func:`vesselfm.inference.metadata.
-    read_checkpoint_metadata`), before the network is built: a segment checkpoint (15 classes,
-    ``experiment=imagecasx_segments``/``phantom_segments``) loads into a 15-channel head without
-    a model key to change. Without weights, ``model.net.out_channels`` as configured.
-    ``segment_files`` reads the classes back from the built network."""
-    from omegaconf import open_dict
-
-    classes = int(cfg.model.net.get("out_channels", 1))
-    if found is not None and found != classes:
-        with open_dict(cfg):
-            cfg.model.net.out_channels = found
-        classes = found
-    if classes > 1:
-        log.info(
-            "model.checkpoint=%s is a segment model (%d classes): writing label maps of the "
-            "ImageCAS-X codes",
-            cfg.model.get("checkpoint"),
-            classes,
-        )
 
 
 @hydra_entrypoint("infer")

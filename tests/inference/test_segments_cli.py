@@ -156,6 +156,55 @@ def test_dicom_input_gives_a_dicom_seg_with_named_segments(
     np.testing.assert_array_equal(read_volume(out / "study_pred.dcm").array, nifti)
 
 
+def test_a_segment_checkpoint_exports_with_its_own_head_and_infer_runs_the_export(
+    compose_cfg: Callable[..., DictConfig],
+    tmp_path: Path,
+    segment_net: nn.Module,
+    segment_ckpt: Path,
+) -> None:
+    """``export`` sizes the head from the checkpoint as ``infer`` does (``model=tiny`` configures
+    one channel): the export has 15 output channels, records 15 classes, and ``infer`` on it
+    writes the label map torch gives."""
+    import json
+
+    import onnx
+
+    from vesselfm.export import export
+
+    out = tmp_path / "exported"
+    overrides = [
+        "model=tiny",
+        f"model.checkpoint={segment_ckpt}",
+        "format=onnx",
+        f"output={out}",
+        "window=[32,32,32]",
+        "preprocess={in_plane_size: 32}",
+    ]
+    result = export(compose_cfg("export", overrides))
+    record = json.loads((out / "tiny.json").read_text())
+    assert record["num_classes"] == 15 and record["net"]["out_channels"] == 15
+    assert result["check"]["max_abs_logit_diff"] < 1e-3
+    graph = onnx.load(str(out / "tiny.onnx")).graph
+    assert graph.output[0].type.tensor_type.shape.dim[1].dim_value == 15
+
+    image, _ = tube_phantom(SHAPE, 0)
+    scan = save_nifti(tmp_path / "scan.nii.gz", image)
+    cfg = compose_cfg(
+        "infer",
+        [
+            f"input={scan}",
+            f"output={tmp_path / 'preds'}",
+            *FAST,
+            f"model.checkpoint={out / 'tiny.onnx'}",
+        ],
+    )
+    infer(cfg)
+    got = read_volume(tmp_path / "preds" / "scan_pred.nii.gz").array
+    expected = expected_codes(segment_net, scan)
+    assert len(set(np.unique(expected).tolist()) - {0}) >= 2  # a map of several codes
+    assert np.mean(got == expected) >= 0.999
+
+
 def test_segment_codes_are_dicom_cid_3015() -> None:
     """Each artery's SNOMED code is the one DICOM PS3.16 CID 3015 gives it (pydicom's copy)."""
     from pydicom.sr.codedict import codes

@@ -182,3 +182,34 @@ def resolve_preprocess_and_threshold(
     else:
         threshold = float(default_threshold)
     return preprocess, threshold
+
+
+def use_checkpoint_classes(model: Any, found: int | None) -> int:
+    """Size the head to ``found``, the output classes of ``model.checkpoint`` (``num_classes`` of
+    :func:`read_checkpoint_metadata`: what training recorded, else the head's shape), before the
+    network is built: a segment checkpoint (15 classes, ``experiment=imagecasx_segments`` or
+    ``phantom_segments``) then loads into a 15-channel head without a model key to change, in
+    ``infer`` and ``export`` alike. Without weights, ``model.net.out_channels`` as configured.
+
+    Args:
+        model: the ``model`` config node (a ``DictConfig``; ``model.net.out_channels`` is set).
+        found: the checkpoint's classes, ``None`` when it tells none.
+
+    Returns:
+        The number of output classes the network will have (1: a lumen model).
+    """
+    from omegaconf import open_dict
+
+    classes = int(model.net.get("out_channels", 1))
+    if found is not None and found != classes:
+        with open_dict(model):
+            model.net.out_channels = found
+        classes = found
+    if classes > 1:
+        log.info(
+            "model.checkpoint=%s is a segment model (%d classes): label maps of the ImageCAS-X "
+            "codes",
+            model.get("checkpoint"),
+            classes,
+        )
+    return classes
