@@ -59,13 +59,14 @@ def _predictor(model: str, device: str, threads: str, extra: list[str]) -> objec
     from vesselfm.inference import SlidingWindowPredictor, resolve_preprocess_and_threshold
     from vesselfm.models import load_model
     from vesselfm.utils.cli import _compose
-    from vesselfm.utils.hardware import apply_threads
+    from vesselfm.utils.hardware import apply_cpu_memory, apply_threads
 
     overrides = ["input=x", f"model={model}", f"inference.device={device}", f"threads={threads}"]
     if model == "tiny":
         overrides.append("model.checkpoint=null")
     cfg = _compose("infer", [*overrides, *extra])
     apply_threads(cfg.threads)
+    apply_cpu_memory(cfg.cpu_memory)  # as the infer CLI does (run_guarded)
     chosen = cfg.get("preprocess")
     chosen = None if chosen is None else OmegaConf.to_container(chosen, resolve=True)
     preprocess, threshold = resolve_preprocess_and_threshold(cfg.model, chosen, None)

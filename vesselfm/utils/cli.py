@@ -88,6 +88,10 @@ def run_guarded(fn: Callable[[DictConfig], T], cfg: DictConfig, tool: str | None
 
             # said at INFO by the jobs where it matters (train, infer), not by every tool
             apply_threads(cfg.threads, level=logging.DEBUG)
+        if "cpu_memory" in cfg:  # train and infer: the jobs that allocate full-size tensors
+            from vesselfm.utils.hardware import apply_cpu_memory
+
+            apply_cpu_memory(cfg.cpu_memory)
         from vesselfm.utils.outputs import start_run
 
         start_run(tool, _settings(cfg))
