@@ -22,10 +22,11 @@ SHRUNK_SEGMENTS = (
     "data.n_train=1",
     "data.n_val=1",
     "data.n_test=1",
-    # the experiment's vessel-centred crop and window, shrunk: 2 steps on one 48x48x40 phantom
+    # the experiment's vessel-centred crops and window, shrunk: 2 steps of 2 crops on one
+    # 48x48x40 phantom
     "data.shape=[48,48,40]",
     "data.patch_size=[32,32,24]",
-    "data.samples_per_epoch=2",
+    "data.samples_per_epoch=4",
     "logger=csv",
 )
 
@@ -195,11 +196,13 @@ def test_two_step_segment_training(compose_cfg) -> None:
     model = objects["model"]
     assert model.num_classes == 15
     assert model.model.output_block.conv.conv.weight.shape[0] == 15
-    # one vessel-centred crop per step; validation/test slide the same window
+    # two vessel-centred crops a step; validation/test slide the same window
     assert objects["datamodule"].patch_size == (32, 32, 24)
+    assert objects["datamodule"].batch_size == 2
     assert tuple(objects["cfg"].inference.roi_size) == (32, 32, 24)
     # the hierarchical loss, and the head started at vessel probability 0.5 (before training)
     assert type(model.loss_fn).__name__ == "HierarchicalSegmentLoss"
+    assert model.loss_fn.lambda_vessel_dice == 2.0
     assert objects["trainer"].global_step == 2
     assert 0.0 <= metrics["test/dice"] <= 1.0
     assert np.isfinite(metrics["train/loss_epoch"])
