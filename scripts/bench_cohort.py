@@ -53,7 +53,9 @@ def make_cohort(cache: Path, n: int, shape: tuple[int, int, int]) -> list[Path]:
     return scans
 
 
-def _predictor(model: str, device: str, threads: str, extra: list[str]) -> object:
+def _predictor(model: str, device: str, threads: str, extra: list[str]) -> tuple[object, bool]:
+    """The infer config's predictor for ``model``, with its threads and ``cpu_memory`` applied as
+    the infer CLI applies them; also whether ``cpu_memory``'s tuning took effect."""
     from omegaconf import OmegaConf
 
     from vesselfm.inference import SlidingWindowPredictor, resolve_preprocess_and_threshold
@@ -66,7 +68,7 @@ def _predictor(model: str, device: str, threads: str, extra: list[str]) -> objec
         overrides.append("model.checkpoint=null")
     cfg = _compose("infer", [*overrides, *extra])
     apply_threads(cfg.threads)
-    apply_cpu_memory(cfg.cpu_memory)  # as the infer CLI does (run_guarded)
+    applied = apply_cpu_memory(cfg.cpu_memory)  # as the infer CLI does (run_guarded)
     chosen = cfg.get("preprocess")
     chosen = None if chosen is None else OmegaConf.to_container(chosen, resolve=True)
     preprocess, threshold = resolve_preprocess_and_threshold(cfg.model, chosen, None)
@@ -74,9 +76,10 @@ def _predictor(model: str, device: str, threads: str, extra: list[str]) -> objec
     import torch
 
     torch.manual_seed(0)  # model=tiny: the same random weights in both modes
-    return SlidingWindowPredictor.from_config(
+    predictor = SlidingWindowPredictor.from_config(
         load_model(cfg.model), inference, preprocess=preprocess
     )
+    return predictor, applied
 
 
 def run_mode(args: argparse.Namespace) -> None:
@@ -86,7 +89,7 @@ def run_mode(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
     scans = [Path(p) for p in args.scans]
     out = Path(args.out)
-    predictor = _predictor(args.model, args.device, args.threads, args.override)
+    predictor, _ = _predictor(args.model, args.device, args.threads, args.override)
     t0 = time.perf_counter()
     if args.mode == "sequential":
         for scan in scans:

@@ -33,10 +33,7 @@ def run_one(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_cohort import _predictor
 
-    from vesselfm.utils.hardware import apply_cpu_memory
-
-    predictor = _predictor(args.model, "cpu", args.threads, [f"cpu_memory={args._mode}"])
-    applied = apply_cpu_memory(args._mode)
+    predictor, applied = _predictor(args.model, "cpu", args.threads, [f"cpu_memory={args._mode}"])
     before = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     result = predictor.predict_file(args._scan, args._out)  # type: ignore[attr-defined]
