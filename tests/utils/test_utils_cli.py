@@ -86,6 +86,8 @@ def _tool(tool: str, *args: str, cwd) -> subprocess.CompletedProcess:
         # an unknown key, nested or not
         ("infer", ["input=x.nii.gz", "inference.overlapp=0.3"], "inference.overlapp: no such key in vesselfm.infer's config; did you mean inference.overlap"),
         ("evaluate", ["pred=p", "gt=g", "output=o", "workerz=2"], "workerz: no such key in vesselfm.evaluate's config; did you mean workers?"),
+        # new sub-keys of an existing (struct) mapping: Hydra's '+', not a "did you mean" itself
+        ("train", ["data.style_ranges={noise: [0.0, 0.05]}"], "data.style_ranges: this override adds keys data.style_ranges does not have yet; prefix it with '+': '+data.style_ranges={noise: [0.0, 0.05]}'"),
         # two typos: the first is named, never Hydra's traceback
         ("evaluate", ["pred=p", "gt=g", "output=o", "fooo=1", "barr=2"], "fooo: no such key in vesselfm.evaluate's config"),
         # paths Hydra's grammar cannot read unquoted

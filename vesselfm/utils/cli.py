@@ -258,6 +258,12 @@ def _override_error(config_name: str, overrides: list[str]) -> str | None:
             keys = _dotted_keys(_compose(config_name, others))
         except (HydraException, OmegaConfBaseException):  # another typo: no suggestion then
             keys = []
+        if key in keys:  # it exists but takes no new sub-keys (a struct dict): Hydra's '+' does
+            plus = next((o for o in overrides if o.split("=", 1)[0] == key), key)
+            return (
+                f"{key}: this override adds keys {key} does not have yet; prefix it with '+': "
+                f"'+{plus}' (python -m {tool} --help)"
+            )
         close = difflib.get_close_matches(key, keys, n=2)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         return f"{key}: no such key in {tool}'s config{hint} (its keys: python -m {tool} --help)"
