@@ -13,6 +13,7 @@ from vesselfm.data.phantom import generate_phantom, label_topology
 from vesselfm.data.phantom.ood import OOD_FAMILIES, generate_ood_case
 from vesselfm.data.phantom.style import (
     CONTEXT_KINDS,
+    GATED_FACTORS,
     TRAIN_RANGES,
     StyleParams,
     draw_style,
@@ -137,6 +138,53 @@ def test_every_factor_draw_lies_in_its_documented_range():
             xs, ys = d.mapping
             assert xs[0] == 0.0 and xs[-1] == 1.0 and list(xs) == sorted(xs)
             assert 2 <= len(xs) - 2 <= 5 and min(ys) >= 0.0 and max(ys) <= 1.0
+
+
+def test_factor_probability_leaves_each_gated_factor_out_on_its_own():
+    def draws(p):
+        return [draw_style(np.random.default_rng(s), {"factor_probability": p}) for s in range(300)]
+
+    # 0: every gated factor at its identity value; the vessel contrast and trees are still drawn
+    for d in draws(0.0):
+        assert all(getattr(d, k) == v for k, v in GATED_FACTORS.items())
+        assert d.distractor_radius == () and d.context == ()
+        assert abs(d.vessel_contrast) >= TRAIN_RANGES["min_contrast"] and d.extra_vessels >= 1
+    # 0.5: each factor is present in about half of the draws, independently of the others
+    half = draws(0.5)
+    on = {k: np.array([getattr(d, k) != v for d in half]) for k, v in GATED_FACTORS.items()}
+    for k in ("smooth_texture", "noise_texture", "bias", "blur"):  # drawn > 0 almost surely
+        assert 0.4 < on[k].mean() < 0.6, k
+    both = np.mean(on["blur"] & on["bias"])
+    assert 0.15 < both < 0.35  # about 0.5 x 0.5
+    # 1 (the default): nothing is left out beyond the ranges' own zeros
+    assert np.mean([d.smooth_texture > 0 for d in draws(1.0)]) > 0.95
+
+
+def test_a_synthetic_background_replaces_the_anatomy_but_keeps_the_label():
+    shape, spacing = (32, 28, 24), (0.5, 0.5, 0.6)
+    label = np.zeros(shape, np.uint8)
+    label[14:17, 12:15, 3:21] = 1
+    ranges = {"synthetic_background": 1.0, "extra_vessels": (0, 0)}
+    a = np.random.default_rng(0).normal(0.0, 1.0, shape).astype(np.float32)
+    b = np.linspace(-500.0, 900.0, a.size, dtype=np.float32).reshape(shape)
+    img_a, lab_a, pa = randomise(a, label, spacing, np.random.default_rng(7), ranges)
+    img_b, lab_b, pb = randomise(b, label, spacing, np.random.default_rng(7), ranges)
+    lo, hi = TRAIN_RANGES["background_blobs"]
+    assert pa == pb and lo <= pa.background_blobs <= hi
+    # the image no longer depends on the scan's background, only on the draws and the label
+    assert np.array_equal(img_a, img_b) and np.array_equal(lab_a, label) and np.array_equal(lab_b, label)
+    # the vessel still differs from its surroundings by the drawn contrast's sign
+    from scipy import ndimage
+
+    shell = ndimage.binary_dilation(label, iterations=3) & ~ndimage.binary_dilation(label)
+    core = ndimage.binary_erosion(label.astype(bool))
+    diff = float(np.median(img_a[core]) - np.median(img_a[shell]))
+    assert np.sign(diff) == np.sign(pa.vessel_contrast)
+    # off by default: the anatomy is kept
+    assert all(draw_style(np.random.default_rng(s)).background_blobs == 0 for s in range(50))
+    img_c, _, pc = randomise(a, label, spacing, np.random.default_rng(7), {"extra_vessels": (0, 0)})
+    img_d, _, _ = randomise(b, label, spacing, np.random.default_rng(7), {"extra_vessels": (0, 0)})
+    assert pc.background_blobs == 0 and not np.array_equal(img_c, img_d)
 
 
 def test_a_bad_style_is_refused_with_the_allowed_values():

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -86,7 +86,22 @@ TRAIN_RANGES: dict[str, tuple[float, float] | float] = {
     "ring_probability": 0.2,
     "rings": (0.0, 0.06),  # range, amplitude of rings about an axial centre
     "ring_period": (2.0, 6.0),  # vox
+    # probability that each optional factor of GATED_FACTORS is drawn at all (else it is left
+    # out: identity): styles then span "the CT look with one or two changes" to "everything
+    # changed", not only the latter
+    "factor_probability": 1.0,
+    # probability that the scan's own anatomy is replaced by a random background of ellipsoid
+    # blobs (vesselFM's D_drand draws vessels over backgrounds unrelated to any anatomy): the
+    # model cannot then learn where vessels lie in our phantom's heart, only what a vessel is
+    "synthetic_background": 0.0,
+    "background_blobs": (2, 10),  # ellipsoids of the random background
+    "blob_radius": (0.1, 0.6),  # their semi-axes, share of the field of view
 }
+# The factors "factor_probability" switches off (each on its own): their value when left out.
+GATED_FACTORS: dict[str, object] = {
+    "smooth_texture": 0.0, "noise_texture": 0.0, "distractors": 0, "context": (),
+    "downsample": (1.0, 1.0, 1.0), "blur": (0.0, 0.0, 0.0), "bias": 0.0, "noise": 0.0,
+}  # fmt: skip
 CONTEXT_KINDS = ("fat", "soft_tissue", "fluid", "air")
 # Where each context kind sits in the [0, 1] range before the random map (air darkest).
 _CONTEXT_LEVELS = {"air": (0.0, 0.05), "fat": (0.1, 0.3), "soft_tissue": (0.35, 0.55),
@@ -120,6 +135,8 @@ class StyleParams:
     streaks: float  # 0: none
     rings: float  # 0: none
     ring_period: float
+    # ellipsoids of a random background replacing the scan's anatomy; 0: the anatomy is kept
+    background_blobs: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -171,7 +188,7 @@ def draw_style(rng: np.random.Generator, ranges: Mapping[str, object] | None = N
     noise_lo, noise_hi = r["noise"]  # type: ignore[misc]
     noise_hi = min(float(noise_hi), float(r["noise_to_contrast"]) * abs(contrast))  # type: ignore[arg-type]
     noise = float(rng.uniform(min(float(noise_lo), noise_hi), noise_hi))
-    return StyleParams(
+    params = StyleParams(
         mapping=mapping,
         vessel_contrast=contrast,
         smooth_texture=_u(rng, r, "smooth_texture"),
@@ -199,6 +216,17 @@ def draw_style(rng: np.random.Generator, ranges: Mapping[str, object] | None = N
         rings=ring,
         ring_period=_u(rng, r, "ring_period"),
     )
+    if rng.random() < float(r["synthetic_background"]):  # type: ignore[arg-type]
+        params = replace(params, background_blobs=_n(rng, r, "background_blobs"))
+    keep = float(r["factor_probability"])  # type: ignore[arg-type]
+    if keep >= 1.0:
+        return params
+    off = {k: v for k, v in GATED_FACTORS.items() if rng.random() >= keep}
+    if "distractors" in off:
+        off.update(distractor_radius=(), distractor_sign=())
+    if "context" in off:
+        off.update(context_radius=())
+    return replace(params, **off)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- geometry
@@ -307,6 +335,26 @@ def _smooth_field(shape: Sequence[int], scale: float, rng: np.random.Generator) 
     return up / (np.abs(up).max() + 1e-6)
 
 
+def _blob_background(
+    grid: _Grid, n: int, rng: np.random.Generator, radius: tuple[float, float]
+) -> np.ndarray:
+    """A background unrelated to any anatomy: a random level, then ``n`` ellipsoids (semi-axes
+    ``radius`` x the field of view, any orientation of their axes along the grid's) of random
+    levels in [0, 1], later ones over earlier ones."""
+    shape = tuple(int(len(a)) for a in grid.axes)
+    img = np.full(shape, rng.uniform(0.0, 1.0), dtype=np.float32)
+    fov = np.asarray(shape, float) * grid.spacing
+    x, y, z = grid.coords(tuple(slice(None) for _ in range(3)))  # type: ignore[arg-type]
+    for _ in range(int(n)):
+        centre = rng.uniform(-0.5, 0.5, 3) * fov
+        axes = rng.uniform(*radius, 3) * fov
+        inside = ((x - centre[0]) / axes[0]) ** 2 + ((y - centre[1]) / axes[1]) ** 2 + (
+            (z - centre[2]) / axes[2]
+        ) ** 2 <= 1.0
+        img[inside] = rng.uniform(0.0, 1.0)
+    return img
+
+
 def _resolution(image: np.ndarray, factors: Sequence[float]) -> np.ndarray:
     """Average blocks of ``factors`` voxels per axis and interpolate back (linear): the
     resolution of a coarser grid on the same one."""
@@ -378,10 +426,13 @@ def randomise(
     vessel = label.astype(bool)
 
     # --- background: intensity map, context, textures, distractors ---
-    img = np.clip(_unit_range(background), -0.2, 1.2)
     sp = np.asarray(spacing, dtype=float)
     grid = _Grid.make(shape, sp)
     half = (np.asarray(shape) - 1) / 2.0 * sp
+    if params.background_blobs:
+        img = _blob_background(grid, params.background_blobs, rng, TRAIN_RANGES["blob_radius"])  # type: ignore[arg-type]
+    else:
+        img = np.clip(_unit_range(background), -0.2, 1.2)
     for kind, radius in zip(params.context, params.context_radius, strict=True):
         centre = rng.uniform(-0.6, 0.6, 3) * half
         axes = radius * rng.uniform(0.6, 1.4, 3)
@@ -455,6 +506,7 @@ def check_style(style: str, key: str = "style") -> str:
 
 __all__ = [
     "CONTEXT_KINDS",
+    "GATED_FACTORS",
     "STYLES",
     "STYLE_PER",
     "STYLE_STREAM",
