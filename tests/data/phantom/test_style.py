@@ -172,7 +172,11 @@ def test_a_synthetic_background_replaces_the_anatomy_but_keeps_the_label():
     lo, hi = TRAIN_RANGES["background_blobs"]
     assert pa == pb and lo <= pa.background_blobs <= hi
     # the image no longer depends on the scan's background, only on the draws and the label
-    assert np.array_equal(img_a, img_b) and np.array_equal(lab_a, label) and np.array_equal(lab_b, label)
+    assert (
+        np.array_equal(img_a, img_b)
+        and np.array_equal(lab_a, label)
+        and np.array_equal(lab_b, label)
+    )
     # the vessel still differs from its surroundings by the drawn contrast's sign
     from scipy import ndimage
 
@@ -180,6 +184,10 @@ def test_a_synthetic_background_replaces_the_anatomy_but_keeps_the_label():
     core = ndimage.binary_erosion(label.astype(bool))
     diff = float(np.median(img_a[core]) - np.median(img_a[shell]))
     assert np.sign(diff) == np.sign(pa.vessel_contrast)
+    # blob_radius from the ranges given shapes the blobs
+    small = {**ranges, "blob_radius": (0.05, 0.08)}
+    img_s, _, ps = randomise(a, label, spacing, np.random.default_rng(7), small)
+    assert ps == pa and not np.array_equal(img_s, img_a)
     # off by default: the anatomy is kept
     assert all(draw_style(np.random.default_rng(s)).background_blobs == 0 for s in range(50))
     img_c, _, pc = randomise(a, label, spacing, np.random.default_rng(7), {"extra_vessels": (0, 0)})

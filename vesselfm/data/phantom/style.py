@@ -20,7 +20,11 @@ and renders a new image from a background image and the label:
   optionally correlated by a blur), **streaks and rings** (in the axial planes);
 - **vessel calibre and tortuosity beyond the coronary range**: extra labelled tube trees with
   trunk radii and tortuosity drawn from wider ranges (their voxels are added to the label, which
-  is still exactly the rasterised geometry).
+  is still exactly the rasterised geometry);
+- **each factor on its own** (``factor_probability`` < 1): every factor of
+  :data:`GATED_FACTORS` is drawn with that probability and otherwise left out;
+- **a background unrelated to any anatomy** (``synthetic_background`` > 0): the scan's anatomy
+  replaced by random ellipsoid blobs before everything above, as D_drand's random backgrounds.
 
 Randomness comes only from the generator passed in (the phantom uses its own stream
 ``(seed, STYLE_STREAM)``), so the CT style draws are untouched. The output intensities are
@@ -338,9 +342,9 @@ def _smooth_field(shape: Sequence[int], scale: float, rng: np.random.Generator) 
 def _blob_background(
     grid: _Grid, n: int, rng: np.random.Generator, radius: tuple[float, float]
 ) -> np.ndarray:
-    """A background unrelated to any anatomy: a random level, then ``n`` ellipsoids (semi-axes
-    ``radius`` x the field of view, any orientation of their axes along the grid's) of random
-    levels in [0, 1], later ones over earlier ones."""
+    """A background unrelated to any anatomy: a random level, then ``n`` axis-aligned ellipsoids
+    (semi-axes ``radius`` x the field of view) of random levels in [0, 1], later ones over
+    earlier ones."""
     shape = tuple(int(len(a)) for a in grid.axes)
     img = np.full(shape, rng.uniform(0.0, 1.0), dtype=np.float32)
     fov = np.asarray(shape, float) * grid.spacing
@@ -430,7 +434,8 @@ def randomise(
     grid = _Grid.make(shape, sp)
     half = (np.asarray(shape) - 1) / 2.0 * sp
     if params.background_blobs:
-        img = _blob_background(grid, params.background_blobs, rng, TRAIN_RANGES["blob_radius"])  # type: ignore[arg-type]
+        radius = {**TRAIN_RANGES, **(ranges or {})}["blob_radius"]
+        img = _blob_background(grid, params.background_blobs, rng, radius)  # type: ignore[arg-type]
     else:
         img = np.clip(_unit_range(background), -0.2, 1.2)
     for kind, radius in zip(params.context, params.context_radius, strict=True):
