@@ -1,0 +1,62 @@
+"""scripts/probe_ood_context.py: the two probe tables of a lumen network (README, "Randomised
+phantoms"), run here on the random-weight tiny model and small family cases."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probe_ood_context.py"
+
+
+@pytest.fixture(scope="module")
+def probe():
+    spec = importlib.util.spec_from_file_location("probe_ood_context", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probe_tables_cover_every_tube_and_family_context(probe, capsys):
+    from vesselfm.data.phantom.ood import OOD_FAMILIES
+
+    tubes, context = probe.main(["--cases", "1", "--shape", "40", "40", "32", "--tube-size", "24"])
+    out = capsys.readouterr().out
+    assert "## Straight tubes" in out and "## Families with the context" in out
+    assert len(tubes) == len(probe.LEVELS) * len(probe.CONTRASTS)
+    for row in tubes:
+        assert all(0.0 <= row[f"r{r}"] <= 1.0 for r in probe.RADII)
+    assert {(r["family"], r["context"]) for r in context} == {
+        (f, c)
+        for f in OOD_FAMILIES
+        for c in ("3 vox", "8 vox", "16 vox", "8 vox, far blurred 6", "all")
+    }
+    for family in OOD_FAMILIES:
+        rows = {r["context"]: r for r in context if r["family"] == family}
+        # flattening the far context changes what the network sees, hence its output
+        assert rows["3 vox"]["p_in_label"] != pytest.approx(rows["all"]["p_in_label"], abs=1e-7)
+        assert all(0.0 <= r["dice"] <= 1.0 and r["false_voxels"] >= 0 for r in rows.values())
+
+
+def test_flattening_keeps_the_label_neighbourhood_and_fills_the_rest_with_the_shell_median(probe):
+    label = np.zeros((20, 20, 20), bool)
+    label[10, 10, 5:15] = True
+    x = np.zeros(label.shape, np.float32)
+    x[label] = 1.0
+    x[8:13, 8:13, :] += 0.25  # the 2-voxel shell (and beyond it) at 0.25 around the line
+    x[0, 0, 0] = 0.9  # far away: flattened
+    y = probe.flatten_context(x, label, 3)
+    assert y[0, 0, 0] == pytest.approx(0.25) and y.dtype == np.float32
+    # within 3 voxels of the label, the image is untouched; the label keeps its value
+    assert np.all(y[label] == 1.25) and y[10, 13, 10] == x[10, 13, 10]
+    assert y[10, 15, 10] == pytest.approx(0.25) and x[10, 15, 10] == 0.0
+    assert probe.flatten_context(x, label, None) is x
+    # blurred instead: near voxels kept, far ones the blurred image (the layout, not a constant)
+    from scipy import ndimage
+
+    z = probe.flatten_context(x, label, 3, blur=2.0)
+    assert np.array_equal(z[label], x[label])
+    assert z[0, 0, 0] == pytest.approx(ndimage.gaussian_filter(x, 2.0)[0, 0, 0])
