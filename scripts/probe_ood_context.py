@@ -52,12 +52,15 @@ def _normalise(image: np.ndarray) -> np.ndarray:
     return np.clip((image - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
+ROI = [64]  # the sliding window's edge (main's --roi sets it)
+
+
 def _prob(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     from monai.inferers import sliding_window_inference
 
     with torch.no_grad():
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
-        return torch.sigmoid(sliding_window_inference(t, (64, 64, 64), 2, net, overlap=0.25))[
+        return torch.sigmoid(sliding_window_inference(t, (ROI[0],) * 3, 2, net, overlap=0.25))[
             0, 0
         ].numpy()
 
@@ -149,10 +152,12 @@ def main(argv: list[str] | None = None) -> tuple[list, list]:
     ap.add_argument("--cases", type=int, default=2, help="cases per family (default 2)")
     ap.add_argument("--shape", type=int, nargs=3, default=[96, 96, 64], help="family shape")
     ap.add_argument("--tube-size", type=int, default=64, help="tube volume edge (default 64)")
+    ap.add_argument("--roi", type=int, default=64, help="sliding window edge (default 64)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    ROI[0] = args.roi
     net = _load(args.checkpoint, args.model)
     tubes = tube_table(net, args.tube_size)
     print("## Straight tubes in a uniform background: mean probability inside\n")

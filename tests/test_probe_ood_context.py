@@ -20,10 +20,17 @@ def probe():
     return module
 
 
-def test_probe_tables_cover_every_tube_and_family_context(probe, capsys):
+def test_probe_tables_cover_every_tube_and_family_context(probe, capsys, monkeypatch):
     from vesselfm.data.phantom.ood import OOD_FAMILIES
 
-    tubes, context = probe.main(["--cases", "1", "--shape", "40", "40", "32", "--tube-size", "24"])
+    # a smaller tube grid (the script's own is 3 levels x 5 contrasts x 5 radii)
+    monkeypatch.setattr(probe, "LEVELS", (0.6,))
+    monkeypatch.setattr(probe, "CONTRASTS", (0.3, -0.3))
+    monkeypatch.setattr(probe, "RADII", (1, 3))
+
+    tubes, context = probe.main(
+        ["--cases", "1", "--shape", "32", "32", "32", "--tube-size", "16", "--roi", "32"]
+    )
     out = capsys.readouterr().out
     assert "## Straight tubes" in out and "## Families with the context" in out
     assert len(tubes) == len(probe.LEVELS) * len(probe.CONTRASTS)
