@@ -15,8 +15,9 @@ network (README, "Randomised phantoms"):
 
     python scripts/probe_ood_context.py --checkpoint <run>/checkpoints/<best>.ckpt [--cases 2]
 
-Prints two markdown tables. Uses the checkpoint's preprocessing percentiles (1-99 %) and a 64^3
-sliding window; the tubes are 64^3 volumes (one window; ``--tube-size``).
+Prints two markdown tables. The cases are normalised by their 1-99 % percentiles to [0, 1] (the
+demo's preprocessing) and segmented with a 64^3 sliding window (``--roi``); the tubes are 64^3
+volumes (``--tube-size``).
 """
 
 from __future__ import annotations
@@ -52,20 +53,17 @@ def _normalise(image: np.ndarray) -> np.ndarray:
     return np.clip((image - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
-ROI = [64]  # the sliding window's edge (main's --roi sets it)
-
-
-def _prob(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+def _prob(net: torch.nn.Module, x: np.ndarray, roi: int) -> np.ndarray:
     from monai.inferers import sliding_window_inference
 
     with torch.no_grad():
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
-        return torch.sigmoid(sliding_window_inference(t, (ROI[0],) * 3, 2, net, overlap=0.25))[
+        return torch.sigmoid(sliding_window_inference(t, (roi,) * 3, 2, net, overlap=0.25))[
             0, 0
         ].numpy()
 
 
-def tube_table(net: torch.nn.Module, size: int = 64) -> list[dict[str, float]]:
+def tube_table(net: torch.nn.Module, size: int = 64, roi: int = 64) -> list[dict[str, float]]:
     """Mean probability inside a straight z-tube per level, contrast and radius."""
     rng = np.random.default_rng(0)
     x, y = np.mgrid[:size, :size].astype(np.float32)
@@ -78,7 +76,7 @@ def tube_table(net: torch.nn.Module, size: int = 64) -> list[dict[str, float]]:
             for r in RADII:
                 frac = np.clip(r + 0.5 - d, 0.0, 1.0)
                 img = level + contrast * frac + rng.normal(0.0, 0.02, frac.shape)
-                row[f"r{r}"] = float(_prob(net, np.clip(img, 0.0, 1.0))[d <= r].mean())
+                row[f"r{r}"] = float(_prob(net, np.clip(img, 0.0, 1.0), roi)[d <= r].mean())
             rows.append(row)
     return rows
 
@@ -86,7 +84,7 @@ def tube_table(net: torch.nn.Module, size: int = 64) -> list[dict[str, float]]:
 def flatten_context(
     x: np.ndarray, label: np.ndarray, keep: int | None, blur: float = 0.0
 ) -> np.ndarray:
-    """``x`` with every voxel farther than ``keep`` voxels (26-neighbour steps) from ``label``
+    """``x`` with every voxel farther than ``keep`` voxels (face-neighbour steps) from ``label``
     set to the median of a 2-voxel shell around the label, or with ``blur`` > 0 to ``x``
     Gaussian-blurred by that sigma (the layout kept, its detail gone); ``keep=None`` returns
     ``x``."""
@@ -102,7 +100,7 @@ def flatten_context(
 
 
 def context_table(
-    net: torch.nn.Module, cases: int, shape: tuple[int, int, int], seed: int = 0
+    net: torch.nn.Module, cases: int, shape: tuple[int, int, int], seed: int = 0, roi: int = 64
 ) -> list[dict[str, object]]:
     """Per family and case: probability in the label and Dice with ``k`` voxels of context."""
     from vesselfm.data.phantom.ood import OOD_FAMILIES, generate_ood_case
@@ -115,12 +113,12 @@ def context_table(
             x = _normalise(case.image.astype(np.float32))
             for keep, blur in KEEP:
                 y = flatten_context(x, label, keep, blur)
-                prob = _prob(net, y)
+                prob = _prob(net, y, roi)
                 mask = prob > 0.5
                 # control: the same image with the vessels themselves painted over by the shell's
                 # median; a high probability then comes from the kept sleeve, not the vessels
                 shell = ndimage.binary_dilation(label, iterations=2) & ~label
-                control = _prob(net, np.where(label, np.float32(np.median(x[shell])), y))
+                control = _prob(net, np.where(label, np.float32(np.median(x[shell])), y), roi)
                 rows.append({
                     "family": family, "case": case.case_id,
                     "context": "all" if keep is None
@@ -157,12 +155,11 @@ def main(argv: list[str] | None = None) -> tuple[list, list]:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ROI[0] = args.roi
     net = _load(args.checkpoint, args.model)
-    tubes = tube_table(net, args.tube_size)
+    tubes = tube_table(net, args.tube_size, args.roi)
     print("## Straight tubes in a uniform background: mean probability inside\n")
     print(_markdown(tubes))  # type: ignore[arg-type]
-    context = context_table(net, args.cases, tuple(args.shape))  # type: ignore[arg-type]
+    context = context_table(net, args.cases, tuple(args.shape), roi=args.roi)  # type: ignore[arg-type]
     print("\n## Families with the context beyond k voxels of the label flattened\n")
     print(_markdown(context))
     return tubes, context
