@@ -49,8 +49,21 @@ def _load(checkpoint: str | None, model: str) -> torch.nn.Module:
 
 
 def _normalise(image: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(image, [1.0, 99.0])
-    return np.clip((image - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
+    """As ``infer`` normalises a scan: percentiles 1-99 onto [0, 1], clipped."""
+    from vesselfm.data.preprocessing import (
+        PreprocessConfig,
+        intensity_range,
+        normalize_intensity,
+    )
+
+    config = PreprocessConfig()
+    return normalize_intensity(image, intensity_range(image, config), config)  # type: ignore[return-value]
+
+
+def shell_median(x: np.ndarray, label: np.ndarray) -> np.float32:
+    """The median of ``x`` over a 2-voxel shell around ``label``: what the vessels sit in."""
+    label = label.astype(bool)
+    return np.float32(np.median(x[ndimage.binary_dilation(label, iterations=2) & ~label]))
 
 
 def _prob(net: torch.nn.Module, x: np.ndarray, roi: int) -> np.ndarray:
@@ -82,10 +95,14 @@ def tube_table(net: torch.nn.Module, size: int = 64, roi: int = 64) -> list[dict
 
 
 def flatten_context(
-    x: np.ndarray, label: np.ndarray, keep: int | None, blur: float = 0.0
+    x: np.ndarray,
+    label: np.ndarray,
+    keep: int | None,
+    blur: float = 0.0,
+    fill: float | None = None,
 ) -> np.ndarray:
     """``x`` with every voxel farther than ``keep`` voxels (face-neighbour steps) from ``label``
-    set to the median of a 2-voxel shell around the label, or with ``blur`` > 0 to ``x``
+    set to ``fill`` (default :func:`shell_median`), or with ``blur`` > 0 to ``x``
     Gaussian-blurred by that sigma (the layout kept, its detail gone); ``keep=None`` returns
     ``x``."""
     if keep is None:
@@ -94,8 +111,7 @@ def flatten_context(
     if blur > 0:
         far = ndimage.gaussian_filter(x, blur)
     else:
-        shell = ndimage.binary_dilation(label, iterations=2) & ~label
-        far = np.float32(np.median(x[shell]))
+        far = shell_median(x, label) if fill is None else np.float32(fill)
     return np.where(ndimage.binary_dilation(label, iterations=keep), x, far).astype(np.float32)
 
 
@@ -104,6 +120,7 @@ def context_table(
 ) -> list[dict[str, object]]:
     """Per family and case: probability in the label and Dice with ``k`` voxels of context."""
     from vesselfm.data.phantom.ood import OOD_FAMILIES, generate_ood_case
+    from vesselfm.metrics import compute_metrics
 
     rows: list[dict[str, object]] = []
     for family in OOD_FAMILIES:
@@ -111,21 +128,21 @@ def context_table(
             case = generate_ood_case(family, shape, seed=seed, index=index)
             label = case.label.astype(bool)
             x = _normalise(case.image.astype(np.float32))
+            fill = shell_median(x, label)
             for keep, blur in KEEP:
-                y = flatten_context(x, label, keep, blur)
+                y = flatten_context(x, label, keep, blur, fill)
                 prob = _prob(net, y, roi)
                 mask = prob > 0.5
                 # control: the same image with the vessels themselves painted over by the shell's
                 # median; a high probability then comes from the kept sleeve, not the vessels
-                shell = ndimage.binary_dilation(label, iterations=2) & ~label
-                control = _prob(net, np.where(label, np.float32(np.median(x[shell])), y), roi)
+                control = _prob(net, np.where(label, fill, y), roi)
                 rows.append({
                     "family": family, "case": case.case_id,
                     "context": "all" if keep is None
                     else f"{keep} vox" + (f", far blurred {blur:g}" if blur else ""),
                     "p_in_label": float(prob[label].mean()),
                     "p_without_vessel": float(control[label].mean()),
-                    "dice": float(2 * (mask & label).sum() / max(mask.sum() + label.sum(), 1)),
+                    "dice": float(compute_metrics(mask, label, metrics=("dice",))["dice"]),  # type: ignore[arg-type]
                     "false_voxels": int((mask & ~label).sum()),
                 })  # fmt: skip
     return rows
