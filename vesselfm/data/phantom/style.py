@@ -434,8 +434,8 @@ def randomise(
     grid = _Grid.make(shape, sp)
     half = (np.asarray(shape) - 1) / 2.0 * sp
     if params.background_blobs:
-        radius = {**TRAIN_RANGES, **(ranges or {})}["blob_radius"]
-        img = _blob_background(grid, params.background_blobs, rng, radius)  # type: ignore[arg-type]
+        blob_radius = {**TRAIN_RANGES, **(ranges or {})}["blob_radius"]
+        img = _blob_background(grid, params.background_blobs, rng, blob_radius)  # type: ignore[arg-type]
     else:
         img = np.clip(_unit_range(background), -0.2, 1.2)
     for kind, radius in zip(params.context, params.context_radius, strict=True):
