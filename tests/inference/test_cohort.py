@@ -28,6 +28,7 @@ from vesselfm.inference.cohort import (
     read_status,
     share,
     status_name,
+    weights_digest,
     write_run_summary,
 )
 from vesselfm.utils.outputs import read_record
@@ -111,6 +112,20 @@ def test_shares_are_disjoint_cover_every_case_and_follow_the_sorted_ids() -> Non
     assert status_name(None, 1, 2) == "status-rank1.jsonl"
     assert status_name((2, 4), 0, 1) == "status-shard2of4.jsonl"
     assert status_name((2, 4), 1, 2) == "status-shard2of4-rank1.jsonl"
+
+
+def test_the_weights_digest_takes_0_dim_buffers_and_tells_every_value_apart() -> None:
+    # BatchNorm keeps num_batches_tracked as a 0-dim int64 buffer: viewing it as bytes unflattened
+    # raised (a network with BatchNorm could not be segmented with at all)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3), torch.nn.BatchNorm3d(2))
+    first = weights_digest(net)
+    assert len(first) == 64 and weights_digest(net) == first
+    net[1].num_batches_tracked += 1
+    assert weights_digest(net) != first
+    net[1].num_batches_tracked -= 1
+    with torch.no_grad():
+        net[0].weight[0, 0, 0, 0, 0] += 1e-3
+    assert weights_digest(net) != first
 
 
 def test_the_summary_merges_every_status_file_the_latest_line_winning(tmp_path: Path) -> None:

@@ -117,7 +117,9 @@ def weights_digest(network: torch.nn.Module) -> str:
     for name, tensor in network.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # flattened first: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as
+        # bytes of another element size
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 
