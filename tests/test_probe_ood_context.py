@@ -1,4 +1,4 @@
-"""scripts/probe_ood_context.py: the two probe tables of a lumen network (README, "Randomised
+"""scripts/probe_ood_context.py: the three probe tables of a lumen network (README, "Randomised
 phantoms"), run here on the random-weight tiny model and small family cases."""
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ def test_probe_tables_cover_every_tube_and_family_context(probe, capsys, monkeyp
     monkeypatch.setattr(probe, "LEVELS", (0.6,))
     monkeypatch.setattr(probe, "CONTRASTS", (0.3, -0.3))
     monkeypatch.setattr(probe, "RADII", (1, 3))
+    monkeypatch.setattr(probe, "DISTANT_RADII", (3,))
+    monkeypatch.setattr(probe, "DISTANT_LOOKS", ((0.82, 0.12),))
 
-    tubes, context = probe.main(
+    tubes, context, distant = probe.main(
         ["--cases", "1", "--shape", "32", "32", "32", "--tube-size", "16", "--roi", "32"]
     )
     out = capsys.readouterr().out
@@ -46,6 +48,28 @@ def test_probe_tables_cover_every_tube_and_family_context(probe, capsys, monkeyp
         # flattening the far context changes what the network sees, hence its output
         assert rows["3 vox"]["p_in_label"] != pytest.approx(rows["all"]["p_in_label"], abs=1e-7)
         assert all(0.0 <= r["dice"] <= 1.0 and r["false_voxels"] >= 0 for r in rows.values())
+    assert "## A faint tube with air or a bright pool" in out
+    assert [r["context"] for r in distant] == list(probe.DISTANT_CONTEXTS)
+    by = {r["context"]: r["p_in_tube"] for r in distant}
+    assert all(0.0 <= p <= 1.0 for p in by.values())
+    # the tube's own voxels are the same in every row; what else the window holds changes them
+    assert by["air"] != pytest.approx(by["none"], abs=1e-7)
+
+
+def test_the_distant_context_keeps_air_far_from_the_tube_and_the_pool_3_voxels_beside_it(probe):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    alone, label = probe.distant_image(64, 5, 0.3, 0.3, "none", rng)
+    both, label2 = probe.distant_image(64, 5, 0.3, 0.3, "pool+air", rng)
+    assert np.array_equal(label, label2) and label[:, :, 0].sum() > 60  # a radius-5 disc
+    dist = ndimage.distance_transform_edt(~label[:, :, 0])
+    air = both[:, :, 0] < 0.15
+    pool = both[:, :, 0] > 0.9
+    assert air.any() and dist[air].min() >= 20
+    assert pool.any() and 3 <= dist[pool].min() <= 5  # blur and noise soften the edge
+    # the tube itself is the same in both (only the added context and the noise differ)
+    assert abs(float(alone[label].mean()) - float(both[label].mean())) < 0.05
 
 
 def test_flattening_keeps_the_label_neighbourhood_and_fills_the_rest_with_the_shell_median(probe):
