@@ -14,10 +14,11 @@ network (README, "Randomised phantoms"):
    that stays high there comes from the edge of the kept sleeve, not from the vessels.
 3. **Distant context**: a straight tube of the ``pool_trees`` look (a small contrast at a high
    level, CT-like blur and noise) alone in the window, then with air (two slabs of 0 along the
-   window's y faces, 20+ voxels from the tube), a bright pool (an elliptic cylinder of 1.0, 3
-   voxels beside it), or both: the mean probability inside it and the false voxels. vesselFM's
-   DynUNet (and the tiny model) normalises every layer over the whole window (instance norm), so
-   a strong edge anywhere in the window can change what a faint tube looks like to it.
+   window's y faces, 18-24 voxels from the tube at 64^3), a bright pool (an elliptic cylinder
+   of 1.0, 3 voxels beside it), or both: the mean probability inside it and the false voxels.
+   vesselFM's DynUNet (and the tiny model) normalises every layer over the whole window
+   (instance norm), so a strong edge anywhere in the window can change what a faint tube looks
+   like to it.
 
     python scripts/probe_ood_context.py --checkpoint <run>/checkpoints/<best>.ckpt [--cases 2]
 
@@ -110,7 +111,7 @@ def distant_image(
     """One window of the distant-context probe: ``(image, tube label)``. The tube runs along z
     ``size / 16`` voxels off centre in x; ``context`` holds "air" (slabs of 0, a tenth of the
     window thick, on both y faces) and/or "pool" (an elliptic cylinder of 1.0 whose edge lies 3
-    voxels beyond the tube's, on the side away from the centre's offset)."""
+    voxels beyond the tube's, on its side towards the window's centre)."""
     x, y = np.mgrid[:size, :size].astype(np.float32)
     cx, cy = size / 2 + size / 16, size / 2
     d = np.broadcast_to(np.sqrt((x - cx) ** 2 + (y - cy + 0.3) ** 2)[:, :, None], (size,) * 3)
