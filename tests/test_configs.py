@@ -47,6 +47,7 @@ VESSELFM_PREPROCESS = {
     "b_min": 0.0,
     "b_max": 1.0,
     "clip": True,
+    "ignore_below": None,
 }
 
 
@@ -253,7 +254,8 @@ def test_one_preprocess_group_for_prepare_data_and_infer(compose_cfg):
         VESSELFM_PREPROCESS
     )
     phantom = OmegaConf.to_container(compose_cfg("train").data.preprocess)
-    assert phantom == {**VESSELFM_PREPROCESS, "in_plane_size": None}
+    # the demo (train's default experiment) takes its percentiles over the body, not the air
+    assert phantom == {**VESSELFM_PREPROCESS, "in_plane_size": None, "ignore_below": -500}
     # infer: null (the checkpoint's record, else vesselFM's) unless asked for
     assert compose_cfg("infer", ["input=x"]).preprocess is None
     chosen = compose_cfg("infer", ["input=x", "preprocess=vesselfm"]).preprocess

@@ -34,6 +34,33 @@ def test_normalisation_matches_monai_percentile_scaling():
     np.testing.assert_allclose(torch_out.numpy(), ours, atol=1e-6)
 
 
+def test_ignore_below_takes_the_percentiles_over_the_body_not_the_air():
+    rng = np.random.default_rng(0)
+    # a CT slab: 60 % air around a body of soft tissue (40 HU) with a few vessels (350 HU)
+    volume = np.full((40, 40, 10), -1000.0, np.float32)
+    volume[:, 16:, :] = 40.0
+    volume[5:10, 20:25, :] = 350.0
+    volume += rng.normal(0, 10, volume.shape).astype(np.float32)
+    every = intensity_range(volume, PreprocessConfig())
+    body = intensity_range(volume, PreprocessConfig(ignore_below=-500))
+    assert every[0] < -990 and every[1] > 300  # air sets the low end
+    above = volume[volume > -500]
+    assert body == pytest.approx(tuple(np.percentile(above, [1, 99])))
+    assert 0 < body[0] < 40 < 300 < body[1]
+    out = normalize_intensity(volume, body, PreprocessConfig(ignore_below=-500))
+    # air is clipped to 0 like any value below the range; the vessels' contrast against the
+    # tissue is most of [0, 1] instead of a fifth of it
+    assert float(out[0, 0, 0]) == 0.0
+    assert float(np.median(out[5:10, 20:25])) - float(np.median(out[30:, 30:])) > 0.8
+    plain = normalize_intensity(volume, every, PreprocessConfig())
+    assert float(np.median(plain[5:10, 20:25])) - float(np.median(plain[30:, 30:])) < 0.25
+    # a scan (nearly) all below the threshold, e.g. MR in other units, keeps every voxel
+    assert intensity_range(volume, PreprocessConfig(ignore_below=1e6)) == every
+    assert PreprocessConfig.from_mapping({"ignore_below": -500}).to_dict()["ignore_below"] == -500
+    # unset, it is not written: records from before it existed compare equal
+    assert "ignore_below" not in PreprocessConfig().to_dict()
+
+
 def test_constant_volume_does_not_divide_by_zero():
     cfg = PreprocessConfig()
     out = normalize_intensity(np.full((4, 4, 4), 7.0), (7.0, 7.0), cfg)

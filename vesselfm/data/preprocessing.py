@@ -32,6 +32,11 @@ class PreprocessConfig:
         lower, upper: intensity percentiles mapped to ``b_min`` and ``b_max`` (vesselFM: 1, 99).
         b_min, b_max: output intensity range.
         clip: clip intensities to ``[b_min, b_max]``.
+        ignore_below: take the percentiles over the voxels above this intensity only (in the
+            scan's units; e.g. ``-500`` on CT: the body, not the air around it and in the lungs,
+            as nnU-Net computes its CT statistics over the foreground); those below it are then
+            clipped to ``b_min`` like any other. ``None`` (vesselFM's): every voxel. A scan with
+            under 1 % of its voxels above it uses every voxel.
     """
 
     in_plane_size: int | None = 256
@@ -41,6 +46,7 @@ class PreprocessConfig:
     b_min: float = 0.0
     b_max: float = 1.0
     clip: bool = True
+    ignore_below: float | None = None
 
     def __post_init__(self) -> None:
         if self.in_plane_size is not None and int(self.in_plane_size) < 8:
@@ -71,6 +77,10 @@ class PreprocessConfig:
         d = asdict(self)
         if d["target_spacing"] is not None:
             d["target_spacing"] = list(d["target_spacing"])
+        if d["ignore_below"] is None:
+            # unset, it is left out: the manifests, checkpoints and cohort settings written
+            # before it existed stay equal to today's
+            del d["ignore_below"]
         return d
 
 
@@ -246,10 +256,16 @@ def resample_label(
 
 
 def intensity_range(volume: np.ndarray, config: PreprocessConfig) -> tuple[float, float]:
-    """The ``(lower, upper)`` percentiles of ``volume``, the values mapped to ``b_min``/``b_max``."""
+    """The ``(lower, upper)`` percentiles of ``volume`` (of its voxels above ``ignore_below``
+    when set), the values mapped to ``b_min``/``b_max``."""
     # ravel(order="K"): the values in memory order, a view for C- and Fortran-ordered arrays
     # alike (percentiles do not depend on the order; a C-order flatten would copy a NIfTI array).
-    lo, hi = np.percentile(np.asarray(volume).ravel(order="K"), [config.lower, config.upper])
+    values = np.asarray(volume).ravel(order="K")
+    if config.ignore_below is not None:
+        kept = values[values > config.ignore_below]
+        if kept.size >= 0.01 * values.size and kept.size > 0:
+            values = kept
+    lo, hi = np.percentile(values, [config.lower, config.upper])
     return float(lo), float(hi)
 
 
