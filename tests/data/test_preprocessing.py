@@ -81,7 +81,13 @@ def test_target_shape(cfg, expected):
 
 @pytest.mark.parametrize(
     "bad",
-    [{"lower": 99, "upper": 1}, {"target_spacing": (1, 1)}, {"in_plane_size": 2}, {"nope": 1}],
+    [
+        {"lower": 99, "upper": 1},
+        {"target_spacing": (1, 1)},
+        {"in_plane_size": 2},
+        {"nope": 1},
+        {"ignore_below": "air"},
+    ],
 )
 def test_bad_config_is_rejected(bad):
     with pytest.raises(ValueError, match="preprocess"):

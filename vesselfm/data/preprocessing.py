@@ -60,6 +60,13 @@ class PreprocessConfig:
                     f"preprocess.target_spacing must be 3 positive mm values or null, got {self.target_spacing}"
                 )
             object.__setattr__(self, "target_spacing", spacing)
+        if self.ignore_below is not None:
+            try:
+                object.__setattr__(self, "ignore_below", float(self.ignore_below))
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"preprocess.ignore_below must be a number (e.g. -500 for CT) or null, got {self.ignore_below!r}"
+                ) from None
         if not 0 <= self.lower < self.upper <= 100:
             raise ValueError(
                 f"preprocess.lower/upper must satisfy 0 <= lower < upper <= 100, got {self.lower}, {self.upper}"
