@@ -22,9 +22,10 @@ network (README, "Randomised phantoms"):
 
     python scripts/probe_ood_context.py --checkpoint <run>/checkpoints/<best>.ckpt [--cases 2]
 
-Prints three markdown tables. The cases are normalised by their 1-99 % percentiles to [0, 1] (the
-demo's preprocessing) and segmented with a 64^3 sliding window (``--roi``); the tubes are 64^3
-volumes (``--tube-size``).
+Prints three markdown tables. The cases are normalised as ``infer`` normalises a scan for this
+checkpoint (the preprocessing it records: percentiles 1-99 onto [0, 1], over the body only when
+it was trained with ``preprocess.ignore_below``; vesselFM's without a checkpoint) and segmented
+with a 64^3 sliding window (``--roi``); the tubes are 64^3 volumes (``--tube-size``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import argparse
 import numpy as np
 import torch
 from scipy import ndimage
+
+from vesselfm.data.preprocessing import PreprocessConfig, intensity_range, normalize_intensity
 
 RADII = (1, 2, 3, 4, 6)
 LEVELS = (0.3, 0.6, 0.9)
@@ -59,15 +62,15 @@ def _load(checkpoint: str | None, model: str) -> torch.nn.Module:
     return load_model(OmegaConf.to_container(cfg.model, resolve=True)).eval()
 
 
-def _normalise(image: np.ndarray) -> np.ndarray:
-    """As ``infer`` normalises a scan: percentiles 1-99 onto [0, 1], clipped."""
-    from vesselfm.data.preprocessing import (
-        PreprocessConfig,
-        intensity_range,
-        normalize_intensity,
-    )
+def _preprocess(checkpoint: str | None) -> PreprocessConfig:
+    """The preprocessing ``checkpoint`` records (``infer`` uses it), else vesselFM's."""
+    from vesselfm.inference.metadata import read_checkpoint_metadata
 
-    config = PreprocessConfig()
+    return read_checkpoint_metadata(checkpoint).get("preprocess") or PreprocessConfig()
+
+
+def _normalise(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """As ``infer`` normalises a scan with ``config``: percentiles onto [0, 1], clipped."""
     return normalize_intensity(image, intensity_range(image, config), config)  # type: ignore[return-value]
 
 
@@ -170,9 +173,15 @@ def flatten_context(
 
 
 def context_table(
-    net: torch.nn.Module, cases: int, shape: tuple[int, int, int], seed: int = 0, roi: int = 64
+    net: torch.nn.Module,
+    cases: int,
+    shape: tuple[int, int, int],
+    seed: int = 0,
+    roi: int = 64,
+    preprocess: PreprocessConfig | None = None,
 ) -> list[dict[str, object]]:
-    """Per family and case: probability in the label and Dice with ``k`` voxels of context."""
+    """Per family and case: probability in the label and Dice with ``k`` voxels of context,
+    each case normalised with ``preprocess`` (default vesselFM's)."""
     from vesselfm.data.phantom.ood import OOD_FAMILIES, generate_ood_case
     from vesselfm.metrics import compute_metrics
 
@@ -181,7 +190,7 @@ def context_table(
         for index in range(cases):
             case = generate_ood_case(family, shape, seed=seed, index=index)
             label = case.label.astype(bool)
-            x = _normalise(case.image.astype(np.float32))
+            x = _normalise(case.image.astype(np.float32), preprocess or PreprocessConfig())
             fill = shell_median(x, label)
             for keep, blur in KEEP:
                 y = flatten_context(x, label, keep, blur, fill)
@@ -230,7 +239,8 @@ def main(argv: list[str] | None = None) -> tuple[list, list, list]:
     tubes = tube_table(net, args.tube_size, args.roi)
     print("## Straight tubes in a uniform background: mean probability inside\n")
     print(_markdown(tubes))  # type: ignore[arg-type]
-    context = context_table(net, args.cases, tuple(args.shape), roi=args.roi)  # type: ignore[arg-type]
+    preprocess = _preprocess(args.checkpoint)
+    context = context_table(net, args.cases, tuple(args.shape), roi=args.roi, preprocess=preprocess)  # type: ignore[arg-type]
     print("\n## Families with the context beyond k voxels of the label flattened\n")
     print(_markdown(context))
     distant = distant_context_table(net, args.tube_size, args.roi)

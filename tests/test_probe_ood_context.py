@@ -72,6 +72,32 @@ def test_the_distant_context_keeps_air_far_from_the_tube_and_the_pool_3_voxels_b
     assert abs(float(alone[label].mean()) - float(both[label].mean())) < 0.05
 
 
+def test_cases_are_normalised_with_the_preprocessing_the_checkpoint_records(probe, tmp_path):
+    import torch
+
+    from vesselfm.data.phantom.ood import generate_ood_case
+    from vesselfm.data.preprocessing import PreprocessConfig
+
+    body = PreprocessConfig(in_plane_size=None, ignore_below=-500)
+    path = tmp_path / "body.ckpt"
+    torch.save({"state_dict": {}, "vesselfm": {"preprocess": body.to_dict()}}, path)
+    assert probe._preprocess(str(path)) == body
+    assert probe._preprocess(None) == PreprocessConfig()  # random weights: vesselFM's
+    # pool_trees is half air: over the body only, the vessels stand out of the soft tissue by
+    # more of [0, 1] (0.36 here against 0.20) and the air is clipped to 0
+    case = generate_ood_case("pool_trees", (48, 48, 40), seed=0, index=0)
+    image, vessels = case.image.astype(np.float32), case.label.astype(bool)
+    tissue = (image > 0) & (image < 100) & ~vessels
+
+    def contrast(x: np.ndarray) -> float:
+        return float(np.median(x[vessels]) - np.median(x[tissue]))
+
+    every = probe._normalise(image, PreprocessConfig())
+    only_body = probe._normalise(image, body)
+    assert contrast(only_body) > 1.5 * contrast(every) > 0.2
+    assert float(only_body[image < -900].max()) == 0.0
+
+
 def test_flattening_keeps_the_label_neighbourhood_and_fills_the_rest_with_the_shell_median(probe):
     label = np.zeros((20, 20, 20), bool)
     label[10, 10, 5:15] = True
