@@ -5,17 +5,20 @@ Builds a small prepared set from phantoms, then runs the real pieces of a traini
 the DiceCE loss with AdamW, for each precision, side by side in one process:
 
 - on a GPU: ``32-true`` vs ``16-mixed`` (autocast fp16 + GradScaler) and ``bf16-mixed``;
-- on a CPU: ``32-true`` vs ``bf16-mixed``.
+- on a CPU: ``32-true`` vs ``bf16-mixed``, each with the network as it is (``NCDHW``) and
+  through its channels-last view (``VesselSegLitModule``'s ``channels_last=auto`` on a CPU,
+  ``vesselfm.inference.channels_last``).
 
 A bf16 row on a device that only emulates bf16 (an AVX2-only CPU: about 40x slower than fp32)
 is not run; it prints ``not run: bf16 is emulated on this CPU``. The first line names the device
 (CPU model, ATen capability, cores and threads), and ``trainer.precision=auto`` says which row a
 run would use.
 
-The data share is the time the loop waits for the next batch over the whole step time.
+The data share is the time the loop waits for the next batch over the whole step time; the
+speed-up is against the first row (``32-true``, ``NCDHW``).
 
     python scripts/bench_train.py                       # base model, 128^3, batch 2
-    python scripts/bench_train.py --model tiny --patch 64 --steps 20
+    python scripts/bench_train.py --model tiny --patch 48 --steps 20   # the demo's step
     python scripts/bench_train.py --device cuda
 """
 
@@ -54,16 +57,22 @@ def _prepared_set(root: Path, cases: int, shape: tuple[int, int, int]) -> Path:
 
 
 def run(
-    precision: str, args: argparse.Namespace, data_dir: Path, device: torch.device
+    precision: str,
+    args: argparse.Namespace,
+    data_dir: Path,
+    device: torch.device,
+    channels_last: bool = False,
 ) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from vesselfm.data import ImageCASDataModule
+    from vesselfm.inference.channels_last import channels_last_view
     from vesselfm.models import load_model
 
     cfg = _compose(args.model)
     torch.manual_seed(0)
     net = load_model(cfg.model).train().to(device)
+    forward = channels_last_view(net) if channels_last else net
     loss_fn = instantiate(cfg.loss)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.1)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
@@ -101,7 +110,7 @@ def run(
             else contextlib.nullcontext()
         )
         with autocast:
-            loss = loss_fn(net(image), label)
+            loss = loss_fn(forward(image), label)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -136,6 +145,13 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="*", default=None)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
     parser.add_argument(
+        "--layouts",
+        nargs="*",
+        default=None,
+        choices=["ncdhw", "channels-last"],
+        help="network layouts (default: both on a CPU, ncdhw on a GPU)",
+    )
+    parser.add_argument(
         "--threads",
         default="auto",
         help="torch threads: auto (the cores this process may use) or N",
@@ -166,20 +182,30 @@ def main() -> None:
         flush=True,
     )
 
+    layouts = args.layouts or (["ncdhw", "channels-last"] if device.type == "cpu" else ["ncdhw"])
+    rows = [(p, layout) for p in precisions for layout in layouts]
     skipped = {p: note for p in precisions if (note := emulated_note(p, device.type))}
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = _prepared_set(Path(tmp), args.cases, tuple(args.shape))
-        results = {p: run(p, args, data_dir, device) for p in precisions if p not in skipped}
+        results = {
+            (p, layout): run(p, args, data_dir, device, channels_last=layout == "channels-last")
+            for p, layout in rows
+            if p not in skipped
+        }
 
     base = next(iter(results.values()))["s_per_step"] if results else None
-    print(f"{'precision':<12} {'steps/s':>8} {'s/step':>8} {'data share':>11} {'speed-up':>9}")
-    for p in precisions:
+    print(
+        f"{'precision':<12} {'layout':<14} {'steps/s':>8} {'s/step':>8} {'data share':>11} "
+        f"{'speed-up':>9}"
+    )
+    for p, layout in rows:
         if p in skipped:
-            print(f"{p:<12} {skipped[p]}")
+            print(f"{p:<12} {layout:<14} {skipped[p]}")
             continue
-        r = results[p]
+        r = results[(p, layout)]
         print(
-            f"{p:<12} {r['steps_per_s']:>8.3f} {r['s_per_step']:>8.2f} {r['data_share']:>10.1%} {base / r['s_per_step']:>8.2f}x"
+            f"{p:<12} {layout:<14} {r['steps_per_s']:>8.3f} {r['s_per_step']:>8.2f} "
+            f"{r['data_share']:>10.1%} {base / r['s_per_step']:>8.2f}x"
         )
 
 

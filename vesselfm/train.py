@@ -63,6 +63,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         metadata={"model_name": cfg.model.name},
         # segment models (experiment=imagecasx_segments): one output channel per class
         num_classes=int(cfg.model.net.get("out_channels", 1)),
+        channels_last=cfg.get("channels_last", "auto"),
     )
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))

@@ -108,6 +108,13 @@ class VesselSegLitModule(L.LightningModule):
             validation/test score the argmax by Dice per segment (``dice_<name>``) and ``dice``,
             the mean over the segments present in the ground truth. The prepared set must have
             been prepared with ``labels=segments`` (``labels=lumen`` for 1 class).
+        channels_last: run the training forward (and so its backward) through
+            :func:`vesselfm.inference.channels_last.channels_last_view` of the network:
+            ``"auto"`` (the default) on a CPU only, ``True`` / ``False`` always / never (a
+            non-CPU device never uses it: the view is built for oneDNN's CPU kernels). Same
+            weights and loss up to float rounding; on the 2-core AVX2 box a step of the tiny
+            model (2 x 48^3, fp32) takes 0.53 s instead of 0.68 s, where oneDNN's convolution
+            backward on ``NCDHW`` tensors is most of the step.
 
     ``inference``, ``output_dir`` and ``metadata`` are stored in checkpoints as plain dicts,
     lists, str and numbers (OmegaConf configs resolved, paths as str), so that our checkpoints
@@ -129,6 +136,7 @@ class VesselSegLitModule(L.LightningModule):
         output_dir: str | Path | None = None,
         metadata: Mapping[str, Any] | None = None,
         num_classes: int = 1,
+        channels_last: bool | str = "auto",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
@@ -159,6 +167,9 @@ class VesselSegLitModule(L.LightningModule):
         )
         self._val_rows: list[dict[str, Any]] = []
         self._test_rows: list[dict[str, Any]] = []
+        if channels_last not in (True, False, "auto"):
+            raise ValueError(f"channels_last must be auto, true or false, got {channels_last!r}")
+        self.channels_last = channels_last
 
     # ------------------------------------------------------------------ building blocks
     @property
@@ -174,6 +185,16 @@ class VesselSegLitModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def training_network(self) -> nn.Module:
+        """The network the training step runs: ``self.model`` or, on a CPU with
+        ``channels_last`` on, its channels-last view (rebuilt per step, so it always carries
+        the model's current train/eval mode; building it copies no tensor)."""
+        if self.channels_last is False or self.device.type != "cpu":
+            return self.model
+        from vesselfm.inference.channels_last import channels_last_view
+
+        return channels_last_view(self.model)
 
     @property
     def segments(self) -> bool:
@@ -197,7 +218,7 @@ class VesselSegLitModule(L.LightningModule):
 
             batch = unpacked_batch(batch)
         image, label = batch["image"].float(), batch["label"].float()
-        logits = self.model(image)
+        logits = self.training_network()(image)
         loss = self.loss_fn(logits, label)
         self.log(
             "train/loss",
