@@ -3,21 +3,14 @@ phantoms"), run here on the random-weight tiny model and small family cases."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probe_ood_context.py"
+from script_loader import load_script
 
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("probe_ood_context", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("probe_ood_context")
 
 
 def test_probe_tables_cover_every_tube_and_family_context(probe, capsys, monkeypatch):

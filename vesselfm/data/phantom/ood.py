@@ -148,23 +148,33 @@ def _pool_trees(shape: tuple[int, int, int], rng: np.random.Generator) -> OODCas
                    tuple(float(s) for s in sp), trunk)  # type: ignore[arg-type]  # fmt: skip
 
 
+def thick_slices(volume: np.ndarray, factor: float) -> np.ndarray:
+    """``volume`` (X, Y, Z) re-sampled as thick slices: the mean over each slab of ``factor``
+    slices along Z, then linear interpolation between the slabs' centres (float32, same shape).
+
+    The ``thick_slices`` family applies it to a CT-style phantom's image;
+    ``scripts/ood_ceiling.py`` to its label, to see how much of the vessels the slabs leave.
+    """
+    img = np.asarray(volume, dtype=np.float32)
+    depth = img.shape[2]
+    n = max(2, int(round(depth / factor)))
+    edges = np.linspace(0, depth, n + 1)
+    slabs = np.stack(
+        [img[:, :, int(round(a)) : max(int(round(b)), int(round(a)) + 1)].mean(axis=2)
+         for a, b in zip(edges[:-1], edges[1:], strict=True)], axis=2)  # fmt: skip
+    centres = (edges[:-1] + edges[1:]) / 2 - 0.5
+    zk = np.arange(depth)
+    lo = np.clip(np.searchsorted(centres, zk) - 1, 0, n - 2)
+    w = np.clip((zk - centres[lo]) / (centres[lo + 1] - centres[lo]), 0, 1).astype(np.float32)
+    return slabs[:, :, lo] * (1 - w) + slabs[:, :, lo + 1] * w
+
+
 def _thick_slices(shape: tuple[int, int, int], rng: np.random.Generator) -> OODCase:
     from vesselfm.data.phantom.generate import generate_phantom
 
     ph = generate_phantom(shape, int(rng.integers(2**31)))
     f = float(rng.uniform(*OOD_FAMILIES["thick_slices"]["range"]))  # type: ignore[misc]
-    img = ph.image.astype(np.float32)
-    n = max(2, int(round(shape[2] / f)))
-    # thick slices: the mean over each slab of f slices, then linear interpolation between them
-    edges = np.linspace(0, shape[2], n + 1)
-    slabs = np.stack(
-        [img[:, :, int(round(a)) : max(int(round(b)), int(round(a)) + 1)].mean(axis=2)
-         for a, b in zip(edges[:-1], edges[1:], strict=True)], axis=2)  # fmt: skip
-    centres = (edges[:-1] + edges[1:]) / 2 - 0.5
-    zk = np.arange(shape[2])
-    lo = np.clip(np.searchsorted(centres, zk) - 1, 0, n - 2)
-    w = np.clip((zk - centres[lo]) / (centres[lo + 1] - centres[lo]), 0, 1).astype(np.float32)
-    out = slabs[:, :, lo] * (1 - w) + slabs[:, :, lo + 1] * w
+    out = thick_slices(ph.image, f)
     return OODCase("thick_slices", np.rint(out).astype(np.int16), ph.label, ph.affine,
                    ph.spacing, f)  # fmt: skip
 
@@ -225,4 +235,4 @@ def generate_ood_case(family: str, shape: Sequence[int], seed: int = 0, index: i
     return case
 
 
-__all__ = ["OODCase", "OOD_FAMILIES", "OOD_STREAM", "generate_ood_case"]
+__all__ = ["OODCase", "OOD_FAMILIES", "OOD_STREAM", "generate_ood_case", "thick_slices"]
