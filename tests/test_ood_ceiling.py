@@ -23,6 +23,12 @@ def test_thick_slices_of_factor_one_or_of_a_z_constant_volume_change_nothing():
     np.testing.assert_allclose(thick_slices(column, 3.3), column, rtol=1e-6)
 
 
+@pytest.mark.parametrize(("shape", "factor"), [((4, 4, 1), 2.0), ((4, 4, 8), 0.5), ((4, 8), 2.0)])
+def test_thick_slices_refuses_what_has_no_slabs(shape, factor):
+    with pytest.raises(ValueError, match="thick_slices needs"):
+        thick_slices(np.zeros(shape, np.float32), factor)
+
+
 def test_an_in_plane_vessel_is_spread_over_its_slab_at_a_fraction_of_its_contrast():
     volume = np.zeros((8, 8, 30), np.float32)
     volume[:, 4, 13] = 1.0  # a one-voxel line within one slice

@@ -156,6 +156,11 @@ def thick_slices(volume: np.ndarray, factor: float) -> np.ndarray:
     ``scripts/ood_ceiling.py`` to its label, to see how much of the vessels the slabs leave.
     """
     img = np.asarray(volume, dtype=np.float32)
+    if img.ndim != 3 or img.shape[2] < 2 or not float(factor) >= 1.0:
+        raise ValueError(
+            f"thick_slices needs an (X, Y, Z) volume with Z >= 2 and a factor >= 1, got shape "
+            f"{img.shape} and factor {factor!r}"
+        )
     depth = img.shape[2]
     n = max(2, int(round(depth / factor)))
     edges = np.linspace(0, depth, n + 1)
