@@ -26,6 +26,7 @@ import numpy as np
 
 from vesselfm.data.phantom.ood import generate_ood_case, thick_slices
 from vesselfm.metrics import compute_metrics
+from vesselfm.metrics.overlap import confusion_counts, overlap_metrics
 
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
 METRICS = ("dice", "cldice", "betti_0_error")
@@ -38,7 +39,7 @@ def ceiling_rows(cases: int, shape: Sequence[int], seed: int) -> list[dict[str, 
         case = generate_ood_case("thick_slices", shape, seed=seed, index=index)
         label = case.label.astype(bool)
         seen = thick_slices(label, case.held_out_value)
-        dice = {t: _dice(seen >= t, label) for t in THRESHOLDS}
+        dice = {t: overlap_metrics(confusion_counts(seen >= t, label))["dice"] for t in THRESHOLDS}
         best = max(THRESHOLDS, key=lambda t: dice[t])
         for name, t in (("0.5", 0.5), ("best", best)):
             scores = compute_metrics(seen >= t, label, case.spacing, metrics=METRICS)
@@ -46,11 +47,6 @@ def ceiling_rows(cases: int, shape: Sequence[int], seed: int) -> list[dict[str, 
                          "threshold": name if name == "0.5" else f"best ({t:.2f})",
                          **{m: scores[m] for m in METRICS}})  # fmt: skip
     return rows
-
-
-def _dice(mask: np.ndarray, label: np.ndarray) -> float:
-    total = int(mask.sum()) + int(label.sum())
-    return 2.0 * int((mask & label).sum()) / total if total else 1.0
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, float | str]]:
